@@ -1,0 +1,66 @@
+"""FRanDI, the method: synthetic data from BN statistics, compression, Feature Regression, Output Discrepancy.
+
+Usable on its own from Python; knows nothing of Optuna or databases.
+"""
+
+from __future__ import annotations
+
+from ._compress import Compressor, SizeReport, compress, fake_quantize, magnitude_mask, model_size, strip_
+from ._errors import FrandiError
+from ._hooks import capture
+from ._losses import batch_stats, bn_kl, normalized_distance, od_from_outputs, total_variation
+from ._model import ModelSpec, build_architecture, load_model, read_state_dict, weights_digest
+from ._policy import LayerInfo, LayerSetting, Policy, compressible_layers
+from ._recover import (
+    OUTPUT,
+    NonFiniteError,
+    RecoveryConfig,
+    TeacherTargets,
+    default_feature_layers,
+    feature_regression_,
+    model_outputs,
+    output_discrepancy,
+    teacher_targets,
+)
+from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, synthesize
+
+__all__ = [
+    "OUTPUT",
+    "Compressor",
+    "FrandiError",
+    "LayerInfo",
+    "LayerSetting",
+    "ModelSpec",
+    "NonFiniteError",
+    "Policy",
+    "RecoveryConfig",
+    "SizeReport",
+    "SynthConfig",
+    "SyntheticData",
+    "TeacherTargets",
+    "batch_stats",
+    "bn_kl",
+    "bn_kl_loss",
+    "bn_names",
+    "build_architecture",
+    "capture",
+    "compress",
+    "compressible_layers",
+    "default_feature_layers",
+    "fake_quantize",
+    "feature_regression_",
+    "invert",
+    "load_model",
+    "magnitude_mask",
+    "model_outputs",
+    "model_size",
+    "normalized_distance",
+    "od_from_outputs",
+    "output_discrepancy",
+    "read_state_dict",
+    "strip_",
+    "synthesize",
+    "teacher_targets",
+    "total_variation",
+    "weights_digest",
+]

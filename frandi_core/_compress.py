@@ -1,0 +1,144 @@
+"""Compression operators: exact magnitude pruning and per-channel symmetric weight quantization.
+
+``compress`` returns a copy whose compressible weights are parametrized by a ``Compressor``: the mask
+is applied and the weight fake-quantized on every forward, with a straight-through estimator so Feature
+Regression can train the underlying weights while pruned entries stay exactly zero.
+``strip_`` bakes the parametrizations in, leaving a plain model whose state_dict loads into the
+original architecture with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._errors import FrandiError
+from ._policy import COMPRESSIBLE, LayerSetting, Policy, compressible_layers
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """A 0/1 mask with exactly round(sparsity * numel) zeros at the smallest |weight| entries."""
+    k = round(sparsity * weight.numel())
+    mask = torch.ones(weight.numel(), dtype=weight.dtype, device=weight.device)
+    if k > 0:
+        idx = torch.topk(weight.detach().abs().flatten(), k, largest=False, sorted=False).indices
+        mask[idx] = 0
+    return mask.view_as(weight)
+
+
+def fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel quantization to at most 2**bits - 1 levels, straight-through gradient."""
+    qmax = 2 ** (bits - 1) - 1
+    dims = tuple(range(1, weight.dim()))
+    scale = weight.detach().abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / qmax
+    q = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
+    return weight + (q - weight).detach()
+
+
+class Compressor(nn.Module):
+    """Parametrization of a weight: apply the pruning mask, then fake-quantize to ``bits``."""
+
+    mask: torch.Tensor | None
+
+    def __init__(self, mask: torch.Tensor | None, bits: int | None) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.bits = bits
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.mask is not None:
+            weight = weight * self.mask
+        if self.bits is not None:
+            weight = fake_quantize(weight, self.bits)
+        return weight
+
+
+def _check_layers(model: nn.Module, policy: Policy) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    for name, _ in policy.layers:
+        m = modules.get(name)
+        if m is None or not isinstance(m, COMPRESSIBLE):
+            known = [layer.name for layer in compressible_layers(model)]
+            raise FrandiError(
+                f"policy names layer '{name}', which is not a Conv/Linear layer of the model; "
+                f"compressible layers are {known[:6]}{' ...' if len(known) > 6 else ''}"
+            )
+    return modules
+
+
+def compress(model: nn.Module, policy: Policy) -> nn.Module:
+    """Return a compressed copy of ``model`` (eval mode); the model passed in is never modified."""
+    modules = _check_layers(model, policy)
+    student = copy.deepcopy(model)
+    smods = dict(student.named_modules())
+    del modules
+    for name, s in policy.layers:
+        if s.sparsity == 0 and s.bits is None:
+            continue
+        m = smods[name]
+        mask = magnitude_mask(m.weight, s.sparsity) if s.sparsity > 0 else None
+        if mask is not None:
+            with torch.no_grad():
+                m.weight.mul_(mask)
+        parametrize.register_parametrization(m, "weight", Compressor(mask, s.bits))
+    return student.eval()
+
+
+def strip_(model: nn.Module) -> nn.Module:
+    """Bake the compression parametrizations into plain weights, in place; returns the model."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return model
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    """Model size under a policy.
+
+    Compressed weights cost ``nnz * bits``; a pruned layer adds a 1-bit-per-weight mask (the index
+    overhead); a quantized layer adds one fp32 scale per output channel. Every other parameter (biases,
+    BN affine) counts at fp32. Buffers (BN running statistics) are not counted, as they fold into
+    the preceding layer at deployment. ``ratio`` is the dense fp32 size divided by this size.
+    """
+
+    bits: int
+    dense_bits: int
+    nonzero: int
+    weights: int
+
+    @property
+    def ratio(self) -> float:
+        return self.dense_bits / self.bits
+
+    @property
+    def density(self) -> float:
+        return self.nonzero / self.weights if self.weights else 1.0
+
+
+def model_size(model: nn.Module, policy: Policy) -> SizeReport:
+    """Size accounting for ``model`` compressed by ``policy`` (see SizeReport for the rules)."""
+    _check_layers(model, policy)
+    settings = policy.as_dict()
+    layers = compressible_layers(model)
+    weight_names = {f"{layer.name}.weight" if layer.name else "weight" for layer in layers}
+    other = sum(p.numel() for n, p in model.named_parameters() if n not in weight_names)
+    bits = 32 * other
+    dense = 32 * other
+    nonzero = total = 0
+    for layer in layers:
+        s = settings.get(layer.name, LayerSetting())
+        k = round(s.sparsity * layer.numel)
+        nnz = layer.numel - k
+        b = s.bits if s.bits is not None else 32
+        bits += (
+            nnz * b + (layer.numel if k > 0 else 0) + (32 * layer.out_channels if s.bits is not None else 0)
+        )
+        dense += 32 * layer.numel
+        nonzero += nnz
+        total += layer.numel
+    return SizeReport(bits=bits, dense_bits=dense, nonzero=nonzero, weights=total)

@@ -1,0 +1,87 @@
+"""Per-layer compression policies keyed by fully qualified module name, and the layers they can cover."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import nn
+
+from ._errors import FrandiError
+
+COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerSetting:
+    """How one layer is compressed: fraction of weights pruned, and weight bits (None keeps fp32)."""
+
+    sparsity: float = 0.0
+    bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
+            raise FrandiError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
+        if self.bits is not None and (
+            isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8
+        ):
+            raise FrandiError(f"bits must be an integer in 2..8 or none, got {self.bits!r}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Layer name -> LayerSetting, stored sorted so equal policies compare and hash equal."""
+
+    layers: tuple[tuple[str, LayerSetting], ...] = ()
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, LayerSetting | Mapping[str, object]]) -> Policy:
+        items = []
+        for name, s in mapping.items():
+            if not isinstance(s, LayerSetting):
+                unknown = set(s) - {"sparsity", "bits"}
+                if unknown:
+                    raise FrandiError(
+                        f"policy layer '{name}': unknown keys {sorted(unknown)}; use sparsity, bits"
+                    )
+                s = LayerSetting(**s)  # type: ignore[arg-type]
+            items.append((name, s))
+        return cls(tuple(sorted(items)))
+
+    def as_dict(self) -> dict[str, LayerSetting]:
+        return dict(self.layers)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {n: {"sparsity": s.sparsity, "bits": s.bits} for n, s in self.layers}, sort_keys=True
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Policy:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def uniform(cls, model: nn.Module, sparsity: float = 0.0, bits: int | None = None) -> Policy:
+        """The same setting on every compressible layer: the baseline every front is compared with."""
+        s = LayerSetting(sparsity, bits)
+        return cls.from_dict({layer.name: s for layer in compressible_layers(model)})
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A compressible layer: its name, module type and weight count."""
+
+    name: str
+    kind: str
+    numel: int
+    out_channels: int
+
+
+def compressible_layers(model: nn.Module) -> list[LayerInfo]:
+    """The model's Conv and Linear layers, in module order, with their weight counts."""
+    return [
+        LayerInfo(n, type(m).__name__, m.weight.numel(), m.weight.shape[0])
+        for n, m in model.named_modules()
+        if isinstance(m, COMPRESSIBLE)
+    ]

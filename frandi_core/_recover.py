@@ -1,0 +1,141 @@
+"""Feature Regression (paper eq. 2) and Output Discrepancy (eq. 3) on synthetic data, no labels."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._errors import FrandiError
+from ._hooks import capture
+from ._losses import normalized_distance
+
+OUTPUT = "output"  # the name that stands for the model's final output in a list of feature layers
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Feature Regression settings: step budget, Adam learning rate, mini-batch size, layers, seed."""
+
+    steps: int = 100
+    lr: float = 1e-3
+    batch_size: int = 64
+    layers: tuple[str, ...] | None = None  # None: the main blocks and the output
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise FrandiError(
+                f"recovery needs steps >= 0, batch_size >= 1 and lr > 0, got {self.steps}, "
+                f"{self.batch_size}, {self.lr}"
+            )
+
+
+class NonFiniteError(FrandiError):
+    """Recovery or OD produced NaN or inf: the policy (or learning rate) broke the model."""
+
+
+def default_feature_layers(model: nn.Module) -> list[str]:
+    """The main blocks: top-level children holding two or more parametrized layers, plus the output."""
+    blocks = []
+    for name, child in model.named_children():
+        leaves = [m for m in child.modules() if not list(m.children()) and any(True for _ in m.parameters())]
+        if len(leaves) >= 2:
+            blocks.append(name)
+    return blocks + [OUTPUT]
+
+
+def _split(layers: Sequence[str]) -> tuple[list[str], bool]:
+    return [n for n in layers if n != OUTPUT], OUTPUT in layers
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """The teacher's normalized features on the recovery batch, computed once and reused by every trial."""
+
+    inputs: torch.Tensor
+    layers: tuple[str, ...]
+    features: dict[str, torch.Tensor]
+
+
+def _normalize(f: torch.Tensor) -> torch.Tensor:
+    f = f.flatten(1).float()
+    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def teacher_targets(
+    teacher: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | None = None, *, chunk: int = 256
+) -> TeacherTargets:
+    """Run the teacher once over the recovery batch and keep its normalized features per layer."""
+    names = list(layers) if layers else default_feature_layers(teacher)
+    hooked, want_out = _split(names)
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    with capture(teacher, hooked) as feats:
+        for i in range(0, len(inputs), chunk):
+            out = teacher(inputs[i : i + chunk])
+            for n in hooked:
+                parts[n].append(_normalize(feats[n]))
+            if want_out:
+                parts[OUTPUT].append(_normalize(out))
+    return TeacherTargets(inputs, tuple(names), {n: torch.cat(v) for n, v in parts.items()})
+
+
+def feature_regression_(
+    student: nn.Module,
+    targets: TeacherTargets,
+    config: RecoveryConfig = RecoveryConfig(),
+    *,
+    progress: bool = False,
+) -> list[float]:
+    """Train the compressed student in place to match the teacher's normalized features (eq. 2).
+
+    BN statistics stay frozen (eval mode: there is no real data to update them), masks are re-applied by
+    the compression parametrization on every forward. Returns the loss per step.
+    """
+    student.eval()
+    hooked, want_out = _split(targets.layers)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.steps, 1))
+    gen = torch.Generator().manual_seed(config.seed)
+    n = len(targets.inputs)
+    bs = min(config.batch_size, n)
+    losses: list[torch.Tensor] = []
+    with capture(student, hooked) as feats:
+        for _ in tqdm(range(config.steps), desc="feature regression", disable=not progress, leave=False):
+            idx = torch.randperm(n, generator=gen)[:bs]
+            out = student(targets.inputs[idx])
+            loss = out.new_zeros(())
+            for name in hooked:
+                loss = loss + normalized_distance(feats[name], targets.features[name][idx]).mean()
+            if want_out:
+                loss = loss + normalized_distance(out, targets.features[OUTPUT][idx]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.detach())
+    values = [float(v) for v in torch.stack(losses)] if losses else []
+    if values and not math.isfinite(values[-1]):
+        raise NonFiniteError(f"feature regression diverged (loss {values[-1]}); lower recovery.lr")
+    return values
+
+
+@torch.no_grad()
+def model_outputs(model: nn.Module, inputs: torch.Tensor, *, chunk: int = 256) -> torch.Tensor:
+    """The model's outputs (eval mode) over a batch, in chunks."""
+    model.eval()
+    return torch.cat([model(inputs[i : i + chunk]) for i in range(0, len(inputs), chunk)])
+
+
+def output_discrepancy(student: nn.Module, heldout: torch.Tensor, teacher_outputs: torch.Tensor) -> float:
+    """OD (eq. 3): mean over held-out samples of || F/||F|| - F~/||F~|| ||; in [0, 2], 0 when identical."""
+    od = float(normalized_distance(teacher_outputs, model_outputs(student, heldout)).mean())
+    if not math.isfinite(od):
+        raise NonFiniteError(f"output discrepancy is {od}: the compressed model outputs NaN or inf")
+    return od
