@@ -1,1 +1,31 @@
 """The search service: study files, search space, objective, workers and the frandi CLI."""
+
+from __future__ import annotations
+
+from ._config import ConfigError, StudyConfig, load_config, parse_config
+from ._launch import launch, open_for, prepare
+from ._report import pareto_trials, row
+from ._space import SearchSpace
+from ._study import create_or_resume, open_study
+from ._trial import TrialResult, TrialRunner, batch_key, cached_batches
+from ._worker import work
+
+__all__ = [
+    "ConfigError",
+    "SearchSpace",
+    "StudyConfig",
+    "TrialResult",
+    "TrialRunner",
+    "batch_key",
+    "cached_batches",
+    "create_or_resume",
+    "launch",
+    "load_config",
+    "open_for",
+    "open_study",
+    "pareto_trials",
+    "parse_config",
+    "prepare",
+    "row",
+    "work",
+]

@@ -1,8 +1,142 @@
+"""The `frandi` command line: search, worker, status, pareto, export, dashboard, synth."""
+
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+
+from frandi_core import FrandiError
+from storage import StorageError
+
+from . import _commands as commands
+from ._config import ConfigError, load_config, replace
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("frandi: the CLI arrives with the search service", file=sys.stderr)
-    return 2
+def _writable(path: str) -> Path:
+    """An output path whose folder exists and can be written (checked before any work is done)."""
+    p = Path(path)
+    parent = p.resolve().parent
+    if p.is_dir():
+        raise ConfigError(f"output path '{p}' is a folder; give a file name")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot write '{p}': folder '{parent}' does not exist or is not writable")
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="frandi", description="Data-free compression-policy search (FRanDI).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("study_file", metavar="STUDY.toml", help="the study file")
+        c.add_argument(
+            "--storage", help="database URL overriding [study] storage (passwords are never printed)"
+        )
+        return c
+
+    c = cmd("search", "launch or resume a study: the same command continues a stopped one")
+    c.add_argument("--workers", type=int, help="worker processes on this machine (default: [run] workers)")
+    c.add_argument("--devices", help="comma-separated devices for the workers, e.g. cpu or cuda:0,cuda:1")
+    c.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    c.add_argument(
+        "--n-trials", type=int, help="finished trials the study should hold (default: [study] n_trials)"
+    )
+    c.add_argument("--force", action="store_true", help="resume even though the study file changed")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help="how to print the front"
+    )
+
+    c = cmd("worker", "join an existing study from this (or any) machine and run trials until it is done")
+    c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    c.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+
+    c = cmd("status", "trials done / running / failed and the best OD so far")
+    c.add_argument("--format", choices=["table", "json"], default="table")
+
+    c = cmd("pareto", "the Pareto front of OD against model size")
+    c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    c = cmd("export", "re-run a trial's compression and recovery, check its OD, save the compressed model")
+    c.add_argument("--trial", type=int, required=True, help="trial number (see frandi pareto)")
+    c.add_argument("--out", required=True, help="file to write: {'state_dict', 'policy', 'metrics'}")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |OD - stored OD|")
+
+    c = cmd("dashboard", "serve optuna-dashboard on the study's storage")
+    c.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    c.add_argument("--port", type=int, default=8080)
+
+    c = cmd("synth", "build (or show) the study's cached synthetic batches")
+    c.add_argument("--png", help="save a grid of the synthetic images to this PNG file")
+    c.add_argument("--device", default="cpu")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.study_file)
+    if args.command == "search":
+        if args.workers is not None:
+            if args.workers < 1:
+                raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+            cfg = replace(cfg, "run", workers=args.workers)
+        if args.devices:
+            cfg = replace(cfg, "run", devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()))
+        if args.threads is not None:
+            cfg = replace(cfg, "run", threads=max(args.threads, 0))
+        if args.n_trials is not None:
+            if args.n_trials < 1:
+                raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
+            cfg = replace(cfg, "study", n_trials=args.n_trials)
+        return commands.search(
+            cfg, args.storage, force=args.force, progress=not args.no_progress, fmt=args.format
+        )
+    if args.command == "worker":
+        return commands.worker(cfg, args.storage, device=args.device, threads=args.threads)
+    if args.command == "status":
+        return commands.status(cfg, args.storage, fmt=args.format)
+    if args.command == "pareto":
+        return commands.pareto(cfg, args.storage, fmt=args.format)
+    if args.command == "export":
+        return commands.export(
+            cfg,
+            args.storage,
+            trial=args.trial,
+            out=_writable(args.out),
+            device=args.device,
+            tolerance=args.tolerance,
+        )
+    if args.command == "dashboard":
+        return commands.dashboard(cfg, args.storage, host=args.host, port=args.port)
+    if args.command == "synth":
+        return commands.synth(
+            cfg, args.storage, png=_writable(args.png) if args.png else None, device=args.device
+        )
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return run(args)
+    except (FrandiError, StorageError) as e:
+        print(f"frandi: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nfrandi: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except json.JSONDecodeError as e:
+        print(f"frandi: error: stored data is not valid JSON ({e})", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

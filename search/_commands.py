@@ -1,0 +1,142 @@
+"""What each CLI command does, given a validated StudyConfig; printing lives here, parsing in cli.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from optuna.trial import TrialState
+
+from frandi_core import bn_kl_loss, model_outputs, strip_
+
+from ._config import ConfigError, StudyConfig
+from ._launch import launch, open_for
+from ._report import format_rows, pareto_trials, row
+from ._report import status as status_of
+from ._study import open_study
+from ._trial import TrialRunner, cached_batches, model_spec
+from ._worker import check_device, set_threads, work
+
+
+def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool, fmt: str) -> int:
+    t0 = time.perf_counter()
+    study = launch(cfg, storage_override=storage, force=force, progress=progress)
+    wall = time.perf_counter() - t0
+    s = status_of(study, cfg.study.n_trials)
+    print(
+        f"study '{s['study']}': {s['complete']} finished, {s['fail']} failed, {s['running']} running "
+        f"({wall:.0f} s this run)"
+    )
+    print(format_rows([row(t) for t in pareto_trials(study)], fmt))
+    return 0
+
+
+def worker(cfg: StudyConfig, storage: str | None, *, device: str, threads: int | None) -> int:
+    check_device(device)
+    with open_for(cfg, storage) as st:
+        n = work(cfg, st, device=device, threads=threads or 0, progress=True)
+    print(f"worker done: ran {n} trial(s)")
+    return 0
+
+
+def status(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
+    with open_for(cfg, storage) as st:
+        s = status_of(open_study(cfg, st), cfg.study.n_trials)
+    print(json.dumps(s, indent=2) if fmt == "json" else "\n".join(f"{k:>18}: {v}" for k, v in s.items()))
+    return 0
+
+
+def pareto(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
+    with open_for(cfg, storage) as st:
+        rows = [row(t) for t in pareto_trials(open_study(cfg, st))]
+    print(format_rows(rows, fmt))
+    return 0
+
+
+def export(
+    cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, device: str, tolerance: float
+) -> int:
+    """Materialize a finished trial deterministically and check it reproduces the stored OD."""
+    from frandi_core import Policy
+
+    check_device(device)
+    set_threads(cfg.run.threads, 1)
+    with open_for(cfg, storage) as st:
+        study = open_study(cfg, st)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        t = trials.get(trial)
+        if t is None:
+            raise ConfigError(
+                f"trial {trial} does not exist in study '{cfg.study.name}' (0..{len(trials) - 1})"
+            )
+        if t.state != TrialState.COMPLETE:
+            raise ConfigError(f"trial {trial} is {t.state.name}, not COMPLETE; export a finished trial")
+        policy = Policy.from_json(t.user_attrs["policy"])
+        runner = TrialRunner(cfg, st, device=device)
+        student, r = runner.student(policy)
+    stored = t.values[0]
+    if abs(r.od - stored) > tolerance:
+        raise ConfigError(
+            f"trial {trial} re-ran to OD {r.od:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
+            "the model, batches or code changed since; nothing written"
+        )
+    strip_(student)
+    state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+    metrics = {
+        "od": r.od,
+        "od_stored": stored,
+        "od_before": r.od_before,
+        "size_bits": r.size_bits,
+        "ratio": r.ratio,
+        "density": r.density,
+        "trial": trial,
+    }
+    torch.save({"state_dict": state, "policy": json.loads(policy.to_json()), "metrics": metrics}, out)
+    print(
+        f"trial {trial}: OD {r.od:.6f} (stored {stored:.6f}), ratio {r.ratio:.2f}, density {r.density:.3f} "
+        f"-> {out}"
+    )
+    return 0
+
+
+def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) -> int:
+    import optuna_dashboard
+
+    with open_for(cfg, storage) as st:
+        open_study(cfg, st)
+        print(f"optuna-dashboard on http://{host}:{port}/ for {st.masked_url} (Ctrl-C to stop)")
+        optuna_dashboard.run_server(st.optuna, host=host, port=port)
+    return 0
+
+
+def synth(cfg: StudyConfig, storage: str | None, *, png: Path | None, device: str) -> int:
+    """Build the cached synthetic batches if missing, describe them, optionally save an image grid."""
+    check_device(device)
+    with open_for(cfg, storage) as st:
+        from frandi_core import load_model
+
+        teacher = load_model(model_spec(cfg), device=device)
+        key, data = cached_batches(cfg, st, teacher, device=device, progress=True)
+        info = st.blob_info(key) or {}
+    with torch.no_grad():
+        for name, x in (("recovery", data.recovery), ("held-out", data.heldout)):
+            x = x.to(device)
+            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(device)
+            preds = model_outputs(teacher, x).argmax(1)
+            classes = torch.bincount(preds.cpu()).count_nonzero().item()
+            print(
+                f"{name:>9}: {tuple(x.shape)}, BN-KL {float(bn_kl_loss(teacher, x)):.4g} "
+                f"(noise {float(bn_kl_loss(teacher, noise)):.4g}), teacher predicts {classes} classes"
+            )
+    print(f"cache key {key}, {info.get('size', 0) / 1024:.0f} KiB stored compressed")
+    if png is not None and data.recovery.dim() == 4:
+        from torchvision.utils import save_image
+
+        x = data.recovery[:64]
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        save_image((x - lo) / (hi - lo + 1e-8), png, nrow=8, padding=1)
+        print(f"image grid -> {png}")
+    return 0

@@ -1,0 +1,281 @@
+"""Study files: TOML loaded into frozen dataclasses that reject unknown keys and wrong types."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frandi_core import FrandiError, RecoveryConfig, SynthConfig
+
+
+class ConfigError(FrandiError):
+    """A study file is malformed: the message names the key and what to write instead."""
+
+
+SAMPLERS = ("tpe", "nsga2", "random")
+OBJECTIVES = ("od", "size")
+
+
+@dataclass(frozen=True)
+class StudySection:
+    """[study]: what to search and where trials are stored."""
+
+    name: str
+    storage: str = "sqlite:///runs/frandi.db"  # relative sqlite paths are relative to the study file
+    sampler: str = "tpe"
+    seed: int = 0
+    n_trials: int = 50
+    objectives: tuple[str, ...] = ("od", "size")  # ("od",) alone needs min_ratio as a size budget
+    min_ratio: float | None = None  # constraint: compression ratio >= min_ratio
+    baselines: tuple[float, ...] = (0.25, 0.5, 0.75)  # uniform sparsities enqueued first, at the top bits
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """[model]: the user's trained model."""
+
+    architecture: str
+    weights: str  # relative to the study file
+    input_shape: tuple[int, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SpaceSection:
+    """[space]: which layers are searched and over which settings.
+
+    Each compressible layer gets, in this order of precedence: dense 8-bit if it is the first or last
+    layer and ``keep_first_last``; the setting of the first ``fixed`` entry naming it (exact name before
+    ``re:`` pattern); a searched setting if it matches ``layers``; otherwise it stays dense fp32.
+    """
+
+    layers: tuple[str, ...] = ("re:.*",)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    sparsity: tuple[float, ...] = (0.0, 0.9)
+    sparsity_step: float = 0.05
+    bits: tuple[int, ...] = (4, 6, 8)  # 32 keeps a layer in fp32
+    keep_first_last: bool = True
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """[run]: how workers run here; changes to it never invalidate past trials."""
+
+    devices: tuple[str, ...] = ("cpu",)
+    workers: int = 1
+    threads: int = 0  # torch threads per worker; 0 = cores // workers
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study file."""
+
+    study: StudySection
+    model: ModelSection
+    synthetic: SynthConfig = SynthConfig()
+    space: SpaceSection = SpaceSection()
+    recovery: RecoveryConfig = RecoveryConfig()
+    run: RunSection = RunSection()
+    base_dir: Path = Path(".")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides a trial's result; name, storage, n_trials, sampler and run excluded."""
+        keep = {
+            "objectives": self.study.objectives,
+            "min_ratio": self.study.min_ratio,
+            "model": dataclasses.asdict(self.model) | {"weights": _file_digest(self.weights_path)},
+            "synthetic": dataclasses.asdict(self.synthetic),
+            "space": dataclasses.asdict(self.space),
+            "recovery": dataclasses.asdict(self.recovery),
+        }
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+    @property
+    def weights_path(self) -> Path:
+        return (self.base_dir / self.model.weights).resolve()
+
+    def comparable(self) -> dict[str, Any]:
+        """The fingerprinted sections as plain data, to say which one changed."""
+        return {
+            "study.objectives": list(self.study.objectives),
+            "study.min_ratio": self.study.min_ratio,
+            "model": json.loads(json.dumps(dataclasses.asdict(self.model), default=list)),
+            "synthetic": dataclasses.asdict(self.synthetic),
+            "space": json.loads(json.dumps(dataclasses.asdict(self.space), default=list)),
+            "recovery": json.loads(json.dumps(dataclasses.asdict(self.recovery), default=list)),
+        }
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Check (and lightly coerce) one TOML value against a type hint; raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if tp is Any:
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list, got {type(value).__name__} {value!r}")
+        (item, *_rest) = typing.get_args(tp)
+        return tuple(_check(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a table, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r}")
+
+
+def _section(cls: type, data: Any, name: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{name}] must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key '{name}.{unknown[0]}'; known keys of [{name}]: {', '.join(fields)}")
+    missing = [
+        f.name
+        for f in fields.values()
+        if f.name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing key '{name}.{missing[0]}' in the study file")
+    values = {k: _check(v, hints[k], f"{name}.{k}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except FrandiError as e:
+        raise ConfigError(f"[{name}] {e}") from None
+
+
+def _validate(cfg: StudyConfig) -> None:
+    s, sp = cfg.study, cfg.space
+    if s.sampler not in SAMPLERS:
+        raise ConfigError(f"study.sampler '{s.sampler}' is unknown; use one of {', '.join(SAMPLERS)}")
+    if (
+        not s.objectives
+        or any(o not in OBJECTIVES for o in s.objectives)
+        or len(set(s.objectives)) < len(s.objectives)
+    ):
+        raise ConfigError(f'study.objectives {list(s.objectives)} is invalid; use ["od", "size"] or ["od"]')
+    if s.objectives[0] != "od":
+        raise ConfigError('study.objectives must start with "od" (the label-free accuracy proxy)')
+    if s.objectives == ("od",) and s.min_ratio is None:
+        raise ConfigError('study.objectives = ["od"] needs a size budget: set study.min_ratio (e.g. 2.0)')
+    if s.min_ratio is not None and s.min_ratio < 1:
+        raise ConfigError(f"study.min_ratio must be >= 1, got {s.min_ratio}")
+    if s.n_trials < 1:
+        raise ConfigError(f"study.n_trials must be >= 1, got {s.n_trials}")
+    lo, hi = (sp.sparsity + (None, None))[:2] if len(sp.sparsity) == 2 else (None, None)
+    if lo is None or hi is None or not 0 <= lo <= hi < 1:
+        raise ConfigError(
+            f"space.sparsity must be [low, high] with 0 <= low <= high < 1, got {list(sp.sparsity)}"
+        )
+    if not 0 < sp.sparsity_step < 1:
+        raise ConfigError(f"space.sparsity_step must be in (0, 1), got {sp.sparsity_step}")
+    if not sp.bits:
+        raise ConfigError("space.bits must list at least one bit-width (2..8, or 32 for fp32)")
+    for b in sp.bits:
+        if not (2 <= b <= 8 or b == 32):
+            raise ConfigError(f"space.bits has {b}, not a weight bit-width; use 2..8, or 32 to keep fp32")
+    for level in s.baselines:
+        if not 0 <= level < 1:
+            raise ConfigError(f"study.baselines has sparsity {level}, outside [0, 1)")
+    if len(cfg.model.input_shape) < 1 or any(d < 1 for d in cfg.model.input_shape):
+        raise ConfigError(
+            f"model.input_shape must be positive sizes without the batch, got {cfg.model.input_shape}"
+        )
+    r = cfg.run
+    if r.workers < 1 or r.threads < 0 or not r.devices:
+        raise ConfigError("run.workers must be >= 1, run.threads >= 0, run.devices not empty")
+    if r.heartbeat_interval < 1 or r.grace_period <= r.heartbeat_interval:
+        raise ConfigError(
+            "run.grace_period must be larger than run.heartbeat_interval (both in seconds, >= 1)"
+        )
+
+
+SECTIONS = {
+    "study": StudySection,
+    "model": ModelSection,
+    "synthetic": SynthConfig,
+    "space": SpaceSection,
+    "recovery": RecoveryConfig,
+    "run": RunSection,
+}
+
+
+def parse_config(text: str, *, base_dir: Path = Path("."), source: str = "<string>") -> StudyConfig:
+    """Parse a study file's text; relative paths in it are relative to ``base_dir``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML ({e}); fix the syntax") from None
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}] in {source}; sections are {', '.join(SECTIONS)}")
+    for required in ("study", "model"):
+        if required not in data:
+            raise ConfigError(f"{source} has no [{required}] section")
+    parts = {name: _section(cls, data[name], name) for name, cls in SECTIONS.items() if name in data}
+    cfg = StudyConfig(**parts, base_dir=base_dir)
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read study file '{p}' ({e.strerror}); check the path") from None
+    return parse_config(text, base_dir=p.resolve().parent, source=str(p))
+
+
+def replace(cfg: StudyConfig, section: str, **changes: Any) -> StudyConfig:
+    """A copy of ``cfg`` with some keys of one section changed (CLI overrides such as --n-trials)."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})

@@ -1,0 +1,99 @@
+"""`frandi search`: validate everything, prepare the study, run N worker processes, show progress."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from frandi_core import compressible_layers, load_model
+from storage import Storage, normalize_url, open_storage
+
+from ._config import StudyConfig
+from ._space import SearchSpace
+from ._study import counts, create_or_resume
+from ._trial import cached_batches, model_spec
+from ._worker import check_device, worker_main
+
+
+def storage_url(cfg: StudyConfig, override: str | None = None) -> str:
+    """The study's storage URL (relative SQLite paths against the study file), its folder created."""
+    url = normalize_url(override or cfg.study.storage, base_dir=cfg.base_dir if not override else Path.cwd())
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def open_for(cfg: StudyConfig, override: str | None = None) -> Storage:
+    return open_storage(
+        storage_url(cfg, override),
+        heartbeat_interval=cfg.run.heartbeat_interval,
+        grace_period=cfg.run.grace_period,
+    )
+
+
+def prepare(cfg: StudyConfig, storage: Storage, *, device: str = "cpu", force: bool = False) -> optuna.Study:
+    """Check the model and space (before writing anything), then create or resume the study and its batches."""
+    teacher = load_model(model_spec(cfg), device=device)
+    space = SearchSpace.build(cfg.space, compressible_layers(teacher))
+    study = create_or_resume(cfg, storage, space, force=force)
+    cached_batches(cfg, storage, teacher, device=device, progress=True)
+    return study
+
+
+def launch(
+    cfg: StudyConfig, *, storage_override: str | None = None, force: bool = False, progress: bool = True
+) -> optuna.Study:
+    """Run the study to n_trials finished trials with cfg.run.workers processes; resume when it exists."""
+    devices = [check_device(d) for d in cfg.run.devices]
+    n = cfg.run.workers
+    threads = cfg.run.threads or max(1, (os.cpu_count() or 1) // n)
+    with open_for(cfg, storage_override) as storage:
+        study = prepare(cfg, storage, device=devices[0], force=force)
+        ctx = mp.get_context("spawn")
+        procs = [
+            ctx.Process(
+                target=worker_main,
+                args=(cfg, storage.url, devices[i % len(devices)], i, threads),
+                name=f"frandi-worker-{i}",
+            )
+            for i in range(n)
+        ]
+        for p in procs:
+            p.start()
+        try:
+            _watch(study, procs, cfg.study.n_trials, progress)
+        except KeyboardInterrupt:
+            for p in procs:
+                if p.is_alive() and p.pid:
+                    os.kill(p.pid, signal.SIGINT)
+            for p in procs:
+                p.join(timeout=15)
+                if p.is_alive():
+                    p.terminate()
+            raise
+        bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+        c = counts(study)
+        if bad and c[TrialState.COMPLETE] < cfg.study.n_trials:
+            raise RuntimeError(
+                f"{len(bad)} worker(s) exited with errors before the study finished; see above"
+            )
+        return study
+
+
+def _watch(study: optuna.Study, procs: list, n_trials: int, progress: bool) -> None:
+    bar = tqdm(total=n_trials, desc=f"study {study.study_name}", unit="trial", disable=not progress)
+    try:
+        while any(p.is_alive() for p in procs):
+            done = counts(study)[TrialState.COMPLETE]
+            bar.update(min(done, n_trials) - bar.n)
+            time.sleep(0.5)
+        bar.update(min(counts(study)[TrialState.COMPLETE], n_trials) - bar.n)
+    finally:
+        bar.close()

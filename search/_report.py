@@ -1,0 +1,88 @@
+"""Reading a study back: the Pareto front of (OD, size), status counts, rows for tables, JSON and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from frandi_core import Policy
+
+
+def feasible(t: FrozenTrial) -> bool:
+    return float(t.user_attrs.get("constraint", 0.0)) <= 0
+
+
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete, feasible trials that no other trial beats on both OD and size; sorted by size."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
+
+    def key(t: FrozenTrial) -> tuple[float, float]:
+        return (t.values[0], float(t.user_attrs["size_bits"]))
+
+    front = [
+        t
+        for t in trials
+        if not any(key(o)[0] <= key(t)[0] and key(o)[1] <= key(t)[1] and key(o) != key(t) for o in trials)
+    ]
+    return sorted(front, key=lambda t: (key(t)[1], key(t)[0], t.number))
+
+
+def bits_summary(policy: Policy) -> str:
+    used = sorted({s.bits or 32 for _, s in policy.layers})
+    return "/".join("fp32" if b == 32 else str(b) for b in used)
+
+
+def row(t: FrozenTrial) -> dict[str, Any]:
+    policy = Policy.from_json(t.user_attrs["policy"])
+    return {
+        "trial": t.number,
+        "od": round(t.values[0], 5),
+        "od_before": round(float(t.user_attrs["od_before"]), 5),
+        "size_kib": round(float(t.user_attrs["size_bits"]) / 8192, 2),
+        "ratio": round(float(t.user_attrs["ratio"]), 2),
+        "density": round(float(t.user_attrs["density"]), 3),
+        "bits": bits_summary(policy),
+        "baseline": bool(t.user_attrs.get("baseline", False)),
+    }
+
+
+def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        if rows:
+            w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return buf.getvalue().rstrip("\n")
+    if not rows:
+        return "(no finished trials yet)"
+    cols = list(rows[0])
+    cells = [[str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(x.rjust(w) for x, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def status(study: optuna.Study, n_trials: int) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min((t for t in complete if feasible(t)), key=lambda t: t.values[0], default=None)
+    seconds = [float(t.user_attrs.get("seconds_total", 0)) for t in complete]
+    return {
+        "study": study.study_name,
+        "n_trials": n_trials,
+        **by_state,
+        "best_od": round(best.values[0], 5) if best else None,
+        "best_trial": best.number if best else None,
+        "mean_trial_seconds": round(sum(seconds) / len(seconds), 3) if seconds else None,
+        "workers_seen": len({t.user_attrs.get("worker") for t in complete}),
+    }

@@ -1,0 +1,100 @@
+"""The search space: which layers are searched, and how a trial's parameters become a Policy."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from frandi_core import LayerInfo, LayerSetting, Policy
+
+from ._config import ConfigError, SpaceSection
+
+FP32 = 32  # a bit-width choice that keeps the layer's weights in fp32
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return pattern == name
+
+
+def _setting(value: Any, key: str) -> LayerSetting:
+    if not isinstance(value, dict) or set(value) - {"sparsity", "bits"}:
+        raise ConfigError(f"'{key}' must be a table like {{sparsity = 0.5, bits = 8}}, got {value!r}")
+    bits = value.get("bits", FP32)
+    try:
+        return LayerSetting(float(value.get("sparsity", 0.0)), None if bits == FP32 else bits)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"'{key}': {e}") from None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Resolved per-layer roles: searched layers (in model order) and fixed settings."""
+
+    searched: tuple[str, ...]
+    fixed: tuple[tuple[str, LayerSetting], ...]
+    sparsity: tuple[float, float]
+    step: float
+    bits: tuple[int, ...]
+
+    @classmethod
+    def build(cls, space: SpaceSection, layers: list[LayerInfo]) -> SearchSpace:
+        if not layers:
+            raise ConfigError("the model has no Conv or Linear layers to compress")
+        names = [layer.name for layer in layers]
+        for p in list(space.layers) + list(space.fixed):
+            if p.startswith("re:"):
+                try:
+                    re.compile(p[3:])
+                except re.error as e:
+                    raise ConfigError(
+                        f"space pattern '{p}' is not a valid regular expression ({e})"
+                    ) from None
+            if not any(_matches(p, n) for n in names):
+                raise ConfigError(
+                    f"space pattern '{p}' matches no compressible layer; layers are "
+                    f"{names[:6]}{' ...' if len(names) > 6 else ''}"
+                )
+        fixed_settings = {p: _setting(v, f"space.fixed.{p}") for p, v in space.fixed.items()}
+        fixed: dict[str, LayerSetting] = {}
+        searched = []
+        edge = {names[0], names[-1]} if space.keep_first_last else set()
+        for n in names:
+            if n in edge:
+                fixed[n] = LayerSetting(0.0, 8)
+                continue
+            exact = fixed_settings.get(n)
+            pattern = next(
+                (s for p, s in fixed_settings.items() if p.startswith("re:") and _matches(p, n)), None
+            )
+            if exact or pattern:
+                fixed[n] = exact or pattern  # type: ignore[assignment]
+            elif any(_matches(p, n) for p in space.layers):
+                searched.append(n)
+        if not searched:
+            raise ConfigError("space.layers leaves no layer to search; widen space.layers or space.fixed")
+        lo, hi = space.sparsity
+        return cls(tuple(searched), tuple(sorted(fixed.items())), (lo, hi), space.sparsity_step, space.bits)
+
+    def sample(self, trial: optuna.Trial) -> Policy:
+        """Ask the trial for each searched layer's sparsity and bits; return the whole policy."""
+        settings = dict(self.fixed)
+        for n in self.searched:
+            s = trial.suggest_float(f"{n}:sparsity", self.sparsity[0], self.sparsity[1], step=self.step)
+            b = trial.suggest_categorical(f"{n}:bits", list(self.bits))
+            settings[n] = LayerSetting(round(s, 6), None if b == FP32 else int(b))
+        return Policy.from_dict(settings)
+
+    def uniform_params(self, sparsity: float, bits: int) -> dict[str, Any]:
+        """Trial parameters of the uniform policy (same setting on every searched layer), to enqueue."""
+        lo, hi = self.sparsity
+        s = min(max(lo + round((sparsity - lo) / self.step) * self.step, lo), hi)
+        params: dict[str, Any] = {}
+        for n in self.searched:
+            params[f"{n}:sparsity"] = round(s, 6)
+            params[f"{n}:bits"] = bits
+        return params

@@ -1,0 +1,124 @@
+"""The Optuna study behind a study file: creation, fingerprint check, trial pool, samplers."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Literal
+
+import optuna
+from optuna.trial import TrialState
+
+from storage import Storage
+
+from ._config import ConfigError, StudyConfig
+from ._space import SearchSpace
+
+FINGERPRINT = "frandi:fingerprint"
+CONFIG = "frandi:config"
+METRICS = {"od": "OD", "size": "size_kib"}
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def make_sampler(cfg: StudyConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler; each worker seeds it differently so parallel workers do not draw the same policy."""
+    seed = cfg.study.seed + 1000 * worker_index
+    constraints = constraint_of if cfg.study.min_ratio is not None else None
+    if cfg.study.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20, constraints_func=constraints)
+    if cfg.study.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, constant_liar=True, n_startup_trials=10, constraints_func=constraints
+    )
+
+
+def constraint_of(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Optuna constraint (feasible when <= 0): min_ratio - ratio, stored by the objective."""
+    return [float(trial.user_attrs.get("constraint", 0.0))]
+
+
+def directions(cfg: StudyConfig) -> list[Literal["minimize"]]:
+    return ["minimize"] * len(cfg.study.objectives)
+
+
+def open_study(cfg: StudyConfig, storage: Storage, *, worker_index: int = 0) -> optuna.Study:
+    """Load an existing study (for workers and read-only commands)."""
+    try:
+        return optuna.load_study(
+            study_name=cfg.study.name, storage=storage.optuna, sampler=make_sampler(cfg, worker_index)
+        )
+    except KeyError:
+        raise ConfigError(
+            f"study '{cfg.study.name}' does not exist in {storage.masked_url}; start it with frandi search"
+        ) from None
+
+
+def _changed_sections(old: dict, new: dict) -> list[str]:
+    return [k for k in new if old.get(k) != new[k]]
+
+
+def create_or_resume(
+    cfg: StudyConfig, storage: Storage, space: SearchSpace, *, force: bool = False
+) -> optuna.Study:
+    """Create the study or resume it; refuse a changed study file unless ``force``; fill the trial pool."""
+    study = optuna.create_study(
+        study_name=cfg.study.name,
+        storage=storage.optuna,
+        sampler=make_sampler(cfg),
+        directions=directions(cfg),
+        load_if_exists=True,
+    )
+    if [d.name.lower() for d in study.directions] != directions(cfg):
+        raise ConfigError(
+            f"study '{cfg.study.name}' exists with {len(study.directions)} objective(s), the file asks for "
+            f"{len(cfg.study.objectives)}; use a new study.name"
+        )
+    fingerprint = cfg.fingerprint()
+    old = study.user_attrs.get(FINGERPRINT)
+    if old is not None and old != fingerprint and not force:
+        changed = _changed_sections(json.loads(study.user_attrs.get(CONFIG, "{}")), cfg.comparable())
+        what = ", ".join(changed) if changed else "the model weights"
+        raise ConfigError(
+            f"study '{cfg.study.name}' was run with a different study file ({what} changed), so past trials "
+            "would not be comparable; use a new study.name, or --force to continue anyway"
+        )
+    if old != fingerprint:
+        study.set_user_attr(FINGERPRINT, fingerprint)
+        study.set_user_attr(CONFIG, json.dumps(cfg.comparable(), sort_keys=True))
+        study.set_metric_names([METRICS[o] for o in cfg.study.objectives])
+    if not study.user_attrs.get("frandi:baselines"):
+        for params in baselines(cfg, space):
+            study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+        study.set_user_attr("frandi:baselines", True)
+    top_up(study, cfg.study.n_trials)
+    return study
+
+
+def baselines(cfg: StudyConfig, space: SearchSpace) -> list[dict]:
+    """Uniform policies: each baseline sparsity at the top bit-width, and the middle one at every other width."""
+    top = max(space.bits)
+    out = [space.uniform_params(s, top) for s in cfg.study.baselines]
+    if cfg.study.baselines:
+        mid = sorted(cfg.study.baselines)[len(cfg.study.baselines) // 2]
+        out += [space.uniform_params(mid, b) for b in sorted(space.bits) if b != top]
+    unique = []
+    for p in out:
+        if p not in unique:
+            unique.append(p)
+    return unique[: cfg.study.n_trials]
+
+
+def counts(study: optuna.Study) -> dict[TrialState, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {s: sum(t.state == s for t in trials) for s in TrialState}
+
+
+def top_up(study: optuna.Study, n_trials: int) -> int:
+    """Enqueue empty trials until complete + running + waiting reach n_trials; returns the number added."""
+    c = counts(study)
+    need = n_trials - c[TrialState.COMPLETE] - c[TrialState.RUNNING] - c[TrialState.WAITING]
+    for _ in range(max(need, 0)):
+        study.enqueue_trial({})
+    return max(need, 0)

@@ -1,0 +1,141 @@
+"""What a worker loads once (teacher, synthetic batches, teacher targets) and what it does per trial."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from frandi_core import (
+    ModelSpec,
+    Policy,
+    SyntheticData,
+    compress,
+    compressible_layers,
+    feature_regression_,
+    load_model,
+    model_outputs,
+    model_size,
+    output_discrepancy,
+    synthesize,
+    teacher_targets,
+    weights_digest,
+)
+from storage import Storage
+
+from ._config import StudyConfig
+from ._space import SearchSpace
+
+
+def batch_key(cfg: StudyConfig, digest: str) -> str:
+    """Content key of a study's synthetic batches: model weights, input shape, synthetic config and seed."""
+    blob = json.dumps(
+        {"weights": digest, "shape": cfg.model.input_shape, "synthetic": asdict(cfg.synthetic)},
+        sort_keys=True,
+        default=list,
+    )
+    return "synth-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _to_bytes(data: SyntheticData) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"recovery": data.recovery, "heldout": data.heldout}, buf)
+    return buf.getvalue()
+
+
+def _from_bytes(raw: bytes) -> SyntheticData:
+    d = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    return SyntheticData(recovery=d["recovery"], heldout=d["heldout"])
+
+
+def model_spec(cfg: StudyConfig) -> ModelSpec:
+    return ModelSpec(
+        cfg.model.architecture, str(cfg.weights_path), dict(cfg.model.kwargs), cfg.model.input_shape
+    )
+
+
+def cached_batches(
+    cfg: StudyConfig,
+    storage: Storage,
+    teacher: torch.nn.Module,
+    *,
+    device: str = "cpu",
+    progress: bool = False,
+) -> tuple[str, SyntheticData]:
+    """The study's synthetic batches from the shared cache; exactly one worker generates a missing one."""
+    key = batch_key(cfg, weights_digest(teacher))
+
+    def make() -> bytes:
+        return _to_bytes(
+            synthesize(teacher, cfg.model.input_shape, cfg.synthetic, device=device, progress=progress)
+        )
+
+    raw = storage.get_or_create_blob(
+        key,
+        make,
+        meta={"kind": "synthetic", "shape": list(cfg.model.input_shape), "synthetic": asdict(cfg.synthetic)},
+    )
+    return key, _from_bytes(raw)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One evaluated policy: OD after and before recovery, size, and where the time went."""
+
+    od: float
+    od_before: float
+    size_bits: int
+    ratio: float
+    density: float
+    seconds: dict[str, float]
+
+
+class TrialRunner:
+    """Holds the teacher, the cached batches and the teacher's targets; evaluates policies."""
+
+    def __init__(
+        self, cfg: StudyConfig, storage: Storage, *, device: str = "cpu", progress: bool = False
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.teacher = load_model(model_spec(cfg), device=self.device)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.space = SearchSpace.build(cfg.space, compressible_layers(self.teacher))
+        self.batch_key, data = cached_batches(cfg, storage, self.teacher, device=device, progress=progress)
+        self.heldout = data.heldout.to(self.device)
+        self.targets = teacher_targets(
+            self.teacher, data.recovery.to(self.device), cfg.recovery.layers or None
+        )
+        self.teacher_out = model_outputs(self.teacher, self.heldout)
+
+    def student(self, policy: Policy) -> tuple[torch.nn.Module, TrialResult]:
+        """Compress, recover with FR, measure OD; returns the recovered student (still parametrized)."""
+        t0 = time.perf_counter()
+        student = compress(self.teacher, policy)
+        for p in student.parameters():
+            p.requires_grad_(True)
+        t1 = time.perf_counter()
+        od_before = output_discrepancy(student, self.heldout, self.teacher_out)
+        t2 = time.perf_counter()
+        feature_regression_(student, self.targets, self.cfg.recovery)
+        t3 = time.perf_counter()
+        od = output_discrepancy(student, self.heldout, self.teacher_out)
+        t4 = time.perf_counter()
+        size = model_size(self.teacher, policy)
+        seconds = {
+            "compress": t1 - t0,
+            "od_before": t2 - t1,
+            "recover": t3 - t2,
+            "od": t4 - t3,
+            "total": t4 - t0,
+        }
+        result = TrialResult(od, od_before, size.bits, size.ratio, size.density, seconds)
+        return student, result
+
+    def evaluate(self, policy: Policy) -> TrialResult:
+        return self.student(policy)[1]

@@ -1,0 +1,173 @@
+"""A worker: load once, then pull trials from the shared pool until the study holds n_trials finished."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from frandi_core import FrandiError, NonFiniteError
+from storage import Storage, open_storage
+
+from ._config import ConfigError, StudyConfig
+from ._study import counts, open_study
+from ._trial import TrialRunner
+
+log = logging.getLogger("frandi.worker")
+
+
+def check_device(device: str) -> str:
+    """Validate a --device value ('cpu', 'cuda', 'cuda:N') against this machine."""
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device '{device}' is not a torch device; use cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device '{device}' asked for, but this machine has no CUDA GPU; use --devices cpu"
+            )
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{device}' does not exist: {torch.cuda.device_count()} GPU(s) here")
+    elif d.type != "cpu":
+        raise ConfigError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
+def set_threads(threads: int, workers: int) -> int:
+    """Torch threads for one worker: the configured number, or the cores shared out between workers."""
+    n = threads or max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(n)
+    return n
+
+
+@contextmanager
+def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat in a thread while the block runs; always stops the thread."""
+    interval = storage.get_heartbeat_interval()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as e:  # noqa: BLE001 - a missed beat must not kill the trial
+                log.warning("heartbeat failed: %s", type(e).__name__)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True) if interval else None
+    if thread:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread:
+            thread.join()
+
+
+def claim_waiting(study: optuna.Study) -> int | None:
+    """Atomically move one WAITING trial to RUNNING; None when the pool is empty."""
+    storage = study._storage
+    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return t._trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: StudyConfig, worker: str) -> bool:
+    """Sample, evaluate and tell one claimed trial; False when it failed (recorded with its reason)."""
+    trial = optuna.trial.Trial(study, trial_id)
+    with heartbeat(study._storage, trial_id):  # type: ignore[arg-type]
+        try:
+            policy = runner.space.sample(trial)
+            trial.set_user_attr("worker", worker)
+            trial.set_user_attr("policy", policy.to_json())
+            r = runner.evaluate(policy)
+        except (NonFiniteError, FloatingPointError) as e:
+            trial.set_user_attr("fail_reason", str(e))
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s", trial.number, e)
+            return False
+        except BaseException as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+    attrs = {
+        "od_before": r.od_before,
+        "size_bits": r.size_bits,
+        "ratio": r.ratio,
+        "density": r.density,
+        **{f"seconds_{k}": v for k, v in r.seconds.items()},
+    }
+    if cfg.study.min_ratio is not None:
+        attrs["constraint"] = cfg.study.min_ratio - r.ratio
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    values = [r.od, r.size_bits / 8192] if len(cfg.study.objectives) == 2 else [r.od]
+    study.tell(trial, values)
+    return True
+
+
+def work(
+    cfg: StudyConfig,
+    storage: Storage,
+    *,
+    device: str = "cpu",
+    worker_index: int = 0,
+    threads: int | None = None,
+    progress: bool = False,
+    poll: float = 1.0,
+    max_failures: int | None = None,
+) -> int:
+    """Pull and run trials until the study holds n_trials finished ones; returns how many this worker ran."""
+    set_threads(cfg.run.threads if threads is None else threads, cfg.run.workers)
+    worker = f"{os.uname().nodename}:{os.getpid()}:{device}"
+    study = open_study(cfg, storage, worker_index=worker_index)
+    runner = TrialRunner(cfg, storage, device=device, progress=progress)
+    done = failed = 0
+    limit = cfg.study.n_trials if max_failures is None else max_failures
+    while True:
+        if storage.optuna.get_heartbeat_interval():
+            optuna.storages.fail_stale_trials(study)
+        trial_id = claim_waiting(study)
+        if trial_id is not None:
+            if run_trial(study, runner, trial_id, cfg, worker):
+                done += 1
+            else:
+                failed += 1
+                if failed <= limit:
+                    study.enqueue_trial({})  # replace the failed trial so the study still reaches n_trials
+            continue
+        c = counts(study)
+        if c[TrialState.COMPLETE] >= cfg.study.n_trials or c[TrialState.RUNNING] == 0:
+            return done
+        time.sleep(poll)  # others are running trials that may still fail and come back to the pool
+
+
+def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: int, threads: int) -> None:
+    """Entry point of a spawned worker process: SIGTERM behaves like Ctrl-C so the trial is told FAIL."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(
+        storage_url, heartbeat_interval=cfg.run.heartbeat_interval, grace_period=cfg.run.grace_period
+    )
+    try:
+        with storage:
+            work(cfg, storage, device=device, worker_index=worker_index, threads=threads)
+    except KeyboardInterrupt:
+        pass
+    except FrandiError as e:
+        raise SystemExit(f"frandi worker {worker_index}: error: {e}") from None
