@@ -19,7 +19,7 @@ from ._config import StudyConfig
 from ._space import SearchSpace
 from ._study import counts, create_or_resume
 from ._trial import cached_batches, model_spec
-from ._worker import check_device, worker_main
+from ._worker import check_device, work, worker_main
 
 
 def storage_url(cfg: StudyConfig, override: str | None = None) -> str:
@@ -56,6 +56,14 @@ def launch(
     threads = cfg.run.threads or max(1, (os.cpu_count() or 1) // n)
     with open_for(cfg, storage_override) as storage:
         study = prepare(cfg, storage, device=devices[0], force=force)
+        if n == 1:  # in this process: no start-up cost, Ctrl-C reaches the trial directly
+            done = min(counts(study)[TrialState.COMPLETE], cfg.study.n_trials)
+            bar = tqdm(total=cfg.study.n_trials, desc=f"study {study.study_name}", unit="trial",
+                       disable=not progress, initial=done)
+            with bar:
+                work(cfg, storage, device=devices[0], threads=threads,
+                     on_trial=lambda done: bar.update(min(done, cfg.study.n_trials) - bar.n))
+            return study
         ctx = mp.get_context("spawn")
         procs = [
             ctx.Process(

@@ -18,7 +18,6 @@ FINGERPRINT = "frandi:fingerprint"
 CONFIG = "frandi:config"
 METRICS = {"od": "OD", "size": "size_kib"}
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def make_sampler(cfg: StudyConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
@@ -87,7 +86,9 @@ def create_or_resume(
     if old != fingerprint:
         study.set_user_attr(FINGERPRINT, fingerprint)
         study.set_user_attr(CONFIG, json.dumps(cfg.comparable(), sort_keys=True))
-        study.set_metric_names([METRICS[o] for o in cfg.study.objectives])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRICS[o] for o in cfg.study.objectives])
     if not study.user_attrs.get("frandi:baselines"):
         for params in baselines(cfg, space):
             study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)

@@ -7,7 +7,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import optuna
@@ -75,6 +76,13 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[No
             thread.join()
 
 
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and re-enqueue, by the storage's callback) trials whose worker stopped beating."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def claim_waiting(study: optuna.Study) -> int | None:
     """Atomically move one WAITING trial to RUNNING; None when the pool is empty."""
     storage = study._storage
@@ -131,6 +139,7 @@ def work(
     progress: bool = False,
     poll: float = 1.0,
     max_failures: int | None = None,
+    on_trial: Callable[[int], None] | None = None,
 ) -> int:
     """Pull and run trials until the study holds n_trials finished ones; returns how many this worker ran."""
     set_threads(cfg.run.threads if threads is None else threads, cfg.run.workers)
@@ -141,7 +150,7 @@ def work(
     limit = cfg.study.n_trials if max_failures is None else max_failures
     while True:
         if storage.optuna.get_heartbeat_interval():
-            optuna.storages.fail_stale_trials(study)
+            fail_stale_trials(study)
         trial_id = claim_waiting(study)
         if trial_id is not None:
             if run_trial(study, runner, trial_id, cfg, worker):
@@ -150,6 +159,8 @@ def work(
                 failed += 1
                 if failed <= limit:
                     study.enqueue_trial({})  # replace the failed trial so the study still reaches n_trials
+            if on_trial:
+                on_trial(counts(study)[TrialState.COMPLETE])
             continue
         c = counts(study)
         if c[TrialState.COMPLETE] >= cfg.study.n_trials or c[TrialState.RUNNING] == 0:

@@ -1,0 +1,178 @@
+"""End-to-end through the frandi CLI on a tiny model with SQLite."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import wsgiref.util
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from frandi_core import Policy, build_architecture
+from search import load_config
+from search._launch import open_for
+from search._study import open_study
+
+
+def trials_of(study_file: Path) -> list[optuna.trial.FrozenTrial]:
+    cfg = load_config(study_file)
+    with open_for(cfg) as st:
+        return open_study(cfg, st).get_trials()
+
+
+def test_search_finishes_n_trials_and_prints_front(study_file, frandi) -> None:
+    code, out, err = frandi("search", study_file(), "--no-progress")
+    assert code == 0, err
+    trials = trials_of(study_file())
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 6
+    assert len(trials) == 6
+    t = trials[0]
+    assert t.user_attrs["baseline"] is True  # the uniform baselines come first
+    for key in ("ratio", "density", "od_before", "policy", "seconds_recover", "seconds_total", "size_bits"):
+        assert key in t.user_attrs
+    assert 0 <= t.values[0] <= 2 and t.values[1] > 0
+    assert "trial" in out and "od" in out and "ratio" in out
+
+
+def test_resume_adds_trials_without_redoing(study_file, frandi) -> None:
+    assert frandi("search", study_file(n_trials=4), "--no-progress")[0] == 0
+    before = {t.number: (t.values, t.datetime_complete) for t in trials_of(study_file())}
+    code, _, err = frandi("search", study_file(n_trials=7), "--no-progress")
+    assert code == 0, err
+    after = trials_of(study_file())
+    assert sum(t.state == TrialState.COMPLETE for t in after) == 7 and len(after) == 7
+    for t in after:
+        if t.number in before:
+            assert (t.values, t.datetime_complete) == before[t.number]
+    # the same command once more does nothing
+    assert frandi("search", study_file(n_trials=7), "--no-progress")[0] == 0
+    assert len(trials_of(study_file())) == 7
+
+
+def test_two_workers_finish_exactly_n_trials(study_file, frandi) -> None:
+    code, _, err = frandi("search", study_file(n_trials=10), "--workers", "2", "--no-progress")
+    assert code == 0, err
+    trials = trials_of(study_file())
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 10
+    assert len(trials) == 10
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_pareto_formats(study_file, frandi) -> None:
+    frandi("search", study_file(), "--no-progress")
+    code, out, _ = frandi("pareto", study_file(), "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert rows and {"trial", "od", "size_kib", "ratio", "density", "bits"} <= set(rows[0])
+    sizes = [r["size_kib"] for r in rows]
+    ods = [r["od"] for r in rows]
+    assert sizes == sorted(sizes) and ods == sorted(ods, reverse=True)  # a front: smaller costs more OD
+    code, out, _ = frandi("pareto", study_file(), "--format", "csv")
+    assert out.splitlines()[0].startswith("trial,od,")
+    assert len(out.splitlines()) == len(rows) + 1
+
+
+def test_status(study_file, frandi) -> None:
+    frandi("search", study_file(), "--no-progress")
+    code, out, _ = frandi("status", study_file(), "--format", "json")
+    s = json.loads(out)
+    assert code == 0 and s["complete"] == 6 and s["fail"] == 0 and s["running"] == 0
+    assert s["best_trial"] is not None
+
+
+def test_export_reproduces_od_and_loads_strictly(study_file, frandi, tmp_path) -> None:
+    frandi("search", study_file(), "--no-progress")
+    trials = trials_of(study_file())
+    t = max(trials, key=lambda t: t.user_attrs["ratio"])
+    out = tmp_path / "model.pt"
+    code, msg, err = frandi("export", study_file(), "--trial", t.number, "--out", out)
+    assert code == 0, err
+    saved = torch.load(out, weights_only=True)
+    assert set(saved) == {"state_dict", "policy", "metrics"}
+    assert abs(saved["metrics"]["od"] - t.values[0]) <= 1e-4
+    model = build_architecture("frandi_core.models:resnet", {"widths": [4, 8]})
+    model.load_state_dict(saved["state_dict"], strict=True)
+    policy = Policy.from_dict(saved["policy"])
+    modules = dict(model.named_modules())
+    for name, s in policy.layers:
+        w = modules[name].weight
+        assert int((w == 0).sum()) >= round(s.sparsity * w.numel())
+        if s.bits is not None:
+            for row in w.detach().flatten(1):
+                assert row.unique().numel() <= 2**s.bits
+
+
+def test_export_refuses_missing_trial(study_file, frandi, tmp_path) -> None:
+    frandi("search", study_file(), "--no-progress")
+    code, _, err = frandi("export", study_file(), "--trial", 99, "--out", tmp_path / "m.pt")
+    assert code == 2 and "trial 99 does not exist" in err and not (tmp_path / "m.pt").exists()
+
+
+def test_changed_study_file_is_refused_unless_forced(study_file, frandi) -> None:
+    frandi("search", study_file(n_trials=3), "--no-progress")
+    path = study_file(n_trials=4)
+    path.write_text(path.read_text().replace("steps = 5", "steps = 6"))
+    code, _, err = frandi("search", path, "--no-progress")
+    assert code == 2 and "recovery changed" in err and "--force" in err
+    assert len(trials_of(path)) == 3  # nothing was added
+    code, _, err = frandi("search", path, "--no-progress", "--force")
+    assert code == 0, err
+    assert sum(t.state == TrialState.COMPLETE for t in trials_of(path)) == 4
+
+
+def test_synth_builds_batches_and_png(study_file, frandi, tmp_path) -> None:
+    png = tmp_path / "grid.png"
+    code, out, err = frandi("synth", study_file(), "--png", png)
+    assert code == 0, err
+    assert "BN-KL" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dashboard_serves_study_and_trials(study_file, frandi) -> None:
+    """The real optuna-dashboard WSGI app, in-process, on the study's storage."""
+    import optuna_dashboard
+
+    frandi("search", study_file(n_trials=3), "--no-progress")
+    cfg = load_config(study_file())
+
+    def get(app, path: str) -> tuple[str, bytes]:
+        status = []
+        parsed = urllib.parse.urlparse(path)
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": parsed.path, "QUERY_STRING": parsed.query}
+        wsgiref.util.setup_testing_defaults(environ)
+        body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
+        return status[0], body
+
+    with open_for(cfg) as st:
+        app = optuna_dashboard.wsgi(st.optuna)
+        status, body = get(app, "/api/studies")
+        assert status.startswith("200")
+        studies = json.loads(body)["study_summaries"]
+        (summary,) = [s for s in studies if s["study_name"] == "tiny"]
+        status, body = get(app, f"/api/studies/{summary['study_id']}")
+        assert status.startswith("200")
+        detail = json.loads(body)
+        assert len(detail["trials"]) == 3
+        assert detail.get("objective_names") == ["OD", "size_kib"]  # axis labels
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["search", "missing.toml"], "cannot read study file"),
+        (["search", "{study}", "--devices", "cuda:7"], "cuda"),
+        (["search", "{study}", "--devices", "tpu"], "device"),
+        (["search", "{study}", "--storage", "mysql://u:secret@h/db"], "bad storage URL"),
+        (["export", "{study}", "--trial", "0", "--out", "/nonexistent/dir/m.pt"], "cannot write"),
+        (["synth", "{study}", "--png", "/nonexistent/dir/g.png"], "cannot write"),
+        (["status", "{study}"], "does not exist"),
+    ],
+)
+def test_bad_cli_input_exits_2(study_file, frandi, args, expect) -> None:
+    path = study_file()
+    code, out, err = frandi(*[a.replace("{study}", str(path)) for a in args])
+    assert code == 2
+    assert expect in err and err.count("\n") == 1 and "Traceback" not in err and "secret" not in err
