@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ._errors import FrandiError
 from ._hooks import capture
-from ._losses import batch_stats, bn_kl, total_variation
+from ._losses import bn_kl, total_variation
 from ._model import BN_TYPES
 
 
@@ -49,22 +49,55 @@ def bn_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, BN_TYPES) and m.running_mean is not None]
 
 
+class BNMatcher:
+    """Hooks every BN layer once; after a forward, ``loss()`` is the summed KL of batch vs running statistics.
+
+    Running statistics are concatenated once, so the KL over all layers is a handful of tensor ops.
+    Use as a context manager: the hooks are removed on exit, whatever happens.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        names = bn_names(model)
+        if not names:
+            raise FrandiError("the model has no BatchNorm layers with running statistics: cannot synthesize data")
+        modules = dict(model.named_modules())
+        self._bns = [modules[n] for n in names]
+        self._stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._capture = capture(model, names, inputs=True)
+        run_mean, run_var = [], []
+        for bn in self._bns:
+            assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
+            assert bn.running_mean is not None and bn.running_var is not None
+            run_mean.append(bn.running_mean.float())
+            run_var.append(bn.running_var.float() + bn.eps)
+        self.eps = torch.cat([torch.full_like(m, bn.eps) for m, bn in zip(run_mean, self._bns, strict=True)])
+        self.run_mean = torch.cat(run_mean)
+        self.run_var = torch.cat(run_var)
+        self.names = names
+
+    def __enter__(self) -> BNMatcher:
+        self._feats = self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._capture.__exit__(*exc)  # type: ignore[arg-type]
+
+    def loss(self) -> torch.Tensor:
+        """KL summed over all BN layers for the last forward pass."""
+        means, variances = [], []
+        for n in self.names:
+            x = self._feats[n].float()
+            var, mean = torch.var_mean(x, dim=[0] + list(range(2, x.dim())), unbiased=False)
+            means.append(mean)
+            variances.append(var)
+        return bn_kl(torch.cat(means), torch.cat(variances) + self.eps, self.run_mean, self.run_var)
+
+
 def bn_kl_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Sum over BN layers of KL(N(batch stats of the BN input) || N(running stats)), model in eval."""
-    names = bn_names(model)
-    if not names:
-        raise FrandiError("the model has no BatchNorm layers with running statistics: cannot synthesize data")
-    modules = dict(model.named_modules())
-    with capture(model, names, inputs=True) as feats:
+    with BNMatcher(model) as m:
         model(x)
-        total = x.new_zeros(())
-        for n in names:
-            bn = modules[n]
-            assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
-            mean, var = batch_stats(feats[n].float())
-            assert bn.running_mean is not None and bn.running_var is not None
-            total = total + bn_kl(mean, var + bn.eps, bn.running_mean, bn.running_var + bn.eps)
-    return total
+        return m.loss()
 
 
 def _augment(x: torch.Tensor, jitter: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -99,17 +132,18 @@ def invert(
     opt = torch.optim.Adam([x], lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.iterations)
     bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        opt.zero_grad(set_to_none=True)
-        xa = _augment(x, config.jitter, config.flip, gen)
-        kl = bn_kl_loss(model, xa)
-        loss = kl + config.tv * total_variation(x) + config.l2 * x.pow(2).mean()
-        (grad,) = torch.autograd.grad(loss, x)  # gradients for the input only: the model is untouched
-        x.grad = grad
-        opt.step()
-        sched.step()
-        if progress:
-            bar.set_postfix(kl=f"{kl.item():.3g}", refresh=False)
+    with BNMatcher(model) as matcher:
+        for i in bar:
+            opt.zero_grad(set_to_none=True)
+            model(_augment(x, config.jitter, config.flip, gen))
+            kl = matcher.loss()
+            loss = kl + config.tv * total_variation(x) + config.l2 * x.pow(2).mean()
+            (grad,) = torch.autograd.grad(loss, x)  # gradients for the input only: the model is untouched
+            x.grad = grad
+            opt.step()
+            sched.step()
+            if progress and i % 10 == 0:
+                bar.set_postfix(kl=f"{kl.item():.3g}", refresh=False)
     return x.detach().cpu()
 
 
