@@ -27,6 +27,12 @@ def normalized_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) ->
     return (a - b).norm(dim=1)
 
 
+def distance_to_unit(a: torch.Tensor, unit: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-sample || a/||a|| - unit ||_2 where ``unit`` rows are already L2-normalized (cached teacher targets)."""
+    a = a.flatten(1)
+    return (a / a.norm(dim=1, keepdim=True).clamp_min(eps) - unit).norm(dim=1)
+
+
 def od_from_outputs(teacher: torch.Tensor, student: torch.Tensor) -> float:
     """Output Discrepancy (eq. 3): mean over samples of the normalized output distance."""
     return float(normalized_distance(teacher, student).mean())

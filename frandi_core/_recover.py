@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ._errors import FrandiError
 from ._hooks import capture
-from ._losses import normalized_distance
+from ._losses import distance_to_unit, normalized_distance
 
 OUTPUT = "output"  # the name that stands for the model's final output in a list of feature layers
 
@@ -112,9 +112,9 @@ def feature_regression_(
             out = student(targets.inputs[idx])
             loss = out.new_zeros(())
             for name in hooked:
-                loss = loss + normalized_distance(feats[name], targets.features[name][idx]).mean()
+                loss = loss + distance_to_unit(feats[name], targets.features[name][idx]).mean()
             if want_out:
-                loss = loss + normalized_distance(out, targets.features[OUTPUT][idx]).mean()
+                loss = loss + distance_to_unit(out, targets.features[OUTPUT][idx]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -93,8 +93,9 @@ class BNMatcher:
         return bn_kl(torch.cat(means), torch.cat(variances) + self.eps, self.run_mean, self.run_var)
 
 
+@torch.no_grad()
 def bn_kl_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Sum over BN layers of KL(N(batch stats of the BN input) || N(running stats)), model in eval."""
+    """Sum over BN layers of KL(N(batch stats of the BN input) || N(running stats)), model in eval (a metric)."""
     with BNMatcher(model) as m:
         model(x)
         return m.loss()
