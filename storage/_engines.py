@@ -1,0 +1,151 @@
+"""Backend-specific engine settings and the translation of driver errors into StorageError."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import sqlite3
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from storage._errors import StorageError
+from storage._tables import METADATA
+
+__all__ = ["build_engine", "build_optuna", "create_tables", "engine_kwargs", "translate_errors"]
+
+SQLITE_BUSY_TIMEOUT_S = 60.0  # writers wait this long for the file lock rather than fail "database is locked"
+STALE_TRIAL_MAX_RETRY = 3
+_WAL_ATTEMPTS = 100
+
+
+def engine_kwargs(url: str, connect_timeout: float) -> dict[str, Any]:
+    """``create_engine`` keyword arguments for the backend of ``url`` (plain data, so they pickle)."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
+    return {
+        # Many workers share one server: one connection for the caller, overflow for heartbeat threads.
+        "pool_size": 1,
+        "max_overflow": 2,
+        "pool_timeout": 60,
+        "pool_pre_ping": True,  # a server restarted between calls is reconnected transparently
+        "connect_args": {
+            "connect_timeout": max(2, math.ceil(connect_timeout)),  # libpq counts whole seconds, at least 2
+            "application_name": "frandi",
+        },
+    }
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Set the busy timeout and switch the file to WAL (persistent; lets readers run beside one writer).
+
+    Switching needs an exclusive lock and fails at once, without waiting, when processes open a new file
+    together, hence the retries.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        for attempt in range(_WAL_ATTEMPTS):
+            try:
+                if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    cursor.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError:
+                if attempt == _WAL_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.02 + random.random() * 0.08)
+    finally:
+        cursor.close()
+
+
+def build_engine(url: str, kwargs: dict[str, Any]) -> Engine:
+    """A SQLAlchemy engine for our own tables; SQLite connections are switched to WAL on connect."""
+    engine = create_engine(url, **copy.deepcopy(kwargs))
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def build_optuna(
+    url: str,
+    kwargs: dict[str, Any],
+    heartbeat_interval: int | None,
+    grace_period: int | None,
+    attempts: int = 1,
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on the same database; heartbeat-stale trials are failed and re-enqueued.
+
+    ``attempts`` > 1 retries Optuna's table and version setup, which races when processes first open a DB.
+    """
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats and the retry callback are flagged experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_MAX_RETRY)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=copy.deepcopy(kwargs),
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=callback if heartbeat_interval else None,
+                )
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            _backoff(attempt)
+    raise AssertionError("unreachable")
+
+
+def _backoff(attempt: int) -> None:
+    """Sleep a little longer each attempt, with jitter so racing processes fall out of step."""
+    time.sleep((0.1 + random.random() * 0.2) * (attempt + 1))
+
+
+def create_tables(engine: Engine, attempts: int = 5) -> None:
+    """Create our tables if missing; retried because concurrent first opens race on CREATE TABLE."""
+    with engine.connect():
+        pass  # fail fast, without retries, when the server cannot be reached at all
+    for attempt in range(attempts):
+        try:
+            METADATA.create_all(engine)
+            return
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            _backoff(attempt)
+
+
+def short_reason(exc: BaseException, url: str) -> str:
+    """The driver's message, on one line, with the URL's password scrubbed out just in case."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(orig).__name__
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        reason = reason.replace(str(password), "***")
+    return reason[:300]
+
+
+@contextmanager
+def translate_errors(url: str, masked_url: str, what: str = "storage error on") -> Iterator[None]:
+    """Turn driver and pool errors into StorageError naming the masked URL; IntegrityError passes through."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except (DBAPIError, PoolTimeoutError) as exc:
+        raise StorageError(
+            f"{what} {masked_url}: {short_reason(exc, url)}; check the server is running and the URL"
+        ) from exc

@@ -1,0 +1,185 @@
+"""Storage: one database shared by Optuna's tables and ours, safe to pickle into worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy import Connection
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
+
+from storage import _blobs
+from storage._engines import build_engine, build_optuna, create_tables, engine_kwargs, translate_errors
+from storage._url import mask_url, normalize_url
+
+__all__ = ["Storage", "open_storage"]
+
+_UNREACHABLE = "cannot reach storage"
+_OPEN_ATTEMPTS = 5  # processes opening a fresh database together race on CREATE TABLE; retry that
+
+
+class Storage:
+    """Optuna's RDB storage plus frandi's blob cache on one database URL.
+
+    Engines are built lazily and dropped when pickled or forked, so a Storage can be handed to workers.
+    ``close()`` disposes them; a closed Storage reconnects if used again.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        heartbeat_interval: int | None = 10,
+        grace_period: int | None = None,
+        connect_timeout: float = 10,
+    ) -> None:
+        self.url = url
+        self.masked_url = mask_url(url)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self._engine_kwargs = engine_kwargs(url, connect_timeout)
+        self._forget_engines()
+
+    def _forget_engines(self) -> None:
+        self._engine_obj: Engine | None = None
+        self._optuna_obj: optuna.storages.RDBStorage | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def _check_process(self) -> None:
+        """After a fork, drop the parent's pooled connections without closing them under its feet."""
+        if self._pid != os.getpid():
+            if self._engine_obj is not None:
+                self._engine_obj.dispose(close=False)
+            if self._optuna_obj is not None:
+                self._optuna_obj.engine.dispose(close=False)
+            self._forget_engines()
+
+    @property
+    def _engine(self) -> Engine:
+        self._check_process()
+        with self._lock:
+            if self._engine_obj is None:
+                self._engine_obj = build_engine(self.url, self._engine_kwargs)
+            return self._engine_obj
+
+    @property
+    def optuna(self) -> optuna.storages.RDBStorage:
+        """Optuna's storage on this database, with heartbeats and re-enqueueing of stale trials."""
+        self._check_process()
+        with self._lock:
+            if self._optuna_obj is None:
+                with translate_errors(self.url, self.masked_url, _UNREACHABLE):
+                    self._optuna_obj = build_optuna(
+                        self.url, self._engine_kwargs, self.heartbeat_interval, self.grace_period
+                    )
+            return self._optuna_obj
+
+    @contextmanager
+    def _session(self) -> Iterator[Connection]:
+        """One transaction: commit, or roll back on error; always close; driver errors become StorageError."""
+        with translate_errors(self.url, self.masked_url), self._engine.begin() as connection:
+            yield connection
+
+    def _open(self) -> None:
+        """Connect, create our tables and Optuna's; raises StorageError if the database is unreachable."""
+        database = make_url(self.url).database
+        if self.url.startswith("sqlite") and database:
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        with translate_errors(self.url, self.masked_url, _UNREACHABLE):
+            create_tables(self._engine)  # also checks the server is reachable, before any retrying
+            rdb = build_optuna(
+                self.url, self._engine_kwargs, self.heartbeat_interval, self.grace_period, _OPEN_ATTEMPTS
+            )
+        with self._lock:
+            self._optuna_obj = rdb
+
+    def get_blob(self, key: str) -> bytes | None:
+        """The verified payload under ``key``; None if missing, pending or corrupted (then deleted)."""
+        return _blobs.get_blob(self._session, key)
+
+    def put_blob(self, key: str, data: bytes, meta: dict[str, Any] | None = None) -> None:
+        """Store ``data`` (with JSON-able ``meta``) under ``key``, replacing what was there."""
+        _blobs.put_blob(self._session, key, data, meta)
+
+    def get_or_create_blob(
+        self,
+        key: str,
+        make: Callable[[], bytes],
+        *,
+        meta: dict[str, Any] | None = None,
+        poll: float = 0.5,
+        timeout: float = 3600,
+        stale_after: float = 600,
+    ) -> bytes:
+        """The blob under ``key``; if missing, exactly one caller (any process or machine) runs ``make()``."""
+        return _blobs.get_or_create_blob(
+            self._session, key, make, meta=meta, poll=poll, timeout=timeout, stale_after=stale_after
+        )
+
+    def blob_info(self, key: str) -> dict[str, Any] | None:
+        """state, sha256, size, meta, owner, created, updated of ``key``; None if missing."""
+        return _blobs.blob_info(self._session, key)
+
+    def close(self) -> None:
+        """Dispose both engines and their pooled connections."""
+        with self._lock:
+            if self._optuna_obj is not None:
+                with contextlib.suppress(DBAPIError):
+                    self._optuna_obj.remove_session()
+                self._optuna_obj.engine.dispose()
+            if self._engine_obj is not None:
+                self._engine_obj.dispose()
+            self._engine_obj = self._optuna_obj = None
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_engine_obj", "_optuna_obj", "_lock", "_pid"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._forget_engines()
+
+    def __repr__(self) -> str:
+        return f"Storage({self.masked_url!r})"
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = 10,
+    grace_period: int | None = None,
+    connect_timeout: float = 10,
+) -> Storage:
+    """Open (creating tables if needed) the storage at ``url``; see ``normalize_url`` for accepted forms.
+
+    Optuna trials send a heartbeat every ``heartbeat_interval`` s; one silent for ``grace_period`` s
+    (default 2 x interval) is failed and re-enqueued, up to 3 times.
+    """
+    storage = Storage(
+        normalize_url(url),
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        connect_timeout=connect_timeout,
+    )
+    try:
+        storage._open()
+    except BaseException:
+        storage.close()
+        raise
+    return storage
