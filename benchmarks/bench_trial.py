@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from frandi_core import compress
+from frandi_core import Policy, compress
 from search import TrialRunner, create_or_resume, load_config
 from search._config import replace
 from search._launch import open_for
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 run_trial(study, runner, tid, cfg, "bench")
                 wall = time.perf_counter() - t0
-                t = study.get_trials(deepcopy=False)[-1] if False else study._storage.get_trial(tid)
-                student = compress(runner.teacher, __import__("frandi_core").Policy.from_json(t.user_attrs["policy"]))
+                t = study._storage.get_trial(tid)
+                student = compress(runner.teacher, Policy.from_json(t.user_attrs["policy"]))
                 for q in student.parameters():
                     q.requires_grad_(True)
                 f = floor(runner, student)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                 total += wall
                 floors += f
                 for k in ("compress", "od_before", "recover", "od", "total"):
-                    parts[k] = parts.get(k, 0.0) + float(t.user_attrs[f"seconds_{k}"])
+                    parts[k] = parts.get(k, 0.0) + float(t.user_attrs["seconds"][k])
             n = a.trials
             other = total - parts["total"]
             print(f"{cfg.study.name}: {n} warm trials, {a.threads} thread(s), recovery {cfg.recovery.steps} steps x "

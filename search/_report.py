@@ -76,7 +76,7 @@ def status(study: optuna.Study, n_trials: int) -> dict[str, Any]:
     by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = min((t for t in complete if feasible(t)), key=lambda t: t.values[0], default=None)
-    seconds = [float(t.user_attrs.get("seconds_total", 0)) for t in complete]
+    seconds = [float(t.user_attrs.get("seconds", {}).get("total", 0)) for t in complete]
     return {
         "study": study.study_name,
         "n_trials": n_trials,

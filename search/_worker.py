@@ -113,12 +113,12 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
             study.tell(trial, state=TrialState.FAIL)
             raise
-    attrs = {
+    attrs: dict[str, object] = {
         "od_before": r.od_before,
         "size_bits": r.size_bits,
         "ratio": r.ratio,
         "density": r.density,
-        **{f"seconds_{k}": v for k, v in r.seconds.items()},
+        "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
     }
     if cfg.study.min_ratio is not None:
         attrs["constraint"] = cfg.study.min_ratio - r.ratio

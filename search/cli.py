@@ -70,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu")
     c.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |OD - stored OD|")
 
+    c = cmd("evaluate", "real top-1 accuracy of trials on a labeled held-out set, against their OD")
+    c.add_argument("--data", required=True, help="digits, fashion, folder (an image folder), or torchvision:CLASS")
+    c.add_argument("--root", help="folder holding the data set (its test split is used)")
+    c.add_argument("--trials", help="comma-separated trial numbers (default: the Pareto front and baselines)")
+    c.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+    c.add_argument("--mean", help="per-channel normalization mean, e.g. 0.5 or 0.49,0.48,0.45")
+    c.add_argument("--std", help="per-channel normalization std")
+    c.add_argument("--device", default="cpu")
+
     c = cmd("dashboard", "serve optuna-dashboard on the study's storage")
     c.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     c.add_argument("--port", type=int, default=8080)
@@ -112,6 +121,13 @@ def run(args: argparse.Namespace) -> int:
             out=_writable(args.out),
             device=args.device,
             tolerance=args.tolerance,
+        )
+    if args.command == "evaluate":
+        from ._evaluate import evaluate
+
+        return evaluate(
+            cfg, args.storage, data=args.data, root=args.root, trials=args.trials, limit=args.limit,
+            mean=args.mean, std=args.std, device=args.device,
         )
     if args.command == "dashboard":
         return commands.dashboard(cfg, args.storage, host=args.host, port=args.port)

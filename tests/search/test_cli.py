@@ -32,8 +32,9 @@ def test_search_finishes_n_trials_and_prints_front(study_file, frandi) -> None:
     assert len(trials) == 6
     t = trials[0]
     assert t.user_attrs["baseline"] is True  # the uniform baselines come first
-    for key in ("ratio", "density", "od_before", "policy", "seconds_recover", "seconds_total", "size_bits"):
+    for key in ("ratio", "density", "od_before", "policy", "seconds", "size_bits", "worker"):
         assert key in t.user_attrs
+    assert {"compress", "recover", "od", "total"} <= set(t.user_attrs["seconds"])
     assert 0 <= t.values[0] <= 2 and t.values[1] > 0
     assert "trial" in out and "od" in out and "ratio" in out
 
