@@ -126,7 +126,10 @@ def model_size(model: nn.Module, policy: Policy) -> SizeReport:
     settings = policy.as_dict()
     layers = compressible_layers(model)
     weight_names = {f"{layer.name}.weight" if layer.name else "weight" for layer in layers}
-    other = sum(p.numel() for n, p in model.named_parameters() if n not in weight_names)
+    original = ".parametrizations.weight.original"  # the weight itself, in a compressed (parametrized) copy
+    other = sum(
+        p.numel() for n, p in model.named_parameters() if n not in weight_names and not n.endswith(original)
+    )
     bits = 32 * other
     dense = 32 * other
     nonzero = total = 0

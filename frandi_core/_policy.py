@@ -21,7 +21,8 @@ class LayerSetting:
     bits: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
+        s = self.sparsity
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
             raise FrandiError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
         if self.bits is not None and (
             isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8
@@ -40,6 +41,8 @@ class Policy:
         items = []
         for name, s in mapping.items():
             if not isinstance(s, LayerSetting):
+                if not isinstance(s, Mapping):
+                    raise FrandiError(f"policy layer '{name}': expected {{sparsity, bits}}, got {s!r}")
                 unknown = set(s) - {"sparsity", "bits"}
                 if unknown:
                     raise FrandiError(
@@ -59,7 +62,13 @@ class Policy:
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FrandiError(f"policy is not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise FrandiError("policy JSON must be an object: layer name -> {sparsity, bits}")
+        return cls.from_dict(data)
 
     @classmethod
     def uniform(cls, model: nn.Module, sparsity: float = 0.0, bits: int | None = None) -> Policy:

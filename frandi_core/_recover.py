@@ -128,9 +128,13 @@ def feature_regression_(
 
 @torch.no_grad()
 def model_outputs(model: nn.Module, inputs: torch.Tensor, *, chunk: int = 256) -> torch.Tensor:
-    """The model's outputs (eval mode) over a batch, in chunks."""
+    """The model's outputs in eval mode over a batch, in chunks; the model's train/eval flag is restored."""
+    was_training = model.training
     model.eval()
-    return torch.cat([model(inputs[i : i + chunk]) for i in range(0, len(inputs), chunk)])
+    try:
+        return torch.cat([model(inputs[i : i + chunk]) for i in range(0, len(inputs), chunk)])
+    finally:
+        model.train(was_training)
 
 
 def output_discrepancy(student: nn.Module, heldout: torch.Tensor, teacher_outputs: torch.Tensor) -> float:

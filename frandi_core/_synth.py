@@ -96,6 +96,8 @@ class BNMatcher:
 @torch.no_grad()
 def bn_kl_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Sum over BN layers of KL(N(batch stats of the BN input) || N(running stats)), model in eval (a metric)."""
+    if model.training:
+        raise FrandiError("bn_kl_loss needs the model in eval mode (train mode would overwrite BN statistics)")
     with BNMatcher(model) as m:
         model(x)
         return m.loss()
@@ -156,13 +158,14 @@ def synthesize(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> SyntheticData:
-    """Make the recovery batch and an independent held-out batch (seeds ``seed`` and ``seed + 1``)."""
+    """Make the recovery batch and an independent held-out batch (seeds ``2 seed`` and ``2 seed + 1``, so no
+    batch of one seed is ever a batch of another)."""
     rec = invert(
         model,
         input_shape,
         config.batch_size,
         config,
-        seed=config.seed,
+        seed=2 * config.seed,
         device=device,
         progress=progress,
         desc="synthesize recovery batch",
@@ -172,7 +175,7 @@ def synthesize(
         input_shape,
         config.heldout_size,
         config,
-        seed=config.seed + 1,
+        seed=2 * config.seed + 1,
         device=device,
         progress=progress,
         desc="synthesize held-out batch",
