@@ -1,6 +1,6 @@
 """Synthesis cost: seconds per inversion iteration against a bare forward + backward of the same model and batch.
 
-    python benchmarks/bench_synthesis.py [--batch 64] [--iters 50] [--threads 1]
+    python -m benchmarks.bench_synthesis [--batch 64] [--iters 50] [--threads 1]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-trial cost on the quickstart study, against its floor, once the worker is warm.
 
-    python benchmarks/bench_trial.py [--trials 20] [--threads 1]
+    python -m benchmarks.bench_trial [--trials 20] [--threads 1]
 
 Floor = what a bare loop needs for the same work in the same run: recovery steps x (student forward + backward
 + Adam step) on the same mini-batches, plus one OD forward on the held-out batch. Trial = sampling (Optuna TPE),
