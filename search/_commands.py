@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 
@@ -35,8 +36,9 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
 
 def worker(cfg: StudyConfig, storage: str | None, *, device: str, threads: int | None) -> int:
     check_device(device)
+    index = 1 + secrets.randbelow(2**16)  # a sampler seed of its own: workers joining together draw differently
     with open_for(cfg, storage) as st:
-        n = work(cfg, st, device=device, threads=threads or 0, progress=True)
+        n = work(cfg, st, device=device, worker_index=index, threads=threads, progress=True)
     print(f"worker done: ran {n} trial(s)")
     return 0
 

@@ -99,7 +99,7 @@ def labeled_set(
     if data == "digits":
         ds = _digits_heldout()
     else:
-        ds = _image_set(data, preset, root, input_shape, _floats(mean, "mean"), _floats(std, "std"))
+        ds = _image_set(data, preset, root, input_shape, _floats(mean, "mean"), _floats(std, "std"), limit)
     if limit is not None and limit < len(ds):
         ds = TensorDataset(*(t[:limit] for t in ds.tensors))
     if tuple(ds.tensors[0].shape[1:]) != tuple(input_shape):
@@ -117,6 +117,7 @@ def _image_set(
     input_shape: Sequence[int],
     mean: tuple[float, ...] | None,
     std: tuple[float, ...] | None,
+    limit: int | None,
 ) -> TensorDataset:
     import torchvision
     from torchvision import transforms
@@ -156,7 +157,8 @@ def _image_set(
         raise ConfigError(f"cannot read --data {data} under '{root}': {e}") from None
     if len(ds) == 0:
         raise ConfigError(f"--data {data} under '{root}' holds no samples")
-    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    xs, ys = zip(*(ds[i] for i in range(n)), strict=True)
     return TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 
@@ -259,8 +261,9 @@ def evaluate(
             store_accuracy(study, t.number, {"accuracy": acc, "data": data, "samples": len(labeled)})
             if abs(r.od - t.values[0]) > OD_TOLERANCE:
                 print(
-                    f"frandi: note: trial {t.number} re-ran to OD {r.od:.6f}, stored {t.values[0]:.6f}; "
-                    "the model, batches or code changed since the search",
+                    f"frandi: note: trial {t.number} re-ran to OD {r.od:.6f}, stored {t.values[0]:.6f}: a "
+                    "different torch thread count (run.threads, --threads) or changed code; the table shows the "
+                    "stored OD",
                     file=sys.stderr,
                 )
             rows.append(

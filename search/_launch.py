@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from frandi_core import compressible_layers, load_model
+from frandi_core import FrandiError, compressible_layers, load_model
 from storage import Storage, normalize_url, open_storage
 
 from ._config import StudyConfig
@@ -80,7 +80,7 @@ def launch(
         except KeyboardInterrupt:
             for p in procs:
                 if p.is_alive() and p.pid:
-                    os.kill(p.pid, signal.SIGINT)
+                    os.kill(p.pid, signal.SIGTERM)  # once: workers ignore the terminal's SIGINT
             for p in procs:
                 p.join(timeout=15)
                 if p.is_alive():
@@ -89,8 +89,9 @@ def launch(
         bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
         c = counts(study)
         if bad and c[TrialState.COMPLETE] < cfg.study.n_trials:
-            raise RuntimeError(
-                f"{len(bad)} worker(s) exited with errors before the study finished; see above"
+            raise FrandiError(
+                f"{len(bad)} worker(s) exited with errors before the study finished (see above); "
+                "run the same command again to resume"
             )
         return study
 

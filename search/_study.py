@@ -20,9 +20,10 @@ METRICS = {"od": "OD", "size": "size_kib"}
 
 
 
-def make_sampler(cfg: StudyConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """The study's sampler; each worker seeds it differently so parallel workers do not draw the same policy."""
-    seed = cfg.study.seed + 1000 * worker_index
+def make_sampler(cfg: StudyConfig, worker_index: int = 0, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded per worker and per run (by the trials already there), so that neither
+    parallel workers nor a resumed run draw the policies an earlier one drew."""
+    seed = (cfg.study.seed + 1000 * worker_index + 1_000_003 * trials_so_far) % 2**32
     constraints = constraint_of if cfg.study.min_ratio is not None else None
     if cfg.study.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20, constraints_func=constraints)
@@ -45,13 +46,15 @@ def directions(cfg: StudyConfig) -> list[Literal["minimize"]]:
 def open_study(cfg: StudyConfig, storage: Storage, *, worker_index: int = 0) -> optuna.Study:
     """Load an existing study (for workers and read-only commands)."""
     try:
-        return optuna.load_study(
+        study = optuna.load_study(
             study_name=cfg.study.name, storage=storage.optuna, sampler=make_sampler(cfg, worker_index)
         )
     except KeyError:
         raise ConfigError(
             f"study '{cfg.study.name}' does not exist in {storage.masked_url}; start it with frandi search"
         ) from None
+    study.sampler = make_sampler(cfg, worker_index, len(study.get_trials(deepcopy=False)))
+    return study
 
 
 def _changed_sections(old: dict, new: dict) -> list[str]:

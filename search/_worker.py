@@ -16,7 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from frandi_core import FrandiError, NonFiniteError
-from storage import Storage, open_storage
+from storage import Storage, StorageError, connection_lost, lost_storage, open_storage
 
 from ._config import ConfigError, StudyConfig
 from ._study import counts, open_study
@@ -89,6 +89,9 @@ def claim_waiting(study: optuna.Study) -> int | None:
     for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                # beat at once: a worker dying from here on leaves a stale trial, not one RUNNING for ever
+                if storage.get_heartbeat_interval():  # type: ignore[attr-defined]
+                    storage.record_heartbeat(t._trial_id)  # type: ignore[attr-defined]
                 return t._trial_id
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
@@ -109,7 +112,12 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
             study.tell(trial, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", trial.number, e)
             return False
+        except (StorageError, optuna.exceptions.StorageInternalError):
+            raise  # the storage is gone: the trial's heartbeat stops, it goes stale and is retried as it was
         except BaseException as e:
+            retry = study._storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+            if isinstance(e, KeyboardInterrupt) and retry is not None:  # not the policy's fault: it runs again later
+                retry(study, study._storage.get_trial(trial_id))
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
             study.tell(trial, state=TrialState.FAIL)
             raise
@@ -153,7 +161,19 @@ def work(
             fail_stale_trials(study)
         trial_id = claim_waiting(study)
         if trial_id is not None:
-            if run_trial(study, runner, trial_id, cfg, worker):
+            try:
+                ok = run_trial(study, runner, trial_id, cfg, worker)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                if not study._storage.get_trial(trial_id).state.is_finished():
+                    raise
+                log.warning("trial %d went stale while it ran (no heartbeat within the grace period)", trial_id)
+                continue
+            except optuna.exceptions.StorageInternalError as e:
+                if not connection_lost(e):
+                    raise
+                log.warning("trial %d: %s; it goes stale and is retried", trial_id, lost_storage(e).split(";")[0])
+                continue  # the next calls wait for the server (see storage.open_storage)
+            if ok:
                 done += 1
             else:
                 failed += 1
@@ -169,8 +189,12 @@ def work(
 
 
 def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: int, threads: int) -> None:
-    """Entry point of a spawned worker process: SIGTERM behaves like Ctrl-C so the trial is told FAIL."""
+    """Entry point of a spawned worker process: SIGTERM behaves like Ctrl-C so the trial is told FAIL.
+
+    Ctrl-C itself is ignored: the launcher sends one SIGTERM, so a trial is never interrupted twice.
+    """
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(
         storage_url, heartbeat_interval=cfg.run.heartbeat_interval, grace_period=cfg.run.grace_period
@@ -180,5 +204,7 @@ def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: i
             work(cfg, storage, device=device, worker_index=worker_index, threads=threads)
     except KeyboardInterrupt:
         pass
-    except FrandiError as e:
+    except (FrandiError, StorageError) as e:
         raise SystemExit(f"frandi worker {worker_index}: error: {e}") from None
+    except optuna.exceptions.StorageInternalError as e:
+        raise SystemExit(f"frandi worker {worker_index}: error: {lost_storage(e, storage_url)}") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 
 from frandi_core import FrandiError
-from storage import StorageError
+from storage import StorageError, lost_storage
 
 from . import _commands as commands
 from ._config import ConfigError, load_config, replace
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = cmd("worker", "join an existing study from this (or any) machine and run trials until it is done")
     c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    c.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    c.add_argument("--threads", type=int, help="torch threads (default: [run] threads; 0 = all cores)")
 
     c = cmd("status", "trials done / running / failed and the best OD so far")
     c.add_argument("--format", choices=["table", "json"], default="table")
@@ -145,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except (FrandiError, StorageError) as e:
         print(f"frandi: error: {e}", file=sys.stderr)
+        return 2
+    except optuna.exceptions.StorageInternalError as e:  # the database went away for longer than we wait
+        print(f"frandi: error: {lost_storage(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nfrandi: interrupted; run the same command again to resume", file=sys.stderr)

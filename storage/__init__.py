@@ -5,8 +5,17 @@ Knows URLs, bytes and hashes only; nothing about models.
 
 from __future__ import annotations
 
+from storage._engines import connection_lost, lost_storage
 from storage._errors import StorageError
 from storage._storage import Storage, open_storage
 from storage._url import mask_url, normalize_url
 
-__all__ = ["Storage", "StorageError", "mask_url", "normalize_url", "open_storage"]
+__all__ = [
+    "Storage",
+    "StorageError",
+    "connection_lost",
+    "lost_storage",
+    "mask_url",
+    "normalize_url",
+    "open_storage",
+]

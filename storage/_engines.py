@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import sqlite3
@@ -20,12 +21,24 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from storage._errors import StorageError
 from storage._tables import METADATA
+from storage._url import mask_url
 
-__all__ = ["build_engine", "build_optuna", "create_tables", "engine_kwargs", "translate_errors"]
+__all__ = [
+    "build_engine",
+    "build_optuna",
+    "connection_lost",
+    "create_tables",
+    "engine_kwargs",
+    "lost_storage",
+    "translate_errors",
+    "wait_for_server",
+]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # writers wait this long for the file lock rather than fail "database is locked"
 STALE_TRIAL_MAX_RETRY = 3
+RECONNECT_PATIENCE_S = 60.0  # an opened PostgreSQL storage waits this long for a restarting server
 _WAL_ATTEMPTS = 100
+_log = logging.getLogger(__name__)
 
 
 def engine_kwargs(url: str, connect_timeout: float) -> dict[str, Any]:
@@ -112,6 +125,33 @@ def build_optuna(
     raise AssertionError("unreachable")
 
 
+def wait_for_server(engine: Engine, url: str, patience: float) -> None:
+    """Let new PostgreSQL connections retry for up to ``patience`` s while the server is down or restarting.
+
+    Only connecting is retried: nothing was sent yet, so nothing can run twice. Attached once a storage has
+    opened, so a wrong URL still fails at once.
+    """
+    if engine.dialect.name != "postgresql" or patience <= 0:
+        return
+
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        deadline = time.monotonic() + patience
+        attempt = 0
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if attempt == 0:
+                    reason = short_reason(exc, url)
+                    _log.warning("storage unreachable (%s); retrying for up to %.0f s", reason, patience)
+                time.sleep(min(0.5 * (attempt + 1), 3.0))
+                attempt += 1
+
+    event.listen(engine, "do_connect", connect)
+
+
 def _backoff(attempt: int) -> None:
     """Sleep a little longer each attempt, with jitter so racing processes fall out of step."""
     time.sleep((0.1 + random.random() * 0.2) * (attempt + 1))
@@ -143,6 +183,29 @@ def short_reason(exc: BaseException, url: str) -> str:
     if password:
         reason = reason.replace(str(password), "***")
     return reason[:300]
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it wraps) is a dropped database connection, as when the server restarts."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def lost_storage(exc: BaseException, url: str | None = None) -> str:
+    """One line for a storage that went away mid-run (Optuna wraps the driver error); password scrubbed."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, DBAPIError):
+        cause = cause.__cause__ or cause.__context__
+    reason = short_reason(cause or exc, url or "")
+    where = f" {mask_url(url)}" if url else ""
+    return (
+        f"lost the storage{where}: {reason}; check the database server is up, then run the same command again "
+        "(unfinished trials are retried)"
+    )
 
 
 @contextmanager

@@ -16,7 +16,15 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from storage import _blobs
-from storage._engines import build_engine, build_optuna, create_tables, engine_kwargs, translate_errors
+from storage._engines import (
+    RECONNECT_PATIENCE_S,
+    build_engine,
+    build_optuna,
+    create_tables,
+    engine_kwargs,
+    translate_errors,
+    wait_for_server,
+)
 from storage._url import mask_url, normalize_url
 
 __all__ = ["Storage", "open_storage"]
@@ -29,7 +37,8 @@ class Storage:
     """Optuna's RDB storage plus frandi's blob cache on one database URL.
 
     Engines are built lazily and dropped when pickled or forked, so a Storage can be handed to workers.
-    ``close()`` disposes them; a closed Storage reconnects if used again.
+    ``close()`` disposes them; a closed Storage reconnects if used again. Once opened, PostgreSQL connections
+    wait up to ``reconnect_patience`` s for a server that restarts.
     """
 
     def __init__(
@@ -39,11 +48,14 @@ class Storage:
         heartbeat_interval: int | None = 10,
         grace_period: int | None = None,
         connect_timeout: float = 10,
+        reconnect_patience: float = RECONNECT_PATIENCE_S,
     ) -> None:
         self.url = url
         self.masked_url = mask_url(url)
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        self.reconnect_patience = reconnect_patience
+        self._opened = False  # reconnects wait for the server only after a first successful open
         self._engine_kwargs = engine_kwargs(url, connect_timeout)
         self._forget_engines()
 
@@ -68,6 +80,8 @@ class Storage:
         with self._lock:
             if self._engine_obj is None:
                 self._engine_obj = build_engine(self.url, self._engine_kwargs)
+                if self._opened:
+                    wait_for_server(self._engine_obj, self.url, self.reconnect_patience)
             return self._engine_obj
 
     @property
@@ -80,6 +94,8 @@ class Storage:
                     self._optuna_obj = build_optuna(
                         self.url, self._engine_kwargs, self.heartbeat_interval, self.grace_period
                     )
+                if self._opened:
+                    wait_for_server(self._optuna_obj.engine, self.url, self.reconnect_patience)
             return self._optuna_obj
 
     @contextmanager
@@ -100,6 +116,10 @@ class Storage:
             )
         with self._lock:
             self._optuna_obj = rdb
+            self._opened = True
+            for engine in (self._engine_obj, rdb.engine):
+                if engine is not None:
+                    wait_for_server(engine, self.url, self.reconnect_patience)
 
     def get_blob(self, key: str) -> bytes | None:
         """The verified payload under ``key``; None if missing, pending or corrupted (then deleted)."""
@@ -165,17 +185,20 @@ def open_storage(
     heartbeat_interval: int | None = 10,
     grace_period: int | None = None,
     connect_timeout: float = 10,
+    reconnect_patience: float = RECONNECT_PATIENCE_S,
 ) -> Storage:
     """Open (creating tables if needed) the storage at ``url``; see ``normalize_url`` for accepted forms.
 
     Optuna trials send a heartbeat every ``heartbeat_interval`` s; one silent for ``grace_period`` s
-    (default 2 x interval) is failed and re-enqueued, up to 3 times.
+    (default 2 x interval) is failed and re-enqueued, up to 3 times. An unreachable server fails the open at
+    once; once open, a PostgreSQL server that goes away is waited for up to ``reconnect_patience`` s.
     """
     storage = Storage(
         normalize_url(url),
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         connect_timeout=connect_timeout,
+        reconnect_patience=reconnect_patience,
     )
     try:
         storage._open()

@@ -150,7 +150,7 @@ def test_unreachable_postgres_error_hides_password() -> None:
 @pytest.mark.postgres
 def test_postgres_restart_is_survived(pg_server: PgServer) -> None:
     url = pg_server.create_schema()
-    with open_storage(url, connect_timeout=2) as st:
+    with open_storage(url, connect_timeout=2, reconnect_patience=1) as st:
         st.put_blob("k", b"before")
         study = optuna.create_study(storage=st.optuna, study_name="s")
         study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)

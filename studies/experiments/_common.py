@@ -1,0 +1,278 @@
+"""What every experiment shares: the models it runs on, one Bench per model, fine-tuning, outputs.
+
+A Bench wraps the search's own TrialRunner (teacher, cached synthetic batches, teacher targets) so the
+experiments measure exactly what a study trial computes, then adds what the search never has: labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from frandi_core import Policy, compress, model_size
+from search import StudyConfig, TrialResult, TrialRunner, load_config
+from search._config import replace
+from search._launch import open_for
+from storage import Storage
+from studies import data as datasets
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A model the experiments run on: its study file (model, synthetic data, FR settings) and its data."""
+
+    study: str
+    data: str
+
+
+CASES = {
+    "resnet_fashion": Case("resnet_fashion.toml", "fashion"),
+    "separable_fashion": Case("separable_fashion.toml", "fashion"),
+    "digits": Case("digits.toml", "digits"),
+}
+QUICK_SYNTH = {"batch_size": 16, "heldout_size": 16, "iterations": 5}  # --quick: smoke-test sizes
+QUICK_STEPS = 3
+
+
+def parser(
+    doc: str | None, *, default_models: Sequence[str] = ("resnet_fashion", "separable_fashion")
+) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", choices=sorted(CASES), default=list(default_models))
+    p.add_argument("--quick", action="store_true", help="tiny setting (digits, few policies, few steps): a smoke test")
+    p.add_argument("--steps", type=int, help="recovery steps (default: the study file's [recovery] steps)")
+    p.add_argument("--limit", type=int, help="evaluate accuracy on the first N test samples only")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the benchmarks were run with 2)")
+    p.add_argument("--out", default=str(RESULTS), help="folder for the CSV, PNG and markdown")
+    p.add_argument("--storage", help="database URL overriding the study file's (the synthetic-batch cache)")
+    p.add_argument("--root", default="data", help="where Fashion-MNIST is unpacked")
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    a = p.parse_args(argv)
+    a.argv = list(argv) if argv is not None else sys.argv[1:]
+    a.suffix = f"_steps{a.steps}" if a.steps is not None else ""  # a different budget gets its own files
+    if a.quick:
+        a.models = ["digits"]
+    torch.set_num_threads(a.threads)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    return a
+
+
+class Bench:
+    """One model under test: the study's TrialRunner plus real labeled data for accuracy and fine-tuning."""
+
+    def __init__(self, name: str, storage: Storage, cfg: StudyConfig, *, root: str, limit: int | None) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.case = CASES[name]
+        self.root = root
+        self.runner = TrialRunner(cfg, storage)
+        self.teacher = self.runner.teacher
+        test = datasets.load(self.case.data, "test", root)
+        if limit is not None and limit < len(test):
+            test = TensorDataset(*(t[:limit] for t in test.tensors))
+        self.test = test
+        self._train: TensorDataset | None = None
+        self.original = self.accuracy(self.teacher)
+
+    @property
+    def train(self) -> TensorDataset:
+        if self._train is None:
+            self._train = datasets.load(self.case.data, "train", self.root)
+        return self._train
+
+    def accuracy(self, model: nn.Module) -> float:
+        return datasets.accuracy(model, self.test)
+
+    def uniform(self, sparsity: float = 0.0, bits: int | None = None) -> Policy:
+        return Policy.uniform(self.teacher, sparsity, bits)
+
+    def compressed(self, policy: Policy) -> nn.Module:
+        """The compressed model with no recovery at all."""
+        return compress(self.teacher, policy)
+
+    def recovered(self, policy: Policy) -> tuple[nn.Module, TrialResult]:
+        """Compress and recover with Feature Regression on the synthetic batch, exactly as a trial does."""
+        return self.runner.student(policy)
+
+    def finetuned(self, policy: Policy, *, seed: int = 0) -> nn.Module:
+        """Compress, then fine-tune on the real labeled training set with cross-entropy.
+
+        Same budget as FR: the study's recovery steps, batch size, Adam learning rate, cosine schedule and
+        frozen BN statistics (eval mode); only the data (real, labeled) and the loss differ.
+        """
+        rc = self.cfg.recovery
+        student = compress(self.teacher, policy)
+        params = list(student.parameters())
+        for prm in params:
+            prm.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=rc.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(rc.steps, 1))
+        gen = torch.Generator().manual_seed(seed)
+        x, y = self.train.tensors
+        student.eval()
+        for _ in range(rc.steps):
+            idx = torch.randint(len(x), (rc.batch_size,), generator=gen)
+            loss = F.cross_entropy(student(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        return student.eval()
+
+    def for_ratio(self, ratio: float, bits: int | None = None) -> Policy:
+        """The uniform policy (at ``bits``) whose compression ratio is ``ratio``: sparsity by bisection."""
+        lo, hi = 0.0, 0.999
+        if model_size(self.teacher, self.uniform(0.0, bits)).ratio >= ratio:
+            return self.uniform(0.0, bits)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if model_size(self.teacher, self.uniform(mid, bits)).ratio < ratio:
+                lo = mid
+            else:
+                hi = mid
+        return self.uniform(round(hi, 4), bits)
+
+    def describe(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "model": self.name,
+            "study file": f"studies/experiments/{self.case.study}",
+            "original accuracy": f"{self.original:.2f}% on {len(self.test)} {self.case.data} test samples",
+            "synthetic": f"{c.synthetic.batch_size} recovery + {c.synthetic.heldout_size} held-out images, "
+            f"{c.synthetic.iterations} iterations, seed {c.synthetic.seed} (held-out seed {c.synthetic.seed + 1})",
+            "recovery": f"{c.recovery.steps} steps, batch {c.recovery.batch_size}, Adam lr {c.recovery.lr}, "
+            f"seed {c.recovery.seed}",
+        }
+
+
+def study_config(name: str, *, quick: bool, steps: int | None) -> StudyConfig:
+    """The model's study file, shrunk for --quick, with --steps applied."""
+    cfg = load_config(HERE / CASES[name].study)
+    if quick:
+        cfg = replace(cfg, "synthetic", **QUICK_SYNTH)
+        cfg = replace(cfg, "recovery", steps=QUICK_STEPS)
+    if steps is not None:
+        cfg = replace(cfg, "recovery", steps=steps)
+    return replace(cfg, "run", workers=1, threads=torch.get_num_threads())  # searches keep the experiment's threads
+
+
+@contextmanager
+def bench(name: str, args: argparse.Namespace) -> Iterator[Bench]:
+    """Open the model's storage (its synthetic-batch cache) and build its Bench."""
+    cfg = study_config(name, quick=args.quick, steps=args.steps)
+    with open_for(cfg, args.storage) as st:
+        t0 = time.perf_counter()
+        b = Bench(name, st, cfg, root=args.root, limit=args.limit)
+        print(
+            f"[{name}] loaded model and synthetic batches in {time.perf_counter() - t0:.0f} s; "
+            f"original accuracy {b.original:.2f}%",
+            flush=True,
+        )
+        yield b
+
+
+def policy_summary(policy: Policy) -> dict[str, Any]:
+    """Mean sparsity and the bit-widths a policy uses, for tables."""
+    settings = [s for _, s in policy.layers]
+    bits = sorted({s.bits or 32 for s in settings})
+    return {
+        "mean_sparsity": round(sum(s.sparsity for s in settings) / len(settings), 3),
+        "bits": "/".join("fp32" if b == 32 else str(b) for b in bits),
+    }
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    cols = list(columns or rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1 else f"{v:.2f}"
+    return str(v)
+
+
+@dataclass
+class Report:
+    """An experiment's markdown: title, what was run (seeds, settings), tables, and its wall time."""
+
+    experiment: str  # the module: python -m studies.experiments.<experiment>
+    model: str
+    title: str
+    out: Path
+    argv: Sequence[str]
+    start: float = field(default_factory=time.perf_counter)
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """Stem of this report's files: <experiment>_<model>."""
+        return f"{self.experiment}_{self.model}"
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def setup(self, b: Bench, **extra: Any) -> None:
+        items = b.describe() | extra
+        self.add("\n".join(f"- {k}: {v}" for k, v in items.items()))
+
+    def write(self) -> Path:
+        wall = time.perf_counter() - self.start
+        cmd = " ".join(["python -m studies.experiments." + self.experiment, *self.argv])
+        footer = (
+            f"Command: `{cmd}`. Wall time {wall / 60:.1f} min ({wall:.0f} s) on {platform.machine()} CPU, "
+            f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}."
+        )
+        path = self.out / f"{self.name}.md"
+        path.write_text("\n\n".join([f"# {self.title}", *self.parts, footer]) + "\n")
+        (self.out / f"{self.name}.json").write_text(json.dumps({"wall_seconds": round(wall, 1), "command": cmd}) + "\n")
+        print(f"{self.name}: {wall:.0f} s -> {path}", flush=True)
+        return path
+
+
+def figure(ncols: int, *, width: float = 4.2, height: float = 3.4) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return fig, axes[0]
+
+
+def save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

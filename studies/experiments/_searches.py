@@ -1,0 +1,60 @@
+"""Run a variant of a model's study (a search) from an experiment, in this process, and read it back."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from frandi_core import Policy
+from search import ConfigError, StudyConfig, launch, pareto_trials
+from search._config import replace
+from search._launch import open_for
+from search._study import open_study
+
+
+def variant(
+    cfg: StudyConfig, suffix: str, *, study: dict[str, Any], space: dict[str, Any] | None = None
+) -> StudyConfig:
+    """The model's study with a new name (``<name>-<suffix>``) and some keys of [study] and [space] changed."""
+    cfg = replace(cfg, "study", name=f"{cfg.study.name}-{suffix}", **study)
+    return replace(cfg, "space", **space) if space else cfg
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    """A finished search: its complete trials, its Pareto front (feasible trials only) and wall time."""
+
+    trials: list[FrozenTrial]
+    front: list[FrozenTrial]
+    seconds: float
+    new_trials: int
+
+
+def run_search(cfg: StudyConfig, storage: str | None) -> SearchRun:
+    """Launch (or resume: a finished study runs no new trial) the study to n_trials, in this process."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with open_for(cfg, storage) as st:
+        try:
+            before = len(open_study(cfg, st).get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        except ConfigError:
+            before = 0
+    t0 = time.perf_counter()
+    launch(cfg, storage_override=storage, progress=False)
+    seconds = time.perf_counter() - t0
+    with open_for(cfg, storage) as st:
+        study = open_study(cfg, st)
+        trials = study.get_trials(deepcopy=True, states=(TrialState.COMPLETE,))
+        front = pareto_trials(study)
+    return SearchRun(trials, front, seconds, len(trials) - before)
+
+
+def policy_of(t: FrozenTrial) -> Policy:
+    return Policy.from_json(t.user_attrs["policy"])
+
+
+def feasible(t: FrozenTrial) -> bool:
+    return float(t.user_attrs.get("constraint", 0.0)) <= 0

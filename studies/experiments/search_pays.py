@@ -1,0 +1,122 @@
+"""Does the search pay? Real accuracy of the search's best-OD policy against uniform policies of the same size.
+
+A study with OD as its only objective under a size budget (compression ratio >= R, an Optuna constraint)
+searches per-layer sparsity and bits on synthetic data. Its lowest-OD feasible policy and the uniform
+policies that reach the same ratio (same sparsity everywhere, at 8 and at 4 bits) are all recovered with
+FR; their real test accuracy decides whether the label-free search chose well.
+
+python -m studies.experiments.search_pays            # Fashion-MNIST ResNet and separable net, ratio >= 10
+python -m studies.experiments.search_pays --quick    # digits, a 2-trial search, ratio >= 3 (smoke test)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from frandi_core import Policy
+
+from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, policy_summary, save, write_csv
+from ._searches import SearchRun, feasible, policy_of, run_search, variant
+
+UNIFORM_BITS = (8, 4)
+QUICK_RATIO = 3.0  # every 8-bit-or-less policy reaches it: the smoke test always has a feasible trial
+
+
+def evaluate(b: Bench, label: str, policy: Policy) -> dict[str, Any]:
+    fr, r = b.recovered(policy)
+    row = {
+        "model": b.name,
+        "policy": label,
+        **policy_summary(policy),
+        "ratio": round(r.ratio, 2),
+        "od_fr": round(r.od, 5),
+        "original": round(b.original, 2),
+        "no_recovery": round(b.accuracy(b.compressed(policy)), 2),
+        "fr_synthetic": round(b.accuracy(fr), 2),
+    }
+    print(f"[{b.name}] {row}", flush=True)
+    return row
+
+
+def plot(b: Bench, run: SearchRun, rows: list[dict[str, Any]], ratio: float, path: Path) -> None:
+    fig, axes = figure(1, width=5.2)
+    ax = axes[0]
+    ok = [t for t in run.trials if feasible(t)]
+    bad = [t for t in run.trials if not feasible(t)]
+    for ts, c, label in (
+        (bad, "lightgray", "infeasible trials"),
+        (ok, "gray", f"feasible trials (ratio >= {ratio:g})"),
+    ):
+        ax.scatter([float(t.user_attrs["ratio"]) for t in ts], [t.values[0] for t in ts], s=12, c=c, label=label)
+    for i, r in enumerate(rows):
+        ax.scatter(
+            [r["ratio"]],
+            [r["od_fr"]],
+            marker="*^s"[min(i, 2)],
+            s=60,
+            c=f"C{i + 1}",
+            label=f"{r['policy']}: {r['fr_synthetic']:.1f}%",
+        )
+    ax.axvline(ratio, ls="--", c="gray", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("compression ratio")
+    ax.set_ylabel("OD after FR (legend: real accuracy)")
+    ax.set_title(f"{b.name}: search under ratio >= {ratio:g}", fontsize=9)
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    p = parser(__doc__)
+    p.add_argument("--ratio", type=float, default=10.0, help="size budget: compression ratio >= this")
+    p.add_argument("--search-trials", type=int, default=30, help="trials of the search")
+    a = parse(p, argv)
+    n_search = 2 if a.quick else a.search_trials
+    if a.quick:
+        a.ratio = QUICK_RATIO
+    out, rows = Path(a.out), []
+    for name in a.models:
+        with bench(name, a) as b:
+            report = Report("search_pays", name + a.suffix, f"Does the search pay? {name}", out, a.argv)
+            cfg = variant(
+                b.cfg,
+                f"budget{a.ratio:g}{a.suffix}",
+                study={"n_trials": n_search, "objectives": ("od",), "min_ratio": a.ratio, "baselines": ()},
+            )
+            run = run_search(cfg, a.storage)
+            ok = [t for t in run.trials if feasible(t)]
+            sp = cfg.space
+            line = (
+                f"study '{cfg.study.name}': {len(run.trials)} trials, {len(ok)} feasible ({run.new_trials} run now, "
+                f"{run.seconds:.0f} s), sampler {cfg.study.sampler} seed {cfg.study.seed}, OD the only objective, "
+                f"per-layer sparsity {list(sp.sparsity)} step {sp.sparsity_step} and bits {list(sp.bits)}, "
+                f"first/last layers {'dense 8-bit' if sp.keep_first_last else 'searched'}, no baselines enqueued"
+            )
+            print(f"[{name}] search: {line}", flush=True)
+            table = []
+            if ok:
+                best = min(ok, key=lambda t: t.values[0])
+                table.append(evaluate(b, f"search best OD (trial {best.number})", policy_of(best)))
+            for w in UNIFORM_BITS:
+                table.append(evaluate(b, f"uniform W{w}", b.for_ratio(a.ratio, w)))
+            write_csv(out / f"{report.name}.csv", table)
+            plot(b, run, table, a.ratio, out / f"{report.name}.png")
+            report.setup(
+                b,
+                budget=f"compression ratio >= {a.ratio:g} (nnz x bits, + 1-bit mask if pruned, + fp32 scales)",
+                search=line,
+                uniform=f"the same sparsity on every layer at {', '.join(f'W{w}' for w in UNIFORM_BITS)}, the "
+                "sparsity found by bisection so the ratio equals the budget",
+            )
+            if not ok:
+                report.add("The search found no feasible policy: no comparison possible.")
+            report.add(f"Plot: `{report.name}.png`, CSV: `{report.name}.csv`.\n\n" + markdown_table(table))
+            report.write()
+            rows += table
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Faults a long search meets: killed workers, Ctrl-C, a database restart, lock contention, NaN, rotten blobs.
+
+Each test drives the real `frandi` CLI (in a subprocess where processes die or get signals) on a tiny study,
+with heartbeats every second and a 3 s grace period, and checks that nothing is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import zlib
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+import torch
+from optuna.trial import TrialState
+
+from frandi_core import load_model
+from search import load_config, open_for
+from search._trial import cached_batches, model_spec
+from search.cli import main
+from storage._tables import blobs
+from tests.conftest_pg import PgServer
+
+from ._models import save_tempered
+from .conftest import assert_finished, params_of, prepare_study, read_trials, states, wait_until
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+
+
+def _url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs' / 'rel.db'}"
+    server: PgServer = request.getfixturevalue("pg_server")
+    return server.create_schema()
+
+
+def test_kill_9_worker_mid_trial_is_failed_and_retried(storage_url, write_study, frandi_proc, frandi) -> None:
+    n, study = 3, write_study(storage_url, n_trials=3, steps=100)
+    prepare_study(study)
+    victim = frandi_proc("worker", study)
+
+    def running() -> optuna.trial.FrozenTrial | None:
+        mine = f":{victim.pid}:"
+        trials = read_trials(storage_url)
+        return next(
+            (t for t in trials if t.state == TrialState.RUNNING and mine in t.user_attrs.get("worker", "")), None
+        )
+
+    killed = wait_until(running, 150, "the worker to start a trial", poll=0.1)
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.wait(30)[0] == -signal.SIGKILL
+    assert read_trials(storage_url)[killed.number].state == TrialState.RUNNING  # killed in the middle of it
+
+    code, _, err = frandi("worker", study)  # another worker: fails the stale trial after the grace period, retries it
+    assert code == 0, err
+    trials = read_trials(storage_url)
+    assert_finished(trials, n)
+    assert trials[killed.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials if retried_from(t) == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == trials[killed.number].params
+    assert retry.user_attrs["worker"] != killed.user_attrs["worker"]
+    assert len(trials) == n + 1  # the killed trial, and nothing else, was run twice
+
+
+@pytest.mark.parametrize("backend, workers", [("sqlite", 1), pytest.param("postgres", 2, marks=pytest.mark.postgres)])
+def test_sigint_stops_search_within_seconds_and_rerun_finishes(
+    backend, workers, tmp_path, request, write_study, frandi_proc, frandi
+) -> None:
+    url, n = _url(backend, tmp_path, request), 4
+    study = write_study(url, n_trials=n, steps=40, baselines="[0.25, 0.5, 0.75]")
+    prepare_study(study)  # batches cached: the command below starts its workers at once
+    args = ("search", study, "--workers", workers, "--no-progress")
+    search = frandi_proc(*args)
+
+    def busy() -> bool:
+        c = states(read_trials(url))
+        return c.get("COMPLETE", 0) >= 1 and c.get("RUNNING", 0) >= 1
+
+    wait_until(busy, 150, "a finished trial and one in flight")
+    t0 = time.monotonic()
+    search.signal_group(signal.SIGINT)  # Ctrl-C in a terminal: the command and its workers
+    code, _, err = search.wait(60)
+    assert code == 130 and time.monotonic() - t0 < 10, err[-3000:]
+    assert "interrupted" in err and "Traceback" not in err, err[-3000:]
+    trials = read_trials(url)
+    assert states(trials).get("RUNNING", 0) == 0  # the interrupted trials were told FAIL...
+    for t in trials:
+        if t.state == TrialState.FAIL:  # ...and put back in the pool as they were, to run on the next start
+            assert t.user_attrs["fail_reason"].startswith("KeyboardInterrupt")
+            (retry,) = [r for r in trials if retried_from(r) == t.number]
+            assert retry.state == TrialState.WAITING and params_of(retry) == params_of(t)
+
+    code, _, err = frandi(*args)  # the same command again; it would hang on a trial left RUNNING for ever
+    assert code == 0, err
+    assert_finished(read_trials(url), n)
+
+
+@pytest.mark.postgres
+def test_postgres_restart_mid_study_loses_nothing(pg_server: PgServer, write_study, frandi_proc, frandi) -> None:
+    url, n = pg_server.create_schema(), 6
+    study = write_study(url, n_trials=n, steps=40)
+    prepare_study(study)
+    workers = [frandi_proc("worker", study) for _ in range(2)]
+    wait_until(lambda: states(read_trials(url)).get("COMPLETE", 0) >= 2, 150, "two finished trials")
+    pg_server.stop("fast")  # every connection drops
+    try:
+        time.sleep(8)  # longer than a trial and the grace period: workers meet the outage in their own calls
+    finally:
+        pg_server.start()
+    for worker in workers:
+        code, _, err = worker.wait(120)
+        assert "Traceback" not in err, err[-3000:]
+        if code != 0:  # giving up is allowed, with one clear line; running the study again then finishes it
+            assert code == 2 and err.strip().splitlines()[-1].startswith("frandi: error: lost the storage"), err
+    if states(read_trials(url)).get("COMPLETE", 0) < n:
+        code, _, err = frandi("search", study, "--no-progress")
+        assert code == 0, err
+    assert_finished(read_trials(url), n)
+
+
+def test_resumed_runs_and_joining_workers_do_not_redraw_policies(tmp_path, write_study, frandi) -> None:
+    """Each run and each `frandi worker` seeds its sampler afresh: a resumed study must not repeat its first draws."""
+    url = f"sqlite:///{tmp_path / 'runs' / 'rel.db'}"
+    assert frandi("search", write_study(n_trials=3, baselines="[]"), "--no-progress")[0] == 0
+    assert frandi("search", write_study(n_trials=6, baselines="[]"), "--no-progress")[0] == 0  # resume
+    prepare_study(write_study(n_trials=9, baselines="[]"))
+    assert frandi("worker", tmp_path / "study.toml")[0] == 0  # a worker joining the study
+    assert_finished(read_trials(url), 9)
+
+
+def test_four_workers_on_one_sqlite_file_finish_100_trials(tmp_path, write_study, capfd) -> None:
+    url, n = f"sqlite:///{tmp_path / 'runs' / 'rel.db'}", 100
+    study = write_study(n_trials=n, steps=1, layers='["layer1.0.conv1"]')  # short trials: contention is the point
+    code = main(["search", str(study), "--workers", "4", "--no-progress"])
+    out, err = capfd.readouterr()  # the workers' output too
+    assert code == 0, err[-3000:]
+    assert "database is locked" not in out + err
+    trials = read_trials(url)
+    assert_finished(trials, n, distinct=False)  # 27 policies in this space: 100 trials repeat some
+    assert len(trials) == n  # no failure, no retry
+    assert len({t.user_attrs["worker"] for t in trials}) == 4
+
+
+def test_inf_in_forward_fails_that_trial_with_reason_and_study_goes_on(tmp_path, write_study, capsys) -> None:
+    """A policy that prunes the model's learned temperature to 0 makes its outputs inf: OD cannot be measured."""
+    save_tempered(tmp_path / "tempered.pt")
+    study = write_study(architecture="tests.reliability._models:tempered", kwargs="{}", weights="tempered.pt",
+                        n_trials=6, baselines="[0.2, 0.8]")  # fmt: skip
+    code = main(["search", str(study), "--no-progress"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    trials = read_trials(f"sqlite:///{tmp_path / 'runs' / 'rel.db'}")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all("NaN or inf" in t.user_attrs["fail_reason"] for t in failed)
+    assert all(t.params["temperature:sparsity"] >= 0.5 for t in failed)
+    assert states(trials) == {"COMPLETE": 6, "FAIL": len(failed)}
+
+
+def test_diverging_recovery_fails_trials_with_reason(tmp_path, write_study, capsys) -> None:
+    """recovery.lr = 1e30 blows every student up during Feature Regression: each trial FAILs, saying why."""
+    code = main(["search", str(write_study(n_trials=2, lr=1e30)), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    trials = read_trials(f"sqlite:///{tmp_path / 'runs' / 'rel.db'}")
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all("lower recovery.lr" in t.user_attrs["fail_reason"] for t in trials)
+    assert len(trials) == 2 * 2  # each failed trial is replaced, but only n_trials times: the search ends
+    assert "0 finished" in out
+
+
+def test_corrupted_cached_batch_is_detected_and_regenerated(storage_url, write_study, caplog) -> None:
+    cfg = load_config(write_study(storage_url))
+    teacher = load_model(model_spec(cfg))
+    with open_for(cfg) as st:
+        key, first = cached_batches(cfg, st, teacher)
+        sha = st.blob_info(key)["sha256"]  # type: ignore[index]
+        engine = sqlalchemy.create_engine(st.url)
+        with engine.begin() as conn:  # valid zlib holding other bytes: only the hash can tell
+            conn.execute(sqlalchemy.update(blobs).where(blobs.c.key == key).values(data=zlib.compress(b"rot")))
+        engine.dispose()
+        with caplog.at_level(logging.WARNING, logger="storage"):
+            again_key, again = cached_batches(cfg, st, teacher)
+        info = st.blob_info(key)
+    assert "corrupted" in caplog.text
+    assert again_key == key and info is not None and info["sha256"] == sha
+    assert torch.equal(again.recovery, first.recovery) and torch.equal(again.heldout, first.heldout)
