@@ -111,7 +111,7 @@ def load_model(spec: ModelSpec, *, device: str | torch.device = "cpu") -> nn.Mod
     if not any(isinstance(m, BN_TYPES) for m in model.modules()):
         raise FrandiError(
             f"model '{spec.architecture}' has no BatchNorm layers: synthetic data needs BN statistics to "
-            "match, so this model cannot be compressed data-free"
+            "match, so this model cannot be compressed data-free; frandi needs a model with BatchNorm layers"
         )
     return model.to(device).eval()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,12 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
         f"({wall:.0f} s this run)"
     )
     print(format_rows([row(t) for t in pareto_trials(study)], fmt))
+    if s["complete"] < cfg.study.n_trials and not s["running"]:
+        failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
+        reason = failed[-1].user_attrs.get("fail_reason", "unknown") if failed else "unknown"
+        print(f"frandi: error: the study holds {s['complete']} of {cfg.study.n_trials} finished trials; last "
+              f"failure: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 

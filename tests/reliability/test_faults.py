@@ -166,7 +166,7 @@ def test_diverging_recovery_fails_trials_with_reason(tmp_path, write_study, caps
     """recovery.lr = 1e30 blows every student up during Feature Regression: each trial FAILs, saying why."""
     code = main(["search", str(write_study(n_trials=2, lr=1e30)), "--no-progress"])
     out, err = capsys.readouterr()
-    assert code == 0, err
+    assert code == 1 and "0 of 2 finished trials" in err and "lower recovery.lr" in err
     trials = read_trials(f"sqlite:///{tmp_path / 'runs' / 'rel.db'}")
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all("lower recovery.lr" in t.user_attrs["fail_reason"] for t in trials)
