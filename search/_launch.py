@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import time
+import threading
 from pathlib import Path
 
 import optuna
@@ -97,12 +97,20 @@ def launch(
 
 
 def _watch(study: optuna.Study, procs: list, n_trials: int, progress: bool) -> None:
+    """Show progress until the workers exit. Ctrl-C only sets a flag, so it never lands inside a database call
+    (a query interrupted half-way leaves the connection unusable); it is raised between polls."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     bar = tqdm(total=n_trials, desc=f"study {study.study_name}", unit="trial", disable=not progress)
     try:
-        while any(p.is_alive() for p in procs):
+        while any(p.is_alive() for p in procs) and not stop.is_set():
             done = counts(study)[TrialState.COMPLETE]
             bar.update(min(done, n_trials) - bar.n)
-            time.sleep(0.5)
-        bar.update(min(counts(study)[TrialState.COMPLETE], n_trials) - bar.n)
+            stop.wait(0.5)
+        if not stop.is_set():
+            bar.update(min(counts(study)[TrialState.COMPLETE], n_trials) - bar.n)
     finally:
+        signal.signal(signal.SIGINT, previous)
         bar.close()
+    if stop.is_set():
+        raise KeyboardInterrupt
