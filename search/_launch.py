@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
@@ -38,12 +39,14 @@ def open_for(cfg: StudyConfig, override: str | None = None) -> Storage:
     )
 
 
-def prepare(cfg: StudyConfig, storage: Storage, *, device: str = "cpu", force: bool = False) -> optuna.Study:
+def prepare(
+    cfg: StudyConfig, storage: Storage, *, device: str = "cpu", force: bool = False, progress: bool = True
+) -> optuna.Study:
     """Check the model and space (before writing anything), then create or resume the study and its batches."""
     teacher = load_model(model_spec(cfg), device=device)
     space = SearchSpace.build(cfg.space, compressible_layers(teacher))
     study = create_or_resume(cfg, storage, space, force=force)
-    cached_batches(cfg, storage, teacher, device=device, progress=True)
+    cached_batches(cfg, storage, teacher, device=device, progress=progress)
     return study
 
 
@@ -54,8 +57,9 @@ def launch(
     devices = [check_device(d) for d in cfg.run.devices]
     n = cfg.run.workers
     threads = cfg.run.threads or max(1, (os.cpu_count() or 1) // n)
+    torch.set_num_threads(threads)  # as many as one worker gets: more threads than cores thrash under load
     with open_for(cfg, storage_override) as storage:
-        study = prepare(cfg, storage, device=devices[0], force=force)
+        study = prepare(cfg, storage, device=devices[0], force=force, progress=progress)
         if n == 1:  # in this process: no start-up cost, Ctrl-C reaches the trial directly
             done = min(counts(study)[TrialState.COMPLETE], cfg.study.n_trials)
             bar = tqdm(total=cfg.study.n_trials, desc=f"study {study.study_name}", unit="trial",
