@@ -150,7 +150,13 @@ class Bench:
                 lo = mid
             else:
                 hi = mid
-        return self.uniform(round(hi, 4), bits)
+        policy = self.uniform(round(hi, 4), bits)
+        reached = model_size(self.teacher, policy).ratio
+        if reached < ratio * 0.999:
+            raise ValueError(
+                f"{self.name}: no uniform sparsity at {bits or 32} bits reaches ratio {ratio} ({reached:.2f})"
+            )
+        return policy
 
     def describe(self) -> dict[str, Any]:
         c = self.cfg

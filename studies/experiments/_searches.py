@@ -33,6 +33,16 @@ class SearchRun:
     seconds: float
     new_trials: int
 
+    @property
+    def trial_seconds(self) -> float:
+        """Time spent in the trials themselves (recorded per trial, so it survives a resume)."""
+        return sum(_trial_seconds(t) for t in self.trials)
+
+
+def _trial_seconds(t: FrozenTrial) -> float:
+    seconds = t.user_attrs.get("seconds")  # {"total": ...}; older studies stored "seconds_total"
+    return float(seconds.get("total", 0.0) if isinstance(seconds, dict) else t.user_attrs.get("seconds_total", 0.0))
+
 
 def run_search(cfg: StudyConfig, storage: str | None) -> SearchRun:
     """Launch (or resume: a finished study runs no new trial) the study to n_trials, in this process."""

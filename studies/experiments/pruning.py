@@ -66,8 +66,9 @@ def run_model(b: Bench, ratios: Sequence[float], out: Path, report: Report) -> l
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p = parser(__doc__)
+    p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="compression ratios to prune to")
     a = parse(p, argv)
-    ratios = RATIOS[:1] if a.quick else RATIOS
+    ratios = RATIOS[:1] if a.quick else a.ratios
     out, rows = Path(a.out), []
     for name in a.models:
         with bench(name, a) as b:

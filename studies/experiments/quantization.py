@@ -126,9 +126,10 @@ def mixed_search(b: Bench, n_trials: int, storage: str | None, suffix: str = "")
     )
     run = run_search(cfg, storage)
     line = (
-        f"study '{cfg.study.name}': {len(run.trials)} trials ({run.new_trials} run now, {run.seconds:.0f} s), "
-        f"sampler {cfg.study.sampler} seed {cfg.study.seed}, per-layer bits {list(MIXED_BITS)}, no pruning, "
-        "first and last layers 8-bit, uniform-bit baselines enqueued first"
+        f"study '{cfg.study.name}': {len(run.trials)} trials taking {run.trial_seconds:.0f} s "
+        f"({run.new_trials} run now), sampler {cfg.study.sampler} seed {cfg.study.seed}, "
+        f"per-layer bits {list(MIXED_BITS)}, no pruning, first and last layers 8-bit, uniform-bit baselines "
+        "enqueued first"
     )
     print(f"[{b.name}] mixed-precision search: {line}", flush=True)
     return run, line

@@ -5,7 +5,7 @@ searches per-layer sparsity and bits on synthetic data. Its lowest-OD feasible p
 policies that reach the same ratio (same sparsity everywhere, at 8 and at 4 bits) are all recovered with
 FR; their real test accuracy decides whether the label-free search chose well.
 
-python -m studies.experiments.search_pays            # Fashion-MNIST ResNet and separable net, ratio >= 10
+python -m studies.experiments.search_pays            # Fashion-MNIST ResNet (ratio >= 10) and separable net (>= 6)
 python -m studies.experiments.search_pays --quick    # digits, a 2-trial search, ratio >= 3 (smoke test)
 """
 
@@ -21,6 +21,10 @@ from ._common import Bench, Report, bench, figure, markdown_table, parse, parser
 from ._searches import SearchRun, feasible, policy_of, run_search, variant
 
 UNIFORM_BITS = (8, 4)
+# The separable net's fp32 BN/bias parameters and per-channel scales cap its ratio: >= 10 is out of reach
+# for any policy whose pruned layers pay the 1-bit mask, so its budget is the ratio of uniform W3, about 6.5.
+BUDGETS = {"separable_fashion": 6.0}
+DEFAULT_BUDGET = 10.0
 QUICK_RATIO = 3.0  # every 8-bit-or-less policy reaches it: the smoke test always has a feasible trial
 
 
@@ -70,27 +74,27 @@ def plot(b: Bench, run: SearchRun, rows: list[dict[str, Any]], ratio: float, pat
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p = parser(__doc__)
-    p.add_argument("--ratio", type=float, default=10.0, help="size budget: compression ratio >= this")
+    p.add_argument("--ratio", type=float, help="size budget: compression ratio >= this (default: per model)")
     p.add_argument("--search-trials", type=int, default=30, help="trials of the search")
     a = parse(p, argv)
     n_search = 2 if a.quick else a.search_trials
-    if a.quick:
-        a.ratio = QUICK_RATIO
     out, rows = Path(a.out), []
     for name in a.models:
+        ratio = QUICK_RATIO if a.quick else a.ratio or BUDGETS.get(name, DEFAULT_BUDGET)
         with bench(name, a) as b:
             report = Report("search_pays", name + a.suffix, f"Does the search pay? {name}", out, a.argv)
             cfg = variant(
                 b.cfg,
-                f"budget{a.ratio:g}{a.suffix}",
-                study={"n_trials": n_search, "objectives": ("od",), "min_ratio": a.ratio, "baselines": ()},
+                f"budget{ratio:g}{a.suffix}",
+                study={"n_trials": n_search, "objectives": ("od",), "min_ratio": ratio, "baselines": ()},
             )
             run = run_search(cfg, a.storage)
             ok = [t for t in run.trials if feasible(t)]
             sp = cfg.space
             line = (
-                f"study '{cfg.study.name}': {len(run.trials)} trials, {len(ok)} feasible ({run.new_trials} run now, "
-                f"{run.seconds:.0f} s), sampler {cfg.study.sampler} seed {cfg.study.seed}, OD the only objective, "
+                f"study '{cfg.study.name}': {len(run.trials)} trials taking {run.trial_seconds:.0f} s, "
+                f"{len(ok)} feasible ({run.new_trials} run now), sampler {cfg.study.sampler} seed {cfg.study.seed}, "
+                "OD the only objective, "
                 f"per-layer sparsity {list(sp.sparsity)} step {sp.sparsity_step} and bits {list(sp.bits)}, "
                 f"first/last layers {'dense 8-bit' if sp.keep_first_last else 'searched'}, no baselines enqueued"
             )
@@ -100,12 +104,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 best = min(ok, key=lambda t: t.values[0])
                 table.append(evaluate(b, f"search best OD (trial {best.number})", policy_of(best)))
             for w in UNIFORM_BITS:
-                table.append(evaluate(b, f"uniform W{w}", b.for_ratio(a.ratio, w)))
+                table.append(evaluate(b, f"uniform W{w}", b.for_ratio(ratio, w)))
             write_csv(out / f"{report.name}.csv", table)
-            plot(b, run, table, a.ratio, out / f"{report.name}.png")
+            plot(b, run, table, ratio, out / f"{report.name}.png")
             report.setup(
                 b,
-                budget=f"compression ratio >= {a.ratio:g} (nnz x bits, + 1-bit mask if pruned, + fp32 scales)",
+                budget=f"compression ratio >= {ratio:g} (nnz x bits, + 1-bit mask if pruned, + fp32 scales)",
                 search=line,
                 uniform=f"the same sparsity on every layer at {', '.join(f'W{w}' for w in UNIFORM_BITS)}, the "
                 "sparsity found by bisection so the ratio equals the budget",
