@@ -51,15 +51,17 @@ QUICK_SYNTH = {"batch_size": 16, "heldout_size": 16, "iterations": 5}  # --quick
 QUICK_STEPS = 3
 
 
-def parser(
-    doc: str | None, *, default_models: Sequence[str] = ("resnet_fashion", "separable_fashion")
-) -> argparse.ArgumentParser:
+DEFAULT_MODELS = ("resnet_fashion", "separable_fashion")
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every experiment takes."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", choices=sorted(CASES), default=list(default_models))
+    p.add_argument("--models", nargs="+", choices=sorted(CASES), default=list(DEFAULT_MODELS))
     p.add_argument("--quick", action="store_true", help="tiny setting (digits, few policies, few steps): a smoke test")
     p.add_argument("--steps", type=int, help="recovery steps (default: the study file's [recovery] steps)")
     p.add_argument("--limit", type=int, help="evaluate accuracy on the first N test samples only")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (the benchmarks were run with 2)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the committed results used 1)")
     p.add_argument("--out", default=str(RESULTS), help="folder for the CSV, PNG and markdown")
     p.add_argument("--storage", help="database URL overriding the study file's (the synthetic-batch cache)")
     p.add_argument("--root", default="data", help="where Fashion-MNIST is unpacked")
@@ -67,6 +69,7 @@ def parser(
 
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, then apply what every experiment shares: --quick means digits, threads, the output folder."""
     a = p.parse_args(argv)
     a.argv = list(argv) if argv is not None else sys.argv[1:]
     a.suffix = f"_steps{a.steps}" if a.steps is not None else ""  # a different budget gets its own files

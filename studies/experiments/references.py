@@ -1,6 +1,6 @@
 """Train the Fashion-MNIST reference models the experiments use, and record accuracy and wall time.
 
-python -m studies.experiments.references               # both: ResNet and separable net (~30-40 min, 2 cores)
+python -m studies.experiments.references               # both, one after the other (42 + 50 min measured, 1 thread)
 python -m studies.experiments.references --only resnet
 Checkpoints go to runs/models/ (gitignored); the study files in this folder point at them.
 """
