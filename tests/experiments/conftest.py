@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.cli import main
-
 REPO = Path(__file__).resolve().parents[2]
 DIGITS_WEIGHTS = REPO / "studies" / "models" / "resnet_digits.pt"
 
@@ -65,14 +63,3 @@ def tiny_study(tmp_path: Path) -> Callable[..., Path]:
 
     return write
 
-
-@pytest.fixture
-def frandi(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-
-    def run(*args: object) -> tuple[int, str, str]:
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run

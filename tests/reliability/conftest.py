@@ -183,18 +183,6 @@ def params_of(t: FrozenTrial) -> dict[str, Any]:
     return dict(t.system_attrs.get("fixed_params") or t.params)
 
 
-@pytest.fixture
-def frandi(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
-    """Run the CLI in this process (no start-up cost); returns (exit code, stdout, stderr)."""
-    from search.cli import main
-
-    def run(*args: Any) -> tuple[int, str, str]:
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
 
 def prepare_study(study_file: Path) -> None:
     """Create the study and its cached batches, as `frandi search` does before starting workers."""

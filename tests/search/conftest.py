@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from frandi_core.models import resnet
-from search.cli import main
 
 STUDY = """
 [study]
@@ -71,14 +70,3 @@ def study_file(tmp_path: Path) -> Callable[..., Path]:
 
     return write
 
-
-@pytest.fixture
-def frandi(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
