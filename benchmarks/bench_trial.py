@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from frandi_core import Policy, compress
+from frandi_core import Policy, adam, compress
 from search import TrialRunner, create_or_resume, load_config
 from search._config import replace
 from search._launch import open_for
@@ -29,7 +29,7 @@ def floor(runner: TrialRunner, student: torch.nn.Module) -> float:
     cfg = runner.cfg.recovery
     x = runner.targets.inputs
     target = runner.targets.features["output"]
-    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    opt = adam(student.parameters(), cfg.lr)
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for _ in range(cfg.steps):

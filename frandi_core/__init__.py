@@ -10,6 +10,7 @@ from ._errors import FrandiError
 from ._hooks import capture
 from ._losses import batch_stats, bn_kl, normalized_distance, od_from_outputs, total_variation
 from ._model import ModelSpec, build_architecture, load_model, read_state_dict, weights_digest
+from ._optim import adam
 from ._policy import LayerInfo, LayerSetting, Policy, compressible_layers
 from ._recover import (
     OUTPUT,
@@ -25,6 +26,7 @@ from ._recover import (
 from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, synthesize
 
 __all__ = [
+    "adam",
     "OUTPUT",
     "Compressor",
     "FrandiError",

@@ -34,9 +34,10 @@ def fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-output-channel quantization to at most 2**bits - 1 levels, straight-through gradient."""
     qmax = 2 ** (bits - 1) - 1
     dims = tuple(range(1, weight.dim()))
-    scale = weight.detach().abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / qmax
-    q = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
-    return weight + (q - weight).detach()
+    with torch.no_grad():  # the rounding records no graph: its gradient is the identity anyway
+        scale = weight.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / qmax
+        delta = torch.clamp(torch.round(weight / scale), -qmax, qmax).mul_(scale).sub_(weight)
+    return weight + delta
 
 
 class Compressor(nn.Module):

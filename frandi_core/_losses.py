@@ -27,10 +27,40 @@ def normalized_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) ->
     return (a - b).norm(dim=1)
 
 
+class _DistanceToUnit(torch.autograd.Function):
+    """|| a/||a|| - u || per row, with a hand-written backward: one graph node instead of six.
+
+    Feature Regression evaluates this for every feature layer at every step; on small models the
+    autograd bookkeeping of the composed version cost more than the arithmetic (see benchmarks.bench_trial).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, unit: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        x = a.flatten(1).to(torch.promote_types(a.dtype, torch.float32))  # bf16/fp16 features: in fp32
+        n = x.norm(dim=1, keepdim=True).clamp_min(eps)
+        xhat = x / n
+        diff = xhat - unit.to(x.dtype)
+        dist = diff.norm(dim=1)
+        ctx.save_for_backward(xhat, diff, dist, n)
+        ctx.shape_dtype = (a.shape, a.dtype)
+        return dist
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        xhat, diff, dist, n = ctx.saved_tensors
+        shape, dtype = ctx.shape_dtype
+        # d dist / d xhat = diff / dist (0 where dist == 0, as torch's norm backward); then through x / ||x||
+        g_hat = diff * (grad / dist).masked_fill(dist == 0, 0).unsqueeze(1)
+        g = (g_hat - xhat * (xhat * g_hat).sum(dim=1, keepdim=True)) / n
+        return g.view(shape).to(dtype), None, None
+
+
 def distance_to_unit(a: torch.Tensor, unit: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-sample || a/||a|| - unit ||_2 where ``unit`` rows are already L2-normalized (cached teacher targets)."""
-    a = a.flatten(1)
-    return (a / a.norm(dim=1, keepdim=True).clamp_min(eps) - unit).norm(dim=1)
+    """Per-sample || a/||a|| - unit ||_2 where ``unit`` rows are already L2-normalized (cached teacher targets).
+
+    Computed in float32 whatever the dtype of ``a`` (bf16 features under autocast); gradient flows to ``a`` only.
+    """
+    return _DistanceToUnit.apply(a, unit.detach(), eps)
 
 
 def od_from_outputs(teacher: torch.Tensor, student: torch.Tensor) -> float:

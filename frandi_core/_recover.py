@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ._errors import FrandiError
 from ._hooks import capture
 from ._losses import distance_to_unit, normalized_distance
+from ._optim import adam
 
 OUTPUT = "output"  # the name that stands for the model's final output in a list of feature layers
 
@@ -100,7 +101,7 @@ def feature_regression_(
     student.eval()
     hooked, want_out = _split(targets.layers)
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=config.lr)
+    opt = adam(params, config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.steps, 1))
     gen = torch.Generator().manual_seed(config.seed)
     n = len(targets.inputs)

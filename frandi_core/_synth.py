@@ -12,6 +12,7 @@ from ._errors import FrandiError
 from ._hooks import capture
 from ._losses import bn_kl, total_variation
 from ._model import BN_TYPES
+from ._optim import adam
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def invert(
         )
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((n, *input_shape), generator=gen).to(device).requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=config.lr)
+    opt = adam([x], config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.iterations)
     bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
     with BNMatcher(model) as matcher:

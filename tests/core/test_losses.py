@@ -123,6 +123,34 @@ def test_distance_to_unit_targets_equals_the_normalized_distance() -> None:
     assert torch.allclose(distance_to_unit(t(3.0, 4.0).view(1, 2), t(0.8, 0.6).view(1, 2)), t(math.sqrt(0.08)))
 
 
+def _composed_distance(a: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    a = a.flatten(1)
+    return (a / a.norm(dim=1, keepdim=True).clamp_min(1e-12) - unit).norm(dim=1)
+
+
+def test_distance_to_unit_gradient_matches_autograd_of_the_formula() -> None:
+    # the hand-written backward against finite differences and against autograd of the composed formula
+    gen = torch.Generator().manual_seed(6)
+    a = torch.randn(5, 2, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    unit = torch.nn.functional.normalize(torch.randn(5, 18, generator=gen, dtype=torch.float64), dim=1)
+    unit[0] = a[0].detach().flatten() / a[0].detach().norm()  # a row at distance 0: gradient 0, not NaN
+    assert torch.autograd.gradcheck(lambda x: distance_to_unit(x, unit), (a,))
+    w = torch.rand(5, generator=gen, dtype=torch.float64)
+    (mine,) = torch.autograd.grad((distance_to_unit(a, unit) * w).sum(), a)
+    (ref,) = torch.autograd.grad((_composed_distance(a, unit) * w).sum(), a)
+    assert torch.allclose(mine, ref, atol=1e-6)
+    assert torch.isfinite(mine).all() and mine[0].abs().max() < 1e-6
+
+
+def test_distance_to_unit_of_bf16_features_is_fp32_with_a_bf16_gradient() -> None:
+    a = torch.randn(4, 8).bfloat16().requires_grad_()
+    unit = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    d = distance_to_unit(a, unit)
+    assert d.dtype == torch.float32
+    d.sum().backward()
+    assert a.grad is not None and a.grad.dtype == torch.bfloat16 and torch.isfinite(a.grad.float()).all()
+
+
 def test_total_variation_matches_hand_computation() -> None:
     x = torch.tensor([[[[0.0, 1.0], [3.0, 5.0]]]])
     # vertical |3-0|, |5-1| -> mean 3.5; horizontal |1-0|, |5-3| -> mean 1.5
