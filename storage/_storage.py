@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from storage import _blobs
+from storage import _blobs, _counters
 from storage._engines import (
     RECONNECT_PATIENCE_S,
     build_engine,
@@ -34,7 +34,7 @@ _OPEN_ATTEMPTS = 5  # processes opening a fresh database together race on CREATE
 
 
 class Storage:
-    """Optuna's RDB storage plus frandi's blob cache on one database URL.
+    """Optuna's RDB storage plus frandi's blob cache and counters on one database URL.
 
     Engines are built lazily and dropped when pickled or forked, so a Storage can be handed to workers.
     ``close()`` disposes them; a closed Storage reconnects if used again. Once opened, PostgreSQL connections
@@ -147,6 +147,22 @@ class Storage:
     def blob_info(self, key: str) -> dict[str, Any] | None:
         """state, sha256, size, meta, owner, created, updated of ``key``; None if missing."""
         return _blobs.blob_info(self._session, key)
+
+    def get_counter(self, key: str) -> int:
+        """The counter under ``key``; 0 when never set."""
+        return _counters.get_counter(self._session, key)
+
+    def set_counter(self, key: str, value: int) -> None:
+        """Set the counter under ``key`` to ``value``."""
+        _counters.set_counter(self._session, key, value)
+
+    def add_to_counter(self, key: str, delta: int) -> None:
+        """Add ``delta`` to the counter under ``key`` atomically."""
+        _counters.add_to_counter(self._session, key, delta)
+
+    def take_from_counter(self, key: str) -> bool:
+        """Decrement the counter under ``key`` if positive; True if this caller got one (atomic across processes)."""
+        return _counters.take_from_counter(self._session, key)
 
     def close(self) -> None:
         """Dispose both engines and their pooled connections."""

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, Column, DateTime, LargeBinary, MetaData, String, Table, Text
 
-__all__ = ["METADATA", "blobs", "utcnow"]
+__all__ = ["METADATA", "blobs", "counters", "utcnow"]
 
 METADATA = MetaData()
 
@@ -23,6 +23,14 @@ blobs = Table(
     Column("meta", Text, nullable=True),  # JSON object
     Column("created", DateTime, nullable=False),  # naive UTC
     Column("updated", DateTime, nullable=False),  # naive UTC; a pending claim's owner touches it as heartbeat
+)
+
+# Named integer counters that processes decrement atomically (e.g. trials a study may still start); see _counters.
+counters = Table(
+    "frandi_counters",
+    METADATA,
+    Column("key", String(255), primary_key=True),
+    Column("value", BigInteger, nullable=False),
 )
 
 

@@ -51,3 +51,13 @@ def run_trials(storage: Storage, study_name: str, n_trials: int) -> int:
         study = optuna.load_study(study_name=study_name, storage=storage.optuna)
         study.optimize(lambda trial: trial.suggest_float("x", -1, 1) ** 2, n_trials=n_trials)
     return n_trials
+
+
+def take_all(storage: Storage, key: str) -> int:
+    """Take from the counter at the same moment as every other worker until it is empty; returns how many."""
+    _barrier.wait(timeout=120)
+    got = 0
+    with storage:
+        while storage.take_from_counter(key):
+            got += 1
+    return got

@@ -1,4 +1,4 @@
-"""Many workers on one storage: make-once blobs across processes, threads and dead workers; a shared study."""
+"""Many workers on one storage: make-once blobs across processes, threads and dead workers; counters; a study."""
 
 from __future__ import annotations
 
@@ -97,6 +97,16 @@ def test_heartbeat_keeps_a_slow_make_from_being_taken_over(storage_url: str) -> 
     second.join()
     assert calls == ["made"]
     assert results == {"first": b"slow result", "second": b"slow result"}
+
+
+def test_processes_never_take_more_than_the_counter_holds(
+    storage_url: str, pool: multiprocessing.pool.Pool
+) -> None:
+    with open_storage(storage_url) as st:
+        st.set_counter("left", 60)
+        taken = pool.starmap(_workers.take_all, [(st, "left")] * N_WORKERS)
+        assert st.get_counter("left") == 0
+    assert sum(taken) == 60
 
 
 def test_processes_share_one_sqlite_study(tmp_path: Path, pool: multiprocessing.pool.Pool) -> None:

@@ -33,6 +33,19 @@ def test_open_creates_tables(storage_url: str) -> None:
     assert {"studies", "trials"} <= tables  # Optuna's own, created by Optuna
 
 
+def test_counters_set_add_take(storage_url: str) -> None:
+    with open_storage(storage_url) as st:
+        assert st.get_counter("c") == 0 and not st.take_from_counter("c")  # never set: nothing to take
+        st.add_to_counter("c", 2)  # from nothing
+        st.set_counter("d", 7)
+        st.add_to_counter("c", 1)
+        assert st.get_counter("c") == 3 and st.get_counter("d") == 7
+        assert [st.take_from_counter("c") for _ in range(4)] == [True, True, True, False]
+        assert st.get_counter("c") == 0 and st.get_counter("d") == 7  # never below zero; keys independent
+        st.set_counter("d", 1)
+        assert st.get_counter("d") == 1
+
+
 def test_put_get_roundtrip(storage_url: str) -> None:
     payload = bytes(range(256)) * 1000
     with open_storage(storage_url) as st:
