@@ -21,7 +21,7 @@ from frandi_core import Policy, adam, compress
 from search import TrialRunner, create_or_resume, load_config
 from search._config import replace
 from search._launch import open_for
-from search._worker import claim_waiting, run_trial
+from search._worker import claim, run_trial
 
 
 def floor(runner: TrialRunner, student: torch.nn.Module) -> float:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             total = floors = 0.0
             parts: dict[str, float] = {}
             for i in range(a.trials + 1):
-                tid = claim_waiting(study)
+                tid = claim(study, st)
                 assert tid is not None
                 t0 = time.perf_counter()
                 run_trial(study, runner, tid, cfg, "bench")

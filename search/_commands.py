@@ -17,7 +17,7 @@ from ._config import ConfigError, StudyConfig
 from ._launch import launch, open_for
 from ._report import format_rows, pareto_trials, row
 from ._report import status as status_of
-from ._study import open_study
+from ._study import open_study, to_start_key
 from ._trial import TrialRunner, cached_batches, model_spec
 from ._worker import check_device, set_threads, work
 
@@ -35,8 +35,11 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
     if s["complete"] < cfg.study.n_trials and not s["running"]:
         failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
         reason = failed[-1].user_attrs.get("fail_reason", "unknown") if failed else "unknown"
-        print(f"frandi: error: the study holds {s['complete']} of {cfg.study.n_trials} finished trials; last "
-              f"failure: {reason}", file=sys.stderr)
+        print(
+            f"frandi: error: the study holds {s['complete']} of {cfg.study.n_trials} finished trials; last "
+            f"failure: {reason}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -52,7 +55,7 @@ def worker(cfg: StudyConfig, storage: str | None, *, device: str, threads: int |
 
 def status(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
     with open_for(cfg, storage) as st:
-        s = status_of(open_study(cfg, st), cfg.study.n_trials)
+        s = status_of(open_study(cfg, st), cfg.study.n_trials, st.get_counter(to_start_key(cfg.study.name)))
     print(json.dumps(s, indent=2) if fmt == "json" else "\n".join(f"{k:>18}: {v}" for k, v in s.items()))
     return 0
 
@@ -64,9 +67,7 @@ def pareto(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
     return 0
 
 
-def export(
-    cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, device: str, tolerance: float
-) -> int:
+def export(cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, device: str, tolerance: float) -> int:
     """Materialize a finished trial deterministically and check it reproduces the stored OD."""
     from frandi_core import Policy
 
@@ -77,12 +78,12 @@ def export(
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         t = trials.get(trial)
         if t is None:
-            raise ConfigError(
-                f"trial {trial} does not exist in study '{cfg.study.name}' (0..{len(trials) - 1})"
-            )
+            raise ConfigError(f"trial {trial} does not exist in study '{cfg.study.name}' (0..{len(trials) - 1})")
         if t.state != TrialState.COMPLETE:
             raise ConfigError(f"trial {trial} is {t.state.name}, not COMPLETE; export a finished trial")
         policy = Policy.from_json(t.user_attrs["policy"])
+        if "threads" in t.user_attrs and device == "cpu":
+            torch.set_num_threads(int(t.user_attrs["threads"]))  # float sums depend on how work was split
         runner = TrialRunner(cfg, st, device=device)
         student, r = runner.student(policy)
     stored = t.values[0]
@@ -103,10 +104,7 @@ def export(
         "trial": trial,
     }
     torch.save({"state_dict": state, "policy": json.loads(policy.to_json()), "metrics": metrics}, out)
-    print(
-        f"trial {trial}: OD {r.od:.6f} (stored {stored:.6f}), ratio {r.ratio:.2f}, density {r.density:.3f} "
-        f"-> {out}"
-    )
+    print(f"trial {trial}: OD {r.od:.6f} (stored {stored:.6f}), ratio {r.ratio:.2f}, density {r.density:.3f} -> {out}")
     return 0
 
 

@@ -14,7 +14,8 @@ from frandi_core import Policy
 
 
 def feasible(t: FrozenTrial) -> bool:
-    return float(t.user_attrs.get("constraint", 0.0)) <= 0
+    """Meets every Optuna constraint of the trial (min_ratio - ratio <= 0); trials without one are feasible."""
+    return all(v <= 0 for v in t.constraints.values())
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -71,7 +72,8 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     return "\n".join(lines)
 
 
-def status(study: optuna.Study, n_trials: int) -> dict[str, Any]:
+def status(study: optuna.Study, n_trials: int, to_start: int = 0) -> dict[str, Any]:
+    """Counts per state, trials still to start, best feasible OD, mean trial time, distinct workers."""
     trials = study.get_trials(deepcopy=False)
     by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -81,6 +83,7 @@ def status(study: optuna.Study, n_trials: int) -> dict[str, Any]:
         "study": study.study_name,
         "n_trials": n_trials,
         **by_state,
+        "to_start": to_start,
         "best_od": round(best.values[0], 5) if best else None,
         "best_trial": best.number if best else None,
         "mean_trial_seconds": round(sum(seconds) / len(seconds), 3) if seconds else None,

@@ -1,4 +1,4 @@
-"""The Optuna study behind a study file: creation, fingerprint check, trial pool, samplers."""
+"""The Optuna study behind a study file: creation, fingerprint check, trials left to start, samplers."""
 
 from __future__ import annotations
 
@@ -19,24 +19,15 @@ CONFIG = "frandi:config"
 METRICS = {"od": "OD", "size": "size_kib"}
 
 
-
 def make_sampler(cfg: StudyConfig, worker_index: int = 0, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded per worker and per run (by the trials already there), so that neither
     parallel workers nor a resumed run draw the policies an earlier one drew."""
     seed = (cfg.study.seed + 1000 * worker_index + 1_000_003 * trials_so_far) % 2**32
-    constraints = constraint_of if cfg.study.min_ratio is not None else None
     if cfg.study.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20, constraints_func=constraints)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if cfg.study.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, constant_liar=True, n_startup_trials=10, constraints_func=constraints
-    )
-
-
-def constraint_of(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna constraint (feasible when <= 0): min_ratio - ratio, stored by the objective."""
-    return [float(trial.user_attrs.get("constraint", 0.0))]
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=10)
 
 
 def directions(cfg: StudyConfig) -> list[Literal["minimize"]]:
@@ -61,10 +52,8 @@ def _changed_sections(old: dict, new: dict) -> list[str]:
     return [k for k in new if old.get(k) != new[k]]
 
 
-def create_or_resume(
-    cfg: StudyConfig, storage: Storage, space: SearchSpace, *, force: bool = False
-) -> optuna.Study:
-    """Create the study or resume it; refuse a changed study file unless ``force``; fill the trial pool."""
+def create_or_resume(cfg: StudyConfig, storage: Storage, space: SearchSpace, *, force: bool = False) -> optuna.Study:
+    """Create the study or resume it; refuse a changed study file unless ``force``; top up the trials to start."""
     study = optuna.create_study(
         study_name=cfg.study.name,
         storage=storage.optuna,
@@ -96,7 +85,7 @@ def create_or_resume(
         for params in baselines(cfg, space):
             study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
         study.set_user_attr("frandi:baselines", True)
-    top_up(study, cfg.study.n_trials)
+    top_up(study, storage, cfg.study.n_trials)
     return study
 
 
@@ -119,10 +108,18 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
     return {s: sum(t.state == s for t in trials) for s in TrialState}
 
 
-def top_up(study: optuna.Study, n_trials: int) -> int:
-    """Enqueue empty trials until complete + running + waiting reach n_trials; returns the number added."""
+def to_start_key(study_name: str) -> str:
+    """The storage counter of trials a study may still start (beyond its WAITING ones)."""
+    return f"frandi:to-start:{study_name}"
+
+
+def top_up(study: optuna.Study, storage: Storage, n_trials: int) -> int:
+    """Let workers start trials until complete + running + waiting reach n_trials; returns that number.
+
+    A counter, not n_trials empty WAITING trials: Optuna re-reads every unfinished trial on each sampling
+    and claim, so a pool of hundreds made each trial's overhead grow with the study (see benchmarks).
+    """
     c = counts(study)
-    need = n_trials - c[TrialState.COMPLETE] - c[TrialState.RUNNING] - c[TrialState.WAITING]
-    for _ in range(max(need, 0)):
-        study.enqueue_trial({})
-    return max(need, 0)
+    need = max(n_trials - c[TrialState.COMPLETE] - c[TrialState.RUNNING] - c[TrialState.WAITING], 0)
+    storage.set_counter(to_start_key(study.study_name), need)
+    return need

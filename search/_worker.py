@@ -1,4 +1,4 @@
-"""A worker: load once, then pull trials from the shared pool until the study holds n_trials finished."""
+"""A worker: load once, then claim and run trials until the study holds n_trials finished."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from frandi_core import FrandiError, NonFiniteError
 from storage import Storage, StorageError, connection_lost, lost_storage, open_storage
 
 from ._config import ConfigError, StudyConfig
-from ._study import counts, open_study
+from ._study import counts, open_study, to_start_key
 from ._trial import TrialRunner
 
 log = logging.getLogger("frandi.worker")
@@ -33,9 +33,7 @@ def check_device(device: str) -> str:
         raise ConfigError(f"device '{device}' is not a torch device; use cpu, cuda or cuda:N") from None
     if d.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device '{device}' asked for, but this machine has no CUDA GPU; use --devices cpu"
-            )
+            raise ConfigError(f"device '{device}' asked for, but this machine has no CUDA GPU; use --devices cpu")
         if d.index is not None and d.index >= torch.cuda.device_count():
             raise ConfigError(f"device '{device}' does not exist: {torch.cuda.device_count()} GPU(s) here")
     elif d.type != "cpu":
@@ -56,14 +54,12 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[No
     interval = storage.get_heartbeat_interval()
     stop = threading.Event()
 
-    def beat() -> None:
-        while True:
+    def beat() -> None:  # the first beat was recorded when the trial was claimed
+        while not stop.wait(interval):
             try:
                 storage.record_heartbeat(trial_id)
             except Exception as e:  # noqa: BLE001 - a missed beat must not kill the trial
                 log.warning("heartbeat failed: %s", type(e).__name__)
-            if stop.wait(interval):
-                return
 
     thread = threading.Thread(target=beat, daemon=True) if interval else None
     if thread:
@@ -83,23 +79,40 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def _beat_now(storage: optuna.storages.BaseStorage, trial_id: int) -> int:
+    """Beat at once: a worker dying from here on leaves a stale trial, not one RUNNING for ever."""
+    if storage.get_heartbeat_interval():  # type: ignore[attr-defined]
+        storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+    return trial_id
+
+
 def claim_waiting(study: optuna.Study) -> int | None:
-    """Atomically move one WAITING trial to RUNNING; None when the pool is empty."""
+    """Atomically move one WAITING trial (baseline, retry) to RUNNING; None when there is none."""
     storage = study._storage
     for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                # beat at once: a worker dying from here on leaves a stale trial, not one RUNNING for ever
-                if storage.get_heartbeat_interval():  # type: ignore[attr-defined]
-                    storage.record_heartbeat(t._trial_id)  # type: ignore[attr-defined]
-                return t._trial_id
+                return _beat_now(storage, t._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
 
 
+def claim(study: optuna.Study, storage: Storage) -> int | None:
+    """The next trial for this worker, RUNNING: a WAITING one, else a new one while the study may start more.
+
+    Taking from the study's to-start counter is one atomic UPDATE, so all workers together start exactly
+    n_trials (plus replacements), on any number of machines.
+    """
+    trial_id = claim_waiting(study)
+    if trial_id is None and storage.take_from_counter(to_start_key(study.study_name)):
+        trial_id = _beat_now(study._storage, study._storage.create_new_trial(study._study_id))
+    return trial_id
+
+
 def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: StudyConfig, worker: str) -> bool:
     """Sample, evaluate and tell one claimed trial; False when it failed (recorded with its reason)."""
+    study._thread_local.cached_all_trials = None  # sample from the trials as they are now (as Study.ask does)
     trial = optuna.trial.Trial(study, trial_id)
     with heartbeat(study._storage, trial_id):  # type: ignore[arg-type]
         try:
@@ -127,11 +140,12 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
         "ratio": r.ratio,
         "density": r.density,
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
+        "threads": torch.get_num_threads(),  # CPU results move with the thread count; export reuses it
     }
-    if cfg.study.min_ratio is not None:
-        attrs["constraint"] = cfg.study.min_ratio - r.ratio
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
+    if cfg.study.min_ratio is not None:
+        trial.set_constraint("min_ratio", cfg.study.min_ratio - r.ratio)  # feasible when <= 0
     values = [r.od, r.size_bits / 8192] if len(cfg.study.objectives) == 2 else [r.od]
     study.tell(trial, values)
     return True
@@ -159,7 +173,7 @@ def work(
     while True:
         if storage.optuna.get_heartbeat_interval():
             fail_stale_trials(study)
-        trial_id = claim_waiting(study)
+        trial_id = claim(study, storage)
         if trial_id is not None:
             try:
                 ok = run_trial(study, runner, trial_id, cfg, worker)
@@ -178,14 +192,14 @@ def work(
             else:
                 failed += 1
                 if failed <= limit:
-                    study.enqueue_trial({})  # replace the failed trial so the study still reaches n_trials
+                    storage.add_to_counter(to_start_key(study.study_name), 1)  # so the study still reaches n_trials
             if on_trial:
                 on_trial(counts(study)[TrialState.COMPLETE])
             continue
         c = counts(study)
         if c[TrialState.COMPLETE] >= cfg.study.n_trials or c[TrialState.RUNNING] == 0:
             return done
-        time.sleep(poll)  # others are running trials that may still fail and come back to the pool
+        time.sleep(poll)  # others are running trials that may still fail and be retried
 
 
 def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: int, threads: int) -> None:

@@ -64,7 +64,3 @@ def run_search(cfg: StudyConfig, storage: str | None) -> SearchRun:
 
 def policy_of(t: FrozenTrial) -> Policy:
     return Policy.from_json(t.user_attrs["policy"])
-
-
-def feasible(t: FrozenTrial) -> bool:
-    return float(t.user_attrs.get("constraint", 0.0)) <= 0

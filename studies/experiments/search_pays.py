@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from frandi_core import Policy
+from search._report import feasible
 
 from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, policy_summary, save, write_csv
-from ._searches import SearchRun, feasible, policy_of, run_search, variant
+from ._searches import SearchRun, policy_of, run_search, variant
 
 UNIFORM_BITS = (8, 4)
 # The separable net's fp32 BN/bias parameters and per-channel scales cap its ratio: >= 10 is out of reach

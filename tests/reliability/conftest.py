@@ -42,7 +42,7 @@ iterations = 5
 
 [space]
 layers = {layers}
-sparsity = [0.0, 0.8]
+sparsity = {sparsity}
 sparsity_step = 0.1
 bits = [4, 8, 32]
 
@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "kwargs": "{ widths = [4, 8] }",
     "weights": "tiny.pt",
     "steps": 2,
+    "sparsity": "[0.0, 0.8]",
     "layers": '["re:.*"]',
     "lr": 1e-3,
 }

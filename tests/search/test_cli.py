@@ -12,10 +12,11 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from frandi_core import Policy, build_architecture
-from search import load_config
+from frandi_core import Policy, build_architecture, compressible_layers, load_model
+from search import SearchSpace, create_or_resume, load_config
 from search._launch import open_for
-from search._study import open_study
+from search._study import open_study, to_start_key
+from search._trial import model_spec
 
 
 def trials_of(study_file: Path) -> list[optuna.trial.FrozenTrial]:
@@ -63,6 +64,20 @@ def test_two_workers_finish_exactly_n_trials(study_file, frandi) -> None:
     assert len({t.user_attrs["worker"] for t in trials}) == 2
 
 
+def test_a_large_study_keeps_only_baselines_waiting(study_file, frandi) -> None:
+    # hundreds of WAITING trials would make every claim and every sampling re-read them all
+    cfg = load_config(study_file(n_trials=500))
+    with open_for(cfg) as st:
+        space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+        study = create_or_resume(cfg, st, space)
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        assert len(waiting) == 3 and all(t.user_attrs["baseline"] for t in waiting)  # 0.5 at 32, 8 and 4 bits
+        assert st.get_counter(to_start_key("tiny")) == 497
+    code, out, _ = frandi("status", study_file(n_trials=500), "--format", "json")
+    s = json.loads(out)
+    assert code == 0 and s["waiting"] == 3 and s["to_start"] == 497
+
+
 def test_pareto_formats(study_file, frandi) -> None:
     frandi("search", study_file(), "--no-progress")
     code, out, _ = frandi("pareto", study_file(), "--format", "json")
@@ -105,6 +120,18 @@ def test_export_reproduces_od_and_loads_strictly(study_file, frandi, tmp_path) -
         if s.bits is not None:
             for row in w.detach().flatten(1):
                 assert row.unique().numel() <= 2**s.bits
+
+
+def test_export_runs_with_the_thread_count_the_trial_ran_with(study_file, frandi, tmp_path) -> None:
+    # OD on CPU moves (up to 4% on the quickstart) with torch's thread count; the study file says 1 thread
+    assert frandi("search", study_file(n_trials=3), "--threads", "2", "--no-progress")[0] == 0
+    t = trials_of(study_file())[-1]
+    assert t.user_attrs["threads"] == 2
+    torch.set_num_threads(1)
+    code, _, err = frandi("export", study_file(), "--trial", t.number, "--out", tmp_path / "m.pt")
+    assert code == 0, err
+    assert torch.get_num_threads() == 2
+    assert abs(torch.load(tmp_path / "m.pt", weights_only=True)["metrics"]["od"] - t.values[0]) <= 1e-4
 
 
 def test_export_refuses_missing_trial(study_file, frandi, tmp_path) -> None:
