@@ -73,6 +73,8 @@ class RunSection:
     threads: int = 0  # torch threads per worker; 0 = cores // workers
     heartbeat_interval: int = 10
     grace_period: int = 30
+    channels_last: bool = False  # NHWC tensors for 4-D models: faster convolutions on CUDA (tensor cores)
+    compile: bool = False  # torch.compile the FR loss: compiles 20-40 s per worker, then a faster step
 
 
 @dataclass(frozen=True)

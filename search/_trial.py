@@ -103,15 +103,21 @@ class TrialRunner:
         self.cfg = cfg
         self.device = torch.device(device)
         self.teacher = load_model(model_spec(cfg), device=self.device)
+        if cfg.run.channels_last:  # students are copies of the teacher: they inherit the layout
+            self.teacher = self.teacher.to(memory_format=torch.channels_last)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.space = SearchSpace.build(cfg.space, compressible_layers(self.teacher))
         self.batch_key, data = cached_batches(cfg, storage, self.teacher, device=device, progress=progress)
-        self.heldout = data.heldout.to(self.device)
+        self.heldout = self._layout(data.heldout.to(self.device))
         self.targets = teacher_targets(
-            self.teacher, data.recovery.to(self.device), cfg.recovery.layers or None
+            self.teacher, self._layout(data.recovery.to(self.device)), cfg.recovery.layers or None
         )
         self.teacher_out = model_outputs(self.teacher, self.heldout)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        channels_last = self.cfg.run.channels_last and x.dim() == 4
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     def student(self, policy: Policy) -> tuple[torch.nn.Module, TrialResult]:
         """Compress, recover with FR, measure OD; returns the recovered student (still parametrized)."""
@@ -122,7 +128,7 @@ class TrialRunner:
         t1 = time.perf_counter()
         od_before = output_discrepancy(student, self.heldout, self.teacher_out)
         t2 = time.perf_counter()
-        feature_regression_(student, self.targets, self.cfg.recovery)
+        feature_regression_(student, self.targets, self.cfg.recovery, compile_loss=self.cfg.run.compile)
         t3 = time.perf_counter()
         od = output_discrepancy(student, self.heldout, self.teacher_out)
         t4 = time.perf_counter()

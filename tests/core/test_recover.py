@@ -11,6 +11,7 @@ from torch import nn
 
 from frandi_core import (
     OUTPUT,
+    FrandiError,
     NonFiniteError,
     Policy,
     RecoveryConfig,
@@ -211,6 +212,43 @@ def test_fr_is_deterministic_for_a_seed(
     assert l1 == l2 and od1 == od2
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert l1 != l3 and not all(torch.equal(s1[k], s3[k]) for k in s1), "the seed must choose the mini-batches"
+
+
+def test_bf16_recovery_runs_forwards_in_bf16_and_still_halves_od(
+    reference: nn.Module, synthetic: SyntheticData, targets: TeacherTargets, teacher_out: torch.Tensor
+) -> None:
+    student = compress(reference, Policy.uniform(reference, SPARSITY))
+    od_before = output_discrepancy(student, synthetic.heldout, teacher_out)
+    dtypes = []
+    handle = student.stem.register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
+    try:
+        losses = feature_regression_(student, targets, RecoveryConfig(**{**FR.__dict__, "precision": "bf16"}))
+        od_after = output_discrepancy(student, synthetic.heldout, teacher_out)  # measured in fp32
+    finally:
+        handle.remove()
+    assert dtypes[0] == torch.bfloat16 and dtypes[-1] == torch.float32  # FR steps in bf16, OD in fp32
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert losses[-1] < losses[0] and od_after < od_before / 2
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(FrandiError, match="precision must be 'fp32' or 'bf16'"):
+        RecoveryConfig(precision="fp16")
+
+
+def test_compiled_loss_gives_the_same_recovery(reference: nn.Module, targets: TeacherTargets) -> None:
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    runs = []
+    for compiled in (False, True):
+        student = compress(reference, Policy.uniform(reference, SPARSITY))
+        losses = feature_regression_(student, targets, RecoveryConfig(steps=4, batch_size=32), compile_loss=compiled)
+        runs.append((losses, strip_(student).state_dict()))
+    (plain, s1), (compiled_losses, s2) = runs
+    assert counters["stats"]["unique_graphs"] > graphs  # the loss really went through torch.compile
+    assert compiled_losses == pytest.approx(plain, rel=1e-4)
+    assert all(torch.allclose(s1[k], s2[k], atol=1e-5) for k in s1)
 
 
 def test_zero_steps_leave_the_student_as_compressed(reference: nn.Module, targets: TeacherTargets) -> None:

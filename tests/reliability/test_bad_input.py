@@ -165,6 +165,13 @@ CASES = [
         "study.baselines has sparsity 1.0",
         "outside [0, 1)",
     ),
+    (
+        "unknown-precision",
+        [("[recovery]", '[recovery]\nprecision = "fp16"')],
+        ["search", S],
+        "[recovery] recovery precision must be 'fp32' or 'bf16'",
+        "got 'fp16'",
+    ),
     ("bits-one", [("bits = [4, 8, 32]", "bits = [1, 8]")], ["search", S], "space.bits has 1", "use 2..8"),
     ("bits-sixteen", [("bits = [4, 8, 32]", "bits = [4, 16]")], ["search", S], "space.bits has 16", "use 2..8"),
     (

@@ -14,9 +14,10 @@ from optuna.trial import TrialState
 
 from frandi_core import Policy, build_architecture, compressible_layers, load_model
 from search import SearchSpace, create_or_resume, load_config
+from search._config import replace
 from search._launch import open_for
 from search._study import open_study, to_start_key
-from search._trial import model_spec
+from search._trial import TrialRunner, model_spec
 
 
 def trials_of(study_file: Path) -> list[optuna.trial.FrozenTrial]:
@@ -76,6 +77,17 @@ def test_a_large_study_keeps_only_baselines_waiting(study_file, frandi) -> None:
     code, out, _ = frandi("status", study_file(n_trials=500), "--format", "json")
     s = json.loads(out)
     assert code == 0 and s["waiting"] == 3 and s["to_start"] == 497
+
+
+def test_channels_last_runs_trials_in_nhwc_with_the_same_od(study_file, frandi) -> None:
+    cfg = load_config(study_file())
+    with open_for(cfg) as st:
+        plain = TrialRunner(cfg, st)
+        nhwc = TrialRunner(replace(cfg, "run", channels_last=True), st)
+    conv = next(m.weight for m in nhwc.teacher.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    policy = Policy.uniform(plain.teacher, 0.5, 4)
+    assert abs(nhwc.evaluate(policy).od - plain.evaluate(policy).od) < 1e-3
 
 
 def test_pareto_formats(study_file, frandi) -> None:
