@@ -5,14 +5,15 @@
 - scaling: trials per minute with 2 workers (1 thread each) against 1 worker (1 thread), both measured from the
   first trial's start to the last trial's end (start-up excluded; it is measured separately);
 - start-up: from launching `frandi worker` on a prepared study with a warm batch cache to its first trial starting;
-- peak memory: the largest resident set of a `frandi worker` process (getrusage of the children).
+- peak memory: the largest resident set of that `frandi worker` process (os.wait4 on it), and of a bare
+  `python -c "import torch"` for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -68,16 +69,23 @@ def main(argv: list[str] | None = None) -> None:
                 s.enqueue_trial({})
         launched = dt.datetime.now()
         t0 = time.perf_counter()
-        subprocess.run(FRANDI + ["worker", str(study), "--storage", url, "--threads", "1"],
-                              check=True, capture_output=True, text=True)
+        proc = subprocess.Popen(FRANDI + ["worker", str(study), "--storage", url, "--threads", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        if status != 0:
+            raise SystemExit(f"frandi worker failed (wait status {status})")
+        proc.returncode = 0
+        bare = subprocess.Popen([sys.executable, "-c", "import torch"])
+        bare_usage = os.wait4(bare.pid, 0)[2]
+        bare.returncode = 0
         with open_for(cfg, url) as st:
             mine = [t for t in open_study(cfg, st).get_trials() if t.datetime_start and t.datetime_start >= launched]
         first = min(t.datetime_start for t in mine if t.datetime_start)
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"start-up (launch -> first trial, warm cache): {(first - launched).total_seconds():.2f} s "
               f"(worker ran {len(mine)} trials in {wall:.1f} s)")
-        print(f"peak resident memory of a worker process: {peak_mib:.0f} MiB")
+        print(f"peak resident memory of a worker process: {usage.ru_maxrss / 1024:.0f} MiB "
+              f"(python -c 'import torch' alone: {bare_usage.ru_maxrss / 1024:.0f} MiB)")
 
 
 if __name__ == "__main__":
