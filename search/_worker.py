@@ -79,22 +79,25 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def _beat_now(storage: optuna.storages.BaseStorage, trial_id: int) -> int:
-    """Beat at once: a worker dying from here on leaves a stale trial, not one RUNNING for ever."""
+def _start(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
+    """Beat, then move the trial WAITING -> RUNNING atomically; False if another worker got it first.
+
+    In this order a worker dying at any point leaves either a WAITING trial (someone else runs it) or a
+    RUNNING one with a heartbeat (failed as stale after the grace period and retried), never one RUNNING for ever.
+    """
     if storage.get_heartbeat_interval():  # type: ignore[attr-defined]
         storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
-    return trial_id
+    try:
+        return storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
 
 
 def claim_waiting(study: optuna.Study) -> int | None:
     """Atomically move one WAITING trial (baseline, retry) to RUNNING; None when there is none."""
-    storage = study._storage
-    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                return _beat_now(storage, t._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
+    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if _start(study._storage, t._trial_id):
+            return t._trial_id
     return None
 
 
@@ -102,11 +105,13 @@ def claim(study: optuna.Study, storage: Storage) -> int | None:
     """The next trial for this worker, RUNNING: a WAITING one, else a new one while the study may start more.
 
     Taking from the study's to-start counter is one atomic UPDATE, so all workers together start exactly
-    n_trials (plus replacements), on any number of machines.
+    n_trials (plus replacements), on any number of machines. (A worker killed between the take and the
+    trial's creation loses that one trial: the search then ends one short and a rerun tops it up.)
     """
     trial_id = claim_waiting(study)
     if trial_id is None and storage.take_from_counter(to_start_key(study.study_name)):
-        trial_id = _beat_now(study._storage, study._storage.create_new_trial(study._study_id))
+        new = study._storage.create_new_trial(study._study_id, optuna.trial.create_trial(state=TrialState.WAITING))
+        trial_id = new if _start(study._storage, new) else claim_waiting(study)
     return trial_id
 
 

@@ -1,0 +1,61 @@
+"""Claiming trials: a worker that dies at any point of a claim never leaves a trial RUNNING for ever."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from frandi_core import compressible_layers, load_model
+from search import SearchSpace, create_or_resume, load_config
+from search._launch import open_for
+from search._study import to_start_key
+from search._trial import model_spec
+from search._worker import claim
+from storage import Storage
+
+
+class Died(BaseException):
+    """Stands for the worker process being killed at that instant."""
+
+
+@pytest.fixture
+def opened(study_file) -> Iterator[tuple[optuna.Study, Storage]]:
+    cfg = load_config(study_file(n_trials=4, extra=""))
+    with open_for(cfg) as st:
+        space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+        study = create_or_resume(cfg, st, space)
+        for t in study.get_trials(states=(TrialState.WAITING,)):  # leave only new trials to claim
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        st.set_counter(to_start_key(study.study_name), 2)
+        yield study, st
+
+
+@pytest.mark.parametrize("dies_in", ["record_heartbeat", "set_trial_state_values"])
+def test_a_worker_dying_inside_a_claim_leaves_a_trial_another_worker_claims(opened, dies_in, monkeypatch) -> None:
+    study, st = opened
+    storage = study._storage
+
+    def die(*_args: object, **_kwargs: object) -> None:
+        raise Died
+
+    with monkeypatch.context() as m:
+        m.setattr(storage, dies_in, die)
+        with pytest.raises(Died):
+            claim(study, st)
+    (orphan,) = [t for t in study.get_trials() if t.state not in (TrialState.FAIL,)]
+    assert orphan.state == TrialState.WAITING  # not RUNNING without a heartbeat, which nothing would ever fail
+    assert claim(study, st) == orphan._trial_id  # the next worker runs it
+    assert study._storage.get_trial(orphan._trial_id).state == TrialState.RUNNING
+    assert st.get_counter(to_start_key(study.study_name)) == 1  # the dead claim's slot was used once, not twice
+
+
+def test_claims_stop_when_the_study_may_start_no_more(opened) -> None:
+    study, st = opened
+    first, second = claim(study, st), claim(study, st)
+    assert first is not None and second is not None and first != second
+    assert claim(study, st) is None
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    assert {t._trial_id for t in running} == {first, second}
