@@ -12,10 +12,44 @@ def bn_kl(
     return 0.5 * (torch.log(run_var / var) + (var + (mean - run_mean) ** 2) / run_var - 1.0).sum()
 
 
-def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of a BN input over N (and H, W)."""
-    dims = [0] + list(range(2, x.dim()))
-    return x.mean(dims), x.var(dims, unbiased=False)
+class _ChannelStats(torch.autograd.Function):
+    """Per-channel mean and biased variance from two plain sums, with a one-pass backward.
+
+    torch.var_mean over (N, H, W) of an NCHW tensor was 3-7x slower than sums on CPU, and its backward
+    another pass or two: together 30% of a synthesis step (benchmarks/bench_synthesis.py). Sums are
+    taken around ``shift`` (the BN running mean: close to the batch mean) so E[d^2] - E[d]^2 does not cancel.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        dims = [0, *range(2, x.dim())]
+        view = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        count = x.numel() // x.shape[1]
+        d = x - shift.view(view)
+        m1 = d.sum(dims) / count
+        var = ((d * d).sum(dims) / count - m1 * m1).clamp_min_(0)
+        mean = shift + m1
+        ctx.save_for_backward(x, mean)
+        ctx.view, ctx.count = view, count
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, g_mean: torch.Tensor | None, g_var: torch.Tensor | None) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        x, mean = ctx.saved_tensors
+        g_mean = torch.zeros_like(mean) if g_mean is None else g_mean
+        g_var = torch.zeros_like(mean) if g_var is None else g_var
+        # d mean / dx = 1/M, d var / dx = 2 (x - mean) / M
+        scale = (2 * g_var / ctx.count).view(ctx.view)
+        return torch.addcmul((g_mean / ctx.count).view(ctx.view), x - mean.view(ctx.view), scale), None
+
+
+def batch_stats(x: torch.Tensor, shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of a BN input over N (and H, W, ...); differentiable in ``x``.
+
+    ``shift``: a per-channel value near the mean (e.g. the BN running mean) for numerical accuracy.
+    """
+    shift = x.new_zeros(x.shape[1]) if shift is None else shift.to(x.dtype)
+    return _ChannelStats.apply(x, shift.detach())
 
 
 def normalized_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

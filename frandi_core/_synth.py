@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ._errors import FrandiError
 from ._hooks import capture
-from ._losses import bn_kl, total_variation
+from ._losses import batch_stats, bn_kl, total_variation
 from ._model import BN_TYPES
 from ._optim import adam
 
@@ -72,6 +72,7 @@ class BNMatcher:
             run_mean.append(bn.running_mean.float())
             run_var.append(bn.running_var.float() + bn.eps)
         self.eps = torch.cat([torch.full_like(m, bn.eps) for m, bn in zip(run_mean, self._bns, strict=True)])
+        self._shifts = run_mean
         self.run_mean = torch.cat(run_mean)
         self.run_var = torch.cat(run_var)
         self.names = names
@@ -86,9 +87,8 @@ class BNMatcher:
     def loss(self) -> torch.Tensor:
         """KL summed over all BN layers for the last forward pass."""
         means, variances = [], []
-        for n in self.names:
-            x = self._feats[n].float()
-            var, mean = torch.var_mean(x, dim=[0] + list(range(2, x.dim())), unbiased=False)
+        for n, shift in zip(self.names, self._shifts, strict=True):
+            mean, var = batch_stats(self._feats[n].float(), shift)
             means.append(mean)
             variances.append(var)
         return bn_kl(torch.cat(means), torch.cat(variances) + self.eps, self.run_mean, self.run_var)

@@ -64,6 +64,29 @@ def test_batch_stats_reduce_over_n_and_length_for_3d_inputs() -> None:
     assert torch.allclose(mean, t(4.0)) and torch.allclose(var, t(5.0))
 
 
+@pytest.mark.parametrize("shape", [(6, 3), (4, 2, 5), (3, 2, 4, 3)])
+def test_batch_stats_gradients_match_finite_differences(shape: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    shift = torch.randn(shape[1], generator=gen, dtype=torch.float64)
+    w = torch.randn(2, shape[1], generator=gen, dtype=torch.float64)
+
+    def weighted(x: torch.Tensor) -> torch.Tensor:
+        mean, var = batch_stats(x, shift)
+        return (w[0] * mean + w[1] * var).sum()
+
+    assert torch.autograd.gradcheck(weighted, (x,))
+    assert torch.autograd.gradcheck(lambda x: batch_stats(x)[1].sum(), (x,))  # only the variance used
+
+
+def test_batch_stats_stay_accurate_far_from_zero_with_a_shift() -> None:
+    # mean 1e4, std 1: E[x^2] - E[x]^2 in float32 would lose every digit; around the running mean it does not
+    x = 1e4 + torch.randn(64, 4, 3, 3, generator=torch.Generator().manual_seed(3))
+    mean, var = batch_stats(x, torch.full((4,), 1e4))
+    ref_var, ref_mean = torch.var_mean(x.double(), dim=[0, 2, 3], unbiased=False)
+    assert torch.allclose(var.double(), ref_var, rtol=1e-3) and torch.allclose(mean.double(), ref_mean, rtol=1e-6)
+
+
 def test_batch_stats_agree_with_batchnorm_in_training_mode() -> None:
     x = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(1))
     bn = torch.nn.BatchNorm2d(3, momentum=1.0).train()
