@@ -76,14 +76,16 @@ def main(argv: list[str] | None = None) -> None:
         if status != 0:
             raise SystemExit(f"frandi worker failed (wait status {status})")
         proc.returncode = 0
+        t0 = time.perf_counter()
         bare = subprocess.Popen([sys.executable, "-c", "import torch"])
         bare_usage = os.wait4(bare.pid, 0)[2]
+        bare_wall = time.perf_counter() - t0
         bare.returncode = 0
         with open_for(cfg, url) as st:
             mine = [t for t in open_study(cfg, st).get_trials() if t.datetime_start and t.datetime_start >= launched]
         first = min(t.datetime_start for t in mine if t.datetime_start)
         print(f"start-up (launch -> first trial, warm cache): {(first - launched).total_seconds():.2f} s "
-              f"(worker ran {len(mine)} trials in {wall:.1f} s)")
+              f"(worker ran {len(mine)} trials in {wall:.1f} s; 'import torch' alone takes {bare_wall:.2f} s)")
         print(f"peak resident memory of a worker process: {usage.ru_maxrss / 1024:.0f} MiB "
               f"(python -c 'import torch' alone: {bare_usage.ru_maxrss / 1024:.0f} MiB)")
 
