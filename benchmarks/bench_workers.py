@@ -1,6 +1,6 @@
 """Worker scaling, start-up and peak memory, on the quickstart study in a temporary SQLite database.
 
-    python -m benchmarks.bench_workers [--trials 24]
+    python -m benchmarks.bench_workers [--trials 48]
 
 - scaling: trials per minute with 2 workers (1 thread each) against 1 worker (1 thread), both measured from the
   first trial's start to the last trial's end (start-up excluded; it is measured separately);
@@ -45,7 +45,7 @@ def throughput(study_file: Path, url: str) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default="studies/quickstart.toml")
-    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--trials", type=int, default=48)
     a = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = Path(a.study).resolve()
