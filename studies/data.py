@@ -6,6 +6,7 @@ The search never needs these; they are for the reference models, the tests and t
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -36,9 +37,11 @@ def prepare_fashion(root: str | Path = "data") -> Path:
     raw.mkdir(parents=True, exist_ok=True)
     for gz in FASHION_DEB.glob("*-ubyte.gz"):
         target = raw / gz.name[:-3]
-        if not target.exists():
-            with gzip.open(gz, "rb") as src, open(target, "wb") as dst:
+        if not target.exists():  # unpack beside it, then rename: a concurrent reader never sees half a file
+            partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+            with gzip.open(gz, "rb") as src, open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst)
+            os.replace(partial, target)
     if not any(raw.iterdir()):
         raise FileNotFoundError(
             f"no Fashion-MNIST files in {FASHION_DEB}; install them: apt-get install dataset-fashion-mnist"
