@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from frandi_core import model_size
+from frandi_core import Policy
 
 from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, policy_summary, save, write_csv
 from ._searches import SearchRun, policy_of, run_search, variant
@@ -25,25 +25,26 @@ BITS = (8, 4, 3)
 MIXED_BITS = (2, 3, 4, 6, 8)
 
 
+def policy_row(b: Bench, label: str, policy: Policy) -> dict[str, Any]:
+    """One table row: size, and real accuracy with no recovery and after FR on synthetic data."""
+    fr, r = b.recovered(policy)
+    row = {
+        "model": b.name,
+        "policy": label,
+        "size_kib": round(r.size_bits / 8192, 2),
+        "ratio": round(r.ratio, 2),
+        "original": round(b.original, 2),
+        "no_recovery": round(b.accuracy(b.compressed(policy)), 2),
+        "fr_synthetic": round(b.accuracy(fr), 2),
+        "od_none": round(r.od_before, 5),
+        "od_fr": round(r.od, 5),
+    }
+    print(f"[{b.name}] {row}", flush=True)
+    return row
+
+
 def uniform_rows(b: Bench, bits: Sequence[int]) -> list[dict[str, Any]]:
-    rows = []
-    for w in bits:
-        policy = b.uniform(0.0, w)
-        fr, r = b.recovered(policy)
-        row = {
-            "model": b.name,
-            "policy": f"uniform W{w}",
-            "size_kib": round(r.size_bits / 8192, 2),
-            "ratio": round(r.ratio, 2),
-            "original": round(b.original, 2),
-            "no_recovery": round(b.accuracy(b.compressed(policy)), 2),
-            "fr_synthetic": round(b.accuracy(fr), 2),
-            "od_none": round(r.od_before, 5),
-            "od_fr": round(r.od, 5),
-        }
-        rows.append(row)
-        print(f"[{b.name}] {row}", flush=True)
-    return rows
+    return [policy_row(b, f"uniform W{w}", b.uniform(0.0, w)) for w in bits]
 
 
 def mixed_rows(b: Bench, run: SearchRun, uniform: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,21 +61,8 @@ def mixed_rows(b: Bench, run: SearchRun, uniform: list[dict[str, Any]]) -> list[
             continue
         chosen.add(t.number)
         policy = policy_of(t)
-        fr, r = b.recovered(policy)
-        size = model_size(b.teacher, policy)
-        row = {
-            "model": b.name,
-            "policy": f"mixed <= {u['policy'].split()[-1]} (trial {t.number}, bits {policy_summary(policy)['bits']})",
-            "size_kib": round(size.bits / 8192, 2),
-            "ratio": round(size.ratio, 2),
-            "original": round(b.original, 2),
-            "no_recovery": round(b.accuracy(b.compressed(policy)), 2),
-            "fr_synthetic": round(b.accuracy(fr), 2),
-            "od_none": round(r.od_before, 5),
-            "od_fr": round(r.od, 5),
-        }
-        rows.append(row)
-        print(f"[{b.name}] {row}", flush=True)
+        label = f"mixed <= {u['policy'].split()[-1]} (trial {t.number}, bits {policy_summary(policy)['bits']})"
+        rows.append(policy_row(b, label, policy))
     return rows
 
 
