@@ -8,42 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tiny_study import study_text
+
 REPO = Path(__file__).resolve().parents[2]
 DIGITS_WEIGHTS = REPO / "studies" / "models" / "resnet_digits.pt"
-
-STUDY = """
-[study]
-name = "evaluate-tiny"
-storage = "sqlite:///{db}"
-sampler = "random"
-seed = 0
-n_trials = {n_trials}
-baselines = [0.2, 0.9]
-
-[model]
-architecture = "frandi_core.models:resnet"
-weights = "{weights}"
-input_shape = [1, 8, 8]
-
-[synthetic]
-batch_size = 16
-heldout_size = 16
-iterations = 5
-
-[space]
-sparsity = [0.0, 0.9]
-sparsity_step = 0.1
-bits = [2, 4, 8]
-
-[recovery]
-steps = 3
-batch_size = 8
-
-[run]
-workers = 1
-threads = 1
-"""
-
 
 @pytest.fixture(scope="session")
 def shared_db(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -58,7 +26,12 @@ def tiny_study(tmp_path: Path) -> Callable[..., Path]:
 
     def write(*, n_trials: int = 4) -> Path:
         p = tmp_path / "tiny.toml"
-        p.write_text(STUDY.format(db=tmp_path / "tiny.db", n_trials=n_trials, weights=DIGITS_WEIGHTS))
+        p.write_text(
+            study_text(
+                name="evaluate-tiny", url=f"sqlite:///{tmp_path / 'tiny.db'}", n_trials=n_trials, kwargs="{}",
+                weights=DIGITS_WEIGHTS, baselines="[0.2, 0.9]", sparsity="[0.0, 0.9]", bits="[2, 4, 8]", steps=3,
+            )
+        )  # fmt: skip
         return p
 
     return write

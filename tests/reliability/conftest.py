@@ -16,61 +16,9 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import open_storage
-from tests.search.conftest import make_weights
+from tests.tiny_study import make_weights, study_text
 
 ROOT = Path(__file__).resolve().parents[2]
-
-STUDY = """
-[study]
-name = "rel"
-storage = "{url}"
-sampler = "{sampler}"
-seed = 0
-n_trials = {n_trials}
-baselines = {baselines}
-
-[model]
-architecture = "{architecture}"
-kwargs = {kwargs}
-weights = "{weights}"
-input_shape = [1, 8, 8]
-
-[synthetic]
-batch_size = 16
-heldout_size = 16
-iterations = 5
-
-[space]
-layers = {layers}
-sparsity = {sparsity}
-sparsity_step = 0.1
-bits = [4, 8, 32]
-
-[recovery]
-steps = {steps}
-lr = {lr}
-batch_size = 8
-
-[run]
-workers = 1
-threads = 1
-heartbeat_interval = 1
-grace_period = 3
-"""
-
-DEFAULTS: dict[str, Any] = {
-    "sampler": "random",
-    "n_trials": 4,
-    "baselines": "[0.5]",
-    "architecture": "frandi_core.models:resnet",
-    "kwargs": "{ widths = [4, 8] }",
-    "weights": "tiny.pt",
-    "steps": 2,
-    "sparsity": "[0.0, 0.8]",
-    "layers": '["re:.*"]',
-    "lr": 1e-3,
-}
-
 
 @pytest.fixture
 def write_study(tmp_path: Path) -> Callable[..., Path]:
@@ -79,8 +27,7 @@ def write_study(tmp_path: Path) -> Callable[..., Path]:
 
     def write(url: str | None = None, *, name: str = "study.toml", **fields: Any) -> Path:
         path = tmp_path / name
-        values = DEFAULTS | {"url": url or f"sqlite:///{tmp_path / 'runs' / 'rel.db'}"} | fields
-        path.write_text(STUDY.format(**values))
+        path.write_text(study_text(url=url or f"sqlite:///{tmp_path / 'runs' / 'rel.db'}", **fields))
         return path
 
     return write

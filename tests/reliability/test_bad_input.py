@@ -15,10 +15,9 @@ import torch
 
 from search.cli import main
 from tests.conftest_pg import PgServer
-from tests.search.conftest import make_weights
+from tests.tiny_study import make_weights, study_text
 
 from ._models import no_bn
-from .conftest import DEFAULTS, STUDY
 
 PASSWORD = "hunter2-secret"
 
@@ -50,7 +49,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_weights(root / "tiny.pt")
     torch.save(no_bn().state_dict(), root / "no_bn.pt")
     study = root / "study.toml"
-    study.write_text(STUDY.format(**(DEFAULTS | {"url": "sqlite:///runs/rel.db", "n_trials": 2, "steps": 1})))
+    study.write_text(study_text(n_trials=2, steps=1))
     assert main(["search", str(study), "--no-progress"]) == 0
     storage = optuna.storages.RDBStorage(f"sqlite:///{root / 'runs' / 'rel.db'}")
     failed = optuna.load_study(study_name="rel", storage=storage)

@@ -23,7 +23,7 @@ class Died(BaseException):
 
 @pytest.fixture
 def opened(study_file) -> Iterator[tuple[optuna.Study, Storage]]:
-    cfg = load_config(study_file(n_trials=4, extra=""))
+    cfg = load_config(study_file(n_trials=4))
     with open_for(cfg) as st:
         space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
         study = create_or_resume(cfg, st, space)
