@@ -251,6 +251,10 @@ class Report:
     def add(self, text: str) -> None:
         self.parts.append(text)
 
+    def add_results(self, rows: list[dict[str, Any]]) -> None:
+        """The table of results, pointing at the plot and CSV of the same name."""
+        self.add(f"Plot: `{self.name}.png`, CSV: `{self.name}.csv`.\n\n" + markdown_table(rows))
+
     def setup(self, b: Bench, **extra: Any) -> None:
         items = b.describe() | extra
         self.add("\n".join(f"- {k}: {v}" for k, v in items.items()))

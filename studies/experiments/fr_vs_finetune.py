@@ -16,7 +16,7 @@ from typing import Any
 
 from frandi_core import output_discrepancy
 
-from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, save, write_csv
+from ._common import Bench, Report, bench, figure, parse, parser, save, write_csv
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 FT_SEED = 0
@@ -60,7 +60,7 @@ def run_model(b: Bench, sparsities: Sequence[float], out: Path, report: Report) 
     ax.set_title(f"{b.name}: {b.cfg.recovery.steps} steps x batch {b.cfg.recovery.batch_size}", fontsize=9)
     ax.legend(fontsize=8)
     save(fig, out / f"{report.name}.png")
-    report.add(f"Plot: `{report.name}.png`, CSV: `{report.name}.csv`.\n\n" + markdown_table(rows))
+    report.add_results(rows)
     return rows
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from frandi_core import model_size
 
-from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, save, write_csv
+from ._common import Bench, Report, bench, figure, parse, parser, save, write_csv
 
 RATIOS = (2.0, 5.0)
 FT_SEED = 0
@@ -60,7 +60,7 @@ def run_model(b: Bench, ratios: Sequence[float], out: Path, report: Report) -> l
     ax.set_title(f"{b.name}: magnitude pruning", fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
     save(fig, out / f"{report.name}.png")
-    report.add(f"Plot: `{report.name}.png`, CSV: `{report.name}.csv`.\n\n" + markdown_table(rows))
+    report.add_results(rows)
     return rows
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from frandi_core import Policy
 
-from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, policy_summary, save, write_csv
+from ._common import Bench, Report, bench, figure, parse, parser, policy_summary, save, write_csv
 from ._searches import SearchRun, policy_of, run_search, variant
 
 BITS = (8, 4, 3)
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             report.setup(
                 b, quantization="symmetric per-output-channel weight quantization; activations fp32", search=line
             )
-            report.add(f"Plot: `{report.name}.png`, CSV: `{report.name}.csv`.\n\n" + markdown_table(table))
+            report.add_results(table)
             report.write()
             rows += table
     return rows

@@ -18,7 +18,7 @@ from typing import Any
 from frandi_core import Policy
 from search._report import feasible
 
-from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, policy_summary, save, write_csv
+from ._common import Bench, Report, bench, figure, parse, parser, policy_summary, save, write_csv
 from ._searches import SearchRun, policy_of, run_search, variant
 
 UNIFORM_BITS = (8, 4)
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             )
             if not ok:
                 report.add("The search found no feasible policy: no comparison possible.")
-            report.add(f"Plot: `{report.name}.png`, CSV: `{report.name}.csv`.\n\n" + markdown_table(table))
+            report.add_results(table)
             report.write()
             rows += table
     return rows
