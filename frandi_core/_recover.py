@@ -117,7 +117,7 @@ def feature_regression_(
     BN statistics stay frozen (eval mode: there is no real data to update them), masks are re-applied by
     the compression parametrization on every forward. Returns the loss per step.
     ``compile_loss`` fuses the loss's elementwise work with torch.compile (2.5x faster loss on CPU, but the
-    first call compiles for 20-40 s: it pays in long studies only, see benchmarks/bench_trial.py).
+    first call compiles for 10-25 s on CPU: it pays in long studies only, see benchmarks/bench_trial.py).
     """
     student.eval()
     hooked, _ = _split(targets.layers)

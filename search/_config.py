@@ -74,7 +74,7 @@ class RunSection:
     heartbeat_interval: int = 10
     grace_period: int = 30
     channels_last: bool = False  # NHWC tensors for 4-D models: faster convolutions on CUDA (tensor cores)
-    compile: bool = False  # torch.compile the FR loss: compiles 20-40 s per worker, then a faster step
+    compile: bool = False  # torch.compile the FR loss: compiles 10-25 s per worker, then a faster step
 
 
 @dataclass(frozen=True)
