@@ -34,10 +34,13 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
     print(format_rows([row(t) for t in pareto_trials(study)], fmt))
     if s["complete"] < cfg.study.n_trials and not s["running"]:
         failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
-        reason = failed[-1].user_attrs.get("fail_reason", "unknown") if failed else "unknown"
+        why = (
+            f"last failure: {failed[-1].user_attrs.get('fail_reason', 'unknown')}"
+            if failed
+            else "a worker stopped before creating its trial; run the same command again to start it"
+        )
         print(
-            f"frandi: error: the study holds {s['complete']} of {cfg.study.n_trials} finished trials; last "
-            f"failure: {reason}",
+            f"frandi: error: the study holds {s['complete']} of {cfg.study.n_trials} finished trials; {why}",
             file=sys.stderr,
         )
         return 1

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from frandi_core import compressible_layers, load_model
 from search import SearchSpace, create_or_resume, load_config
 from search._launch import open_for
-from search._study import to_start_key
+from search._study import open_study, to_start_key
 from search._trial import model_spec
 from search._worker import claim
 from storage import Storage
@@ -59,3 +59,19 @@ def test_claims_stop_when_the_study_may_start_no_more(opened) -> None:
     assert claim(study, st) is None
     running = study.get_trials(states=(TrialState.RUNNING,))
     assert {t._trial_id for t in running} == {first, second}
+
+
+def test_a_trial_lost_before_creation_is_reported_and_started_by_a_rerun(study_file, frandi, monkeypatch) -> None:
+    import search._study
+
+    real = search._study.top_up
+    with monkeypatch.context() as m:  # one slot taken by a worker killed before it created its trial
+        m.setattr(search._study, "top_up", lambda study, storage, n: real(study, storage, n - 1))
+        code, _, err = frandi("search", study_file(n_trials=5), "--no-progress")
+    assert code == 1 and "holds 4 of 5 finished trials" in err and "run the same command again" in err
+    code, _, err = frandi("search", study_file(n_trials=5), "--no-progress")
+    assert code == 0, err
+    cfg = load_config(study_file(n_trials=5))
+    with open_for(cfg) as st:
+        trials = open_study(cfg, st).get_trials()
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 5 and len(trials) == 5
