@@ -252,7 +252,8 @@ class Report:
         self.parts.append(text)
 
     def add_results(self, rows: list[dict[str, Any]]) -> None:
-        """The table of results, pointing at the plot and CSV of the same name."""
+        """Write the results to ``<name>.csv`` and add their table, pointing at the plot and CSV of that name."""
+        write_csv(self.out / f"{self.name}.csv", rows)
         self.add(f"Plot: `{self.name}.png`, CSV: `{self.name}.csv`.\n\n" + markdown_table(rows))
 
     def setup(self, b: Bench, **extra: Any) -> None:

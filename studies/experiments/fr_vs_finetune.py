@@ -16,7 +16,7 @@ from typing import Any
 
 from frandi_core import output_discrepancy
 
-from ._common import Bench, Report, bench, figure, parse, parser, save, write_csv
+from ._common import Bench, Report, bench, figure, parse, parser, save
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 FT_SEED = 0
@@ -44,7 +44,6 @@ def run_model(b: Bench, sparsities: Sequence[float], out: Path, report: Report) 
         }
         rows.append(row)
         print(f"[{b.name}] {row}", flush=True)
-    write_csv(out / f"{report.name}.csv", rows)
     fig, axes = figure(1, width=5.0)
     ax = axes[0]
     xs = [r["sparsity"] for r in rows]

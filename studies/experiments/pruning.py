@@ -16,7 +16,7 @@ from typing import Any
 
 from frandi_core import model_size
 
-from ._common import Bench, Report, bench, figure, parse, parser, save, write_csv
+from ._common import Bench, Report, bench, figure, parse, parser, save
 
 RATIOS = (2.0, 5.0)
 FT_SEED = 0
@@ -46,7 +46,6 @@ def run_model(b: Bench, ratios: Sequence[float], out: Path, report: Report) -> l
         row["fr_minus_original"] = round(row["fr_synthetic"] - row["original"], 2)
         rows.append(row)
         print(f"[{b.name}] {row}", flush=True)
-    write_csv(out / f"{report.name}.csv", rows)
     fig, axes = figure(1, width=5.0)
     ax = axes[0]
     width = 0.8 / len(METHODS)

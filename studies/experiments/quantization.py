@@ -18,7 +18,7 @@ from typing import Any
 
 from frandi_core import Policy
 
-from ._common import Bench, Report, bench, figure, parse, parser, policy_summary, save, write_csv
+from ._common import Bench, Report, bench, figure, parse, parser, policy_summary, save
 from ._searches import SearchRun, policy_of, run_search, variant
 
 BITS = (8, 4, 3)
@@ -139,7 +139,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 run, line = mixed_search(b, n_search, a.storage, a.suffix)
                 mixed = mixed_rows(b, run, uniform)
             table = uniform + mixed
-            write_csv(out / f"{report.name}.csv", table)
             plot(b, uniform, mixed, run, out / f"{report.name}.png")
             report.setup(
                 b, quantization="symmetric per-output-channel weight quantization; activations fp32", search=line

@@ -18,7 +18,7 @@ from typing import Any
 from frandi_core import Policy
 from search._report import feasible
 
-from ._common import Bench, Report, bench, figure, parse, parser, policy_summary, save, write_csv
+from ._common import Bench, Report, bench, figure, parse, parser, policy_summary, save
 from ._searches import SearchRun, policy_of, run_search, variant
 
 UNIFORM_BITS = (8, 4)
@@ -106,7 +106,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 table.append(evaluate(b, f"search best OD (trial {best.number})", policy_of(best)))
             for w in UNIFORM_BITS:
                 table.append(evaluate(b, f"uniform W{w}", b.for_ratio(ratio, w)))
-            write_csv(out / f"{report.name}.csv", table)
             plot(b, run, table, ratio, out / f"{report.name}.png")
             report.setup(
                 b,
