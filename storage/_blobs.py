@@ -17,12 +17,10 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from storage._errors import StorageError
-from storage._tables import blobs, utcnow
+from storage._tables import blobs, upsert, utcnow
 
 __all__ = ["SessionFactory", "blob_info", "get_blob", "get_or_create_blob", "put_blob"]
 
@@ -88,8 +86,7 @@ def put_blob(session: SessionFactory, key: str, data: bytes, meta: dict[str, Any
     """Store ``data`` under ``key`` as ready, replacing any existing row (pending or not)."""
     values = {"key": key, "owner": _new_owner(), "created": utcnow(), **_encode(bytes(data), meta)}
     with session() as s:
-        ins = pg_insert if s.dialect.name == "postgresql" else sqlite_insert
-        stmt = ins(blobs).values(**values)
+        stmt = upsert(s, blobs).values(**values)
         changed = {k: stmt.excluded[k] for k in values if k not in ("key", "created")}
         s.execute(stmt.on_conflict_do_update(index_elements=[blobs.c.key], set_=changed))
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from storage._blobs import SessionFactory
-from storage._tables import counters
+from storage._tables import counters, upsert
 
 __all__ = ["add_to_counter", "get_counter", "set_counter", "take_from_counter"]
 
@@ -22,16 +20,14 @@ def get_counter(session: SessionFactory, key: str) -> int:
 def set_counter(session: SessionFactory, key: str, value: int) -> None:
     """Store ``value`` under ``key``, creating or replacing it."""
     with session() as s:
-        ins = pg_insert if s.dialect.name == "postgresql" else sqlite_insert
-        stmt = ins(counters).values(key=key, value=value)
+        stmt = upsert(s, counters).values(key=key, value=value)
         s.execute(stmt.on_conflict_do_update(index_elements=[counters.c.key], set_={"value": value}))
 
 
 def add_to_counter(session: SessionFactory, key: str, delta: int) -> None:
     """Add ``delta`` to the value under ``key`` (from 0 if never set), in one statement."""
     with session() as s:
-        ins = pg_insert if s.dialect.name == "postgresql" else sqlite_insert
-        stmt = ins(counters).values(key=key, value=delta)
+        stmt = upsert(s, counters).values(key=key, value=delta)
         s.execute(
             stmt.on_conflict_do_update(index_elements=[counters.c.key], set_={"value": counters.c.value + delta})
         )

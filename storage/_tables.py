@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Column, DateTime, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Connection, DateTime, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-__all__ = ["METADATA", "blobs", "counters", "utcnow"]
+__all__ = ["METADATA", "blobs", "counters", "upsert", "utcnow"]
 
 METADATA = MetaData()
 
@@ -37,3 +41,8 @@ counters = Table(
 def utcnow() -> datetime:
     """Naive UTC now: stored the same way by SQLite and PostgreSQL."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def upsert(connection: Connection, table: Table) -> PgInsert | SqliteInsert:
+    """An INSERT on ``table`` that can take ``on_conflict_do_update`` in this connection's dialect."""
+    return pg_insert(table) if connection.dialect.name == "postgresql" else sqlite_insert(table)
