@@ -19,7 +19,7 @@ from ._report import format_rows, pareto_trials, row
 from ._report import status as status_of
 from ._study import open_study, to_start_key
 from ._trial import TrialRunner, cached_batches, model_spec
-from ._worker import check_device, set_threads, work
+from ._worker import check_device, set_threads, stale_trials, work
 
 
 def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool, fmt: str) -> int:
@@ -58,7 +58,8 @@ def worker(cfg: StudyConfig, storage: str | None, *, device: str, threads: int |
 
 def status(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
     with open_for(cfg, storage) as st:
-        s = status_of(open_study(cfg, st), cfg.study.n_trials, st.get_counter(to_start_key(cfg.study.name)))
+        study = open_study(cfg, st)
+        s = status_of(study, cfg.study.n_trials, st.get_counter(to_start_key(cfg.study.name)), len(stale_trials(study)))
     print(json.dumps(s, indent=2) if fmt == "json" else "\n".join(f"{k:>18}: {v}" for k, v in s.items()))
     return 0
 

@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -17,6 +18,7 @@ from frandi_core import FrandiError, compressible_layers, load_model
 from storage import Storage, normalize_url, open_storage
 
 from ._config import StudyConfig
+from ._signals import Terminated
 from ._space import SearchSpace
 from ._study import counts, create_or_resume
 from ._trial import cached_batches, model_spec
@@ -72,7 +74,7 @@ def launch(
         procs = [
             ctx.Process(
                 target=worker_main,
-                args=(cfg, storage.url, devices[i % len(devices)], i, threads),
+                args=(cfg, storage.url, devices[i % len(devices)], i, threads, os.getpid()),
                 name=f"frandi-worker-{i}",
             )
             for i in range(n)
@@ -82,13 +84,7 @@ def launch(
         try:
             _watch(study, procs, cfg.study.n_trials, progress)
         except KeyboardInterrupt:
-            for p in procs:
-                if p.is_alive() and p.pid:
-                    os.kill(p.pid, signal.SIGTERM)  # once: workers ignore the terminal's SIGINT
-            for p in procs:
-                p.join(timeout=15)
-                if p.is_alive():
-                    p.terminate()
+            _stop(procs)
             raise
         bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
         c = counts(study)
@@ -100,11 +96,31 @@ def launch(
         return study
 
 
+def _stop(procs: list, patience: float = 60) -> None:
+    """SIGTERM each worker once (each fails and re-queues its trial), wait for them, then kill what is left
+    (its trial goes stale and is retried by the next run)."""
+    for p in procs:
+        if p.is_alive() and p.pid:
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + patience
+    for p in procs:
+        p.join(timeout=max(deadline - time.monotonic(), 0))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def _watch(study: optuna.Study, procs: list, n_trials: int, progress: bool) -> None:
-    """Show progress until the workers exit. Ctrl-C only sets a flag, so it never lands inside a database call
-    (a query interrupted half-way leaves the connection unusable); it is raised between polls."""
+    """Show progress until the workers exit. Ctrl-C and SIGTERM only set a flag, so neither lands inside a database
+    call (a query interrupted half-way leaves the connection unusable); they are raised between polls."""
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    got: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        got.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=n_trials, desc=f"study {study.study_name}", unit="trial", disable=not progress)
     try:
         while any(p.is_alive() for p in procs) and not stop.is_set():
@@ -114,7 +130,8 @@ def _watch(study: optuna.Study, procs: list, n_trials: int, progress: bool) -> N
         if not stop.is_set():
             bar.update(min(counts(study)[TrialState.COMPLETE], n_trials) - bar.n)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         bar.close()
-    if stop.is_set():
-        raise KeyboardInterrupt
+    if got:
+        raise Terminated if got[0] == signal.SIGTERM else KeyboardInterrupt

@@ -16,6 +16,7 @@ from storage import StorageError, lost_storage
 
 from . import _commands as commands
 from ._config import ConfigError, load_config, replace
+from ._signals import Terminated, terminate_as_interrupt
 
 
 def _writable(path: str) -> Path:
@@ -142,13 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return run(args)
+        with terminate_as_interrupt():
+            return run(args)
     except (FrandiError, StorageError) as e:
         print(f"frandi: error: {e}", file=sys.stderr)
         return 2
     except optuna.exceptions.StorageInternalError as e:  # the database went away for longer than we wait
         print(f"frandi: error: {lost_storage(e)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("frandi: terminated; run the same command again to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("\nfrandi: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -135,13 +135,21 @@ class Storage:
         make: Callable[[], bytes],
         *,
         meta: dict[str, Any] | None = None,
+        what: str | None = None,
         poll: float = 0.5,
         timeout: float = 3600,
-        stale_after: float = 600,
+        stale_after: float | None = None,
     ) -> bytes:
-        """The blob under ``key``; if missing, exactly one caller (any process or machine) runs ``make()``."""
+        """The blob under ``key``; if missing, exactly one caller (any process or machine) runs ``make()``.
+
+        The maker's claim beats like a trial; a claim silent for ``stale_after`` s (default: the trials' grace
+        period) is taken over, so a maker killed mid-way holds nobody up for long. Waiters say once what they
+        wait for (``what``, default the key) and who makes it.
+        """
+        if stale_after is None:
+            stale_after = float(self.grace_period or 2 * (self.heartbeat_interval or 300))
         return _blobs.get_or_create_blob(
-            self._session, key, make, meta=meta, poll=poll, timeout=timeout, stale_after=stale_after
+            self._session, key, make, meta=meta, what=what, poll=poll, timeout=timeout, stale_after=stale_after
         )
 
     def blob_info(self, key: str) -> dict[str, Any] | None:
