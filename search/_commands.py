@@ -24,16 +24,19 @@ from ._worker import check_device, set_threads, work
 
 def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool, fmt: str) -> int:
     t0 = time.perf_counter()
-    study = launch(cfg, storage_override=storage, force=force, progress=progress)
+    launch(cfg, storage_override=storage, force=force, progress=progress)
     wall = time.perf_counter() - t0
-    s = status_of(study, cfg.study.n_trials)
+    with open_for(cfg, storage, mode="read") as st:  # launch closed its storage: report from a fresh one
+        study = open_study(cfg, st)
+        s = status_of(study, cfg.study.n_trials)
+        front = [row(t) for t in pareto_trials(study)]
+        failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
     print(
         f"study '{s['study']}': {s['complete']} finished, {s['fail']} failed, {s['running']} running "
         f"({wall:.0f} s this run)"
     )
-    print(format_rows([row(t) for t in pareto_trials(study)], fmt))
+    print(format_rows(front, fmt))
     if s["complete"] < cfg.study.n_trials and not s["running"]:
-        failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
         why = (
             f"last failure: {failed[-1].user_attrs.get('fail_reason', 'unknown')}"
             if failed
@@ -50,21 +53,21 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
 def worker(cfg: StudyConfig, storage: str | None, *, device: str, threads: int | None) -> int:
     check_device(device)
     index = 1 + secrets.randbelow(2**16)  # a sampler seed of its own: workers joining together draw differently
-    with open_for(cfg, storage) as st:
+    with open_for(cfg, storage, mode="write") as st:
         n = work(cfg, st, device=device, worker_index=index, threads=threads, progress=True)
     print(f"worker done: ran {n} trial(s)")
     return 0
 
 
 def status(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
-    with open_for(cfg, storage) as st:
+    with open_for(cfg, storage, mode="read") as st:
         s = status_of(open_study(cfg, st), cfg.study.n_trials, st.get_counter(to_start_key(cfg.study.name)))
     print(json.dumps(s, indent=2) if fmt == "json" else "\n".join(f"{k:>18}: {v}" for k, v in s.items()))
     return 0
 
 
 def pareto(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
-    with open_for(cfg, storage) as st:
+    with open_for(cfg, storage, mode="read") as st:
         rows = [row(t) for t in pareto_trials(open_study(cfg, st))]
     print(format_rows(rows, fmt))
     return 0
@@ -76,7 +79,7 @@ def export(cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, devi
 
     check_device(device)
     set_threads(cfg.run.threads, 1)
-    with open_for(cfg, storage) as st:
+    with open_for(cfg, storage, mode="read") as st:
         study = open_study(cfg, st)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         t = trials.get(trial)
@@ -114,7 +117,7 @@ def export(cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, devi
 def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) -> int:
     import optuna_dashboard
 
-    with open_for(cfg, storage) as st:
+    with open_for(cfg, storage, mode="read") as st:
         open_study(cfg, st)
         print(f"optuna-dashboard on http://{host}:{port}/ for {st.masked_url} (Ctrl-C to stop)")
         optuna_dashboard.run_server(st.optuna, host=host, port=port)

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from frandi_core import FrandiError, compressible_layers, load_model
-from storage import Storage, normalize_url, open_storage
+from storage import OpenMode, Storage, normalize_url, open_storage
 
 from ._config import StudyConfig
 from ._space import SearchSpace
@@ -24,16 +24,16 @@ from ._worker import check_device, work, worker_main
 
 
 def storage_url(cfg: StudyConfig, override: str | None = None) -> str:
-    """The study's storage URL (relative SQLite paths against the study file), its folder created."""
-    url = normalize_url(override or cfg.study.storage, base_dir=cfg.base_dir if not override else Path.cwd())
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return url
+    """The study's storage URL: relative SQLite paths against the study file (against the working folder for
+    ``--storage``)."""
+    return normalize_url(override or cfg.study.storage, base_dir=cfg.base_dir if not override else Path.cwd())
 
 
-def open_for(cfg: StudyConfig, override: str | None = None) -> Storage:
+def open_for(cfg: StudyConfig, override: str | None = None, *, mode: OpenMode = "create") -> Storage:
+    """The study's storage; ``mode`` "write" or "read" for commands that need an existing study (see open_storage)."""
     return open_storage(
         storage_url(cfg, override),
+        mode=mode,
         heartbeat_interval=cfg.run.heartbeat_interval,
         grace_period=cfg.run.grace_period,
     )
