@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from optuna.trial import TrialState
 
-from frandi_core import bn_kl_loss, model_outputs, strip_
+from frandi_core import bn_kl_loss, load_model, model_outputs, strip_
 
 from ._config import ConfigError, StudyConfig
 from ._launch import launch, open_for
@@ -127,10 +127,8 @@ def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) ->
 def synth(cfg: StudyConfig, storage: str | None, *, png: Path | None, device: str) -> int:
     """Build the cached synthetic batches if missing, describe them, optionally save an image grid."""
     check_device(device)
+    teacher = load_model(model_spec(cfg), device=device)  # before the storage is opened (and maybe created)
     with open_for(cfg, storage) as st:
-        from frandi_core import load_model
-
-        teacher = load_model(model_spec(cfg), device=device)
         key, data = cached_batches(cfg, st, teacher, device=device, progress=True)
         info = st.blob_info(key) or {}
     with torch.no_grad():

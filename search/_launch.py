@@ -39,12 +39,25 @@ def open_for(cfg: StudyConfig, override: str | None = None, *, mode: OpenMode = 
     )
 
 
-def prepare(
-    cfg: StudyConfig, storage: Storage, *, device: str = "cpu", force: bool = False, progress: bool = True
-) -> optuna.Study:
-    """Check the model and space (before writing anything), then create or resume the study and its batches."""
+def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module, SearchSpace]:
+    """The checks that need no storage: the model loads and runs one forward at input_shape, and the
+    search space fits its layers. Returns the teacher and the space."""
     teacher = load_model(model_spec(cfg), device=device)
-    space = SearchSpace.build(cfg.space, compressible_layers(teacher))
+    return teacher, SearchSpace.build(cfg.space, compressible_layers(teacher))
+
+
+def prepare(
+    cfg: StudyConfig,
+    storage: Storage,
+    *,
+    device: str = "cpu",
+    force: bool = False,
+    progress: bool = True,
+    checked: tuple[torch.nn.Module, SearchSpace] | None = None,
+) -> optuna.Study:
+    """Check the model and space (``checked``: check_model's result, if the caller has it), and only then
+    create or resume the study (a changed fingerprint is rewritten here, with --force) and its batches."""
+    teacher, space = checked or check_model(cfg, device)
     study = create_or_resume(cfg, storage, space, force=force)
     cached_batches(cfg, storage, teacher, device=device, progress=progress)
     return study
@@ -58,8 +71,9 @@ def launch(
     n = cfg.run.workers
     threads = cfg.run.threads or max(1, (os.cpu_count() or 1) // n)
     torch.set_num_threads(threads)  # as many as one worker gets: more threads than cores thrash under load
+    checked = check_model(cfg, devices[0])  # before the storage is opened, let alone created
     with open_for(cfg, storage_override) as storage:
-        study = prepare(cfg, storage, device=devices[0], force=force, progress=progress)
+        study = prepare(cfg, storage, device=devices[0], force=force, progress=progress, checked=checked)
         if n == 1:  # in this process: no start-up cost, Ctrl-C reaches the trial directly
             done = min(counts(study)[TrialState.COMPLETE], cfg.study.n_trials)
             bar = tqdm(total=cfg.study.n_trials, desc=f"study {study.study_name}", unit="trial",
