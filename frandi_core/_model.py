@@ -107,6 +107,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():  # torch warns about some formats on stderr; our one line says it all
             warnings.simplefilter("ignore")
             obj = torch.load(p, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise FrandiError(f"cannot read weights file '{p}' ({e.strerror or e}); check [model] weights") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
         raise FrandiError(
             f"weights file '{p}' cannot be read: it {_why_unreadable(p, e)}; "

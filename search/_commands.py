@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
@@ -114,9 +115,23 @@ def export(cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, devi
     return 0
 
 
+def _check_address(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as the dashboard's server will (reusing the address), so a port in use or a
+    host that does not resolve is one line, not a traceback after the server's banner."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise ConfigError(f"cannot serve on {host}:{port} ({why}); choose another --port or --host") from None
+
+
 def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) -> int:
     import optuna_dashboard
 
+    _check_address(host, port)
     with open_for(cfg, storage, mode="read") as st:
         open_study(cfg, st)
         print(f"optuna-dashboard on http://{host}:{port}/ for {st.masked_url} (Ctrl-C to stop)")

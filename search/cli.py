@@ -109,8 +109,11 @@ def run(args: argparse.Namespace) -> int:
             if args.workers < 1:
                 raise ConfigError(f"--workers must be >= 1, got {args.workers}")
             cfg = replace(cfg, "run", workers=args.workers)
-        if args.devices:
-            cfg = replace(cfg, "run", devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()))
+        if args.devices is not None:
+            devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+            if not devices:
+                raise ConfigError(f"--devices '{args.devices}' names no device; write e.g. cpu or cuda:0,cuda:1")
+            cfg = replace(cfg, "run", devices=devices)
         if args.threads is not None:
             cfg = replace(cfg, "run", threads=args.threads)
         if args.n_trials is not None:

@@ -321,6 +321,8 @@ CASES = [
     ("nan-tolerance", [], ["export", S, "--trial", "0", "--out", "{tmp}/m.pt", "--tolerance", "nan"],
      "--tolerance must be a number >= 0", "got nan"),
     ("port-out-of-range", [], ["dashboard", S, "--port", "70000"], "--port must be in 1..65535", "got 70000"),
+    ("port-in-use", [], ["dashboard", S, "--port", "{busy}"], "Address already in use", "choose another --port"),
+    ("no-device", [], ["search", S, "--devices", ","], "--devices ',' names no device", "cpu or cuda:0,cuda:1"),
     ("png-not-png", [], ["synth", S, "--png", "{tmp}/grid.jpg"], "--png", "must name a .png file"),
     ("empty-study-name", [('name = "rel"', 'name = " "')], ["search", S], "study.name is empty", "name the study"),
     # the study file itself
@@ -385,6 +387,9 @@ CASES = [
 def test_bad_input_exits_2_with_one_line_and_leaves_the_database_alone(
     workdir: Path, edits, args, problem, fix, capsys, caplog
 ) -> None:
+    busy = socket.socket()  # a port something listens on, for "{busy}"
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
     study = workdir / "study.toml"
     text = study.read_text()
     for old, new in edits:
@@ -396,7 +401,9 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_database_alone(
     files = sorted(workdir.rglob("*"))
 
     with caplog.at_level(logging.WARNING):
-        code = main([a.replace(S, str(study)).replace("{tmp}", str(workdir)) for a in args])
+        with busy:
+            port = str(busy.getsockname()[1])
+            code = main([a.replace(S, str(study)).replace("{tmp}", str(workdir)).replace("{busy}", port) for a in args])
     out, err = capsys.readouterr()
 
     assert code == 2, (out, err)
