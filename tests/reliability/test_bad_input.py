@@ -419,19 +419,18 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_database_alone(
 @contextlib.contextmanager
 def read_only(path: Path) -> Iterator[None]:
     """Make ``path`` read-only, for root too (chattr +i), or skip the test; always made writable again."""
-    if os.geteuid() != 0:
+    root = os.geteuid() == 0  # root writes whatever a file's mode says: only the immutable flag stops it
+    if not root:
         path.chmod(0o444)
-        try:
-            yield
-        finally:
-            path.chmod(0o644)
-        return
-    if subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False).returncode != 0:
+    elif subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False).returncode != 0:
         pytest.skip("chattr +i cannot make a file read-only for root here")
     try:
         yield
     finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
+        if root:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(0o644)
 
 
 READ_ONLY = [
@@ -497,3 +496,18 @@ def test_passwords_are_never_printed(pg_server: PgServer, workdir: Path, capsys,
     out, err = capsys.readouterr()
     assert "***@127.0.0.1" in err
     assert PASSWORD not in out + err + caplog.text
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", ["status", "pareto", "worker"])
+def test_commands_that_need_a_study_create_no_table_on_postgres(pg_server: PgServer, workdir: Path, command, capsys):
+    """On a reachable server, a database (here a schema) without a study is refused and left empty."""
+    url = pg_server.create_schema()
+    assert main([command, str(workdir / "study.toml"), "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("frandi: error: ") and "holds no frandi study (no table 'studies')" in err, err
+    engine = sqlalchemy.create_engine(url)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
