@@ -9,7 +9,7 @@ from ._compress import Compressor, SizeReport, compress, fake_quantize, magnitud
 from ._errors import FrandiError
 from ._hooks import capture
 from ._losses import batch_stats, bn_kl, normalized_distance, od_from_outputs, total_variation
-from ._model import ModelSpec, build_architecture, load_model, read_state_dict, weights_digest
+from ._model import ModelSpec, build_architecture, check_input_shape, load_model, read_state_dict, weights_digest
 from ._optim import adam
 from ._policy import LayerInfo, LayerSetting, Policy, compressible_layers
 from ._recover import (
@@ -46,6 +46,7 @@ __all__ = [
     "bn_names",
     "build_architecture",
     "capture",
+    "check_input_shape",
     "compress",
     "compressible_layers",
     "default_feature_layers",

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from frandi_core import FrandiError, compressible_layers, load_model
-from storage import Storage, normalize_url, open_storage
+from storage import OpenMode, Storage, normalize_url, open_storage
 
 from ._config import StudyConfig
 from ._signals import Terminated
@@ -26,27 +26,40 @@ from ._worker import check_device, work, worker_main
 
 
 def storage_url(cfg: StudyConfig, override: str | None = None) -> str:
-    """The study's storage URL (relative SQLite paths against the study file), its folder created."""
-    url = normalize_url(override or cfg.study.storage, base_dir=cfg.base_dir if not override else Path.cwd())
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return url
+    """The study's storage URL: relative SQLite paths against the study file (against the working folder for
+    ``--storage``)."""
+    return normalize_url(override or cfg.study.storage, base_dir=cfg.base_dir if not override else Path.cwd())
 
 
-def open_for(cfg: StudyConfig, override: str | None = None) -> Storage:
+def open_for(cfg: StudyConfig, override: str | None = None, *, mode: OpenMode = "create") -> Storage:
+    """The study's storage; ``mode`` "write" or "read" for commands that need an existing study (see open_storage)."""
     return open_storage(
         storage_url(cfg, override),
+        mode=mode,
         heartbeat_interval=cfg.run.heartbeat_interval,
         grace_period=cfg.run.grace_period,
     )
 
 
-def prepare(
-    cfg: StudyConfig, storage: Storage, *, device: str = "cpu", force: bool = False, progress: bool = True
-) -> optuna.Study:
-    """Check the model and space (before writing anything), then create or resume the study and its batches."""
+def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module, SearchSpace]:
+    """The checks that need no storage: the model loads and runs one forward at input_shape, and the
+    search space fits its layers. Returns the teacher and the space."""
     teacher = load_model(model_spec(cfg), device=device)
-    space = SearchSpace.build(cfg.space, compressible_layers(teacher))
+    return teacher, SearchSpace.build(cfg.space, compressible_layers(teacher))
+
+
+def prepare(
+    cfg: StudyConfig,
+    storage: Storage,
+    *,
+    device: str = "cpu",
+    force: bool = False,
+    progress: bool = True,
+    checked: tuple[torch.nn.Module, SearchSpace] | None = None,
+) -> optuna.Study:
+    """Check the model and space (``checked``: check_model's result, if the caller has it), and only then
+    create or resume the study (a changed fingerprint is rewritten here, with --force) and its batches."""
+    teacher, space = checked or check_model(cfg, device)
     study = create_or_resume(cfg, storage, space, force=force)
     cached_batches(cfg, storage, teacher, device=device, progress=progress)
     return study
@@ -60,8 +73,9 @@ def launch(
     n = cfg.run.workers
     threads = cfg.run.threads or max(1, (os.cpu_count() or 1) // n)
     torch.set_num_threads(threads)  # as many as one worker gets: more threads than cores thrash under load
+    checked = check_model(cfg, devices[0])  # before the storage is opened, let alone created
     with open_for(cfg, storage_override) as storage:
-        study = prepare(cfg, storage, device=devices[0], force=force, progress=progress)
+        study = prepare(cfg, storage, device=devices[0], force=force, progress=progress, checked=checked)
         if n == 1:  # in this process: no start-up cost, Ctrl-C reaches the trial directly
             done = min(counts(study)[TrialState.COMPLETE], cfg.study.n_trials)
             bar = tqdm(total=cfg.study.n_trials, desc=f"study {study.study_name}", unit="trial",

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from storage._engines import atomic, connection_lost, lost_storage
 from storage._errors import StorageError
-from storage._storage import Storage, open_storage
+from storage._storage import OpenMode, Storage, open_storage
 from storage._url import mask_url, normalize_url
 
 __all__ = [
+    "OpenMode",
     "Storage",
     "StorageError",
     "atomic",
