@@ -19,9 +19,9 @@ from frandi_core import FrandiError, NonFiniteError
 from storage import Storage, StorageError, atomic, connection_lost, lost_storage, open_storage
 
 from ._config import ConfigError, StudyConfig
-from ._signals import exit_with_parent, terminate_as_interrupt
+from ._signals import deferred_interrupts, exit_with_parent, interrupts_raise, raise_held
 from ._study import counts, open_study, to_start_key
-from ._trial import TrialRunner
+from ._trial import TrialResult, TrialRunner
 
 log = logging.getLogger("frandi.worker")
 
@@ -78,7 +78,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
     Atomic per trial, so of many workers checking at once exactly one fails a stale trial and enqueues its retry.
     """
-    with warnings.catch_warnings(), atomic():
+    with warnings.catch_warnings(), atomic(), deferred_interrupts():  # never a FAIL without its retry
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
 
@@ -129,11 +129,16 @@ def claim(study: optuna.Study, storage: Storage) -> int | None:
 
 
 def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: StudyConfig, worker: str) -> bool:
-    """Sample, evaluate and tell one claimed trial; False when it failed (recorded with its reason)."""
+    """Sample, evaluate and tell one claimed trial; False when it failed (recorded with its reason).
+
+    Ctrl-C / SIGTERM while it samples or evaluates fails the trial and queues it again; while its result is
+    being recorded, the signal waits until the trial is COMPLETE.
+    """
     study._thread_local.cached_all_trials = None  # sample from the trials as they are now (as Study.ask does)
     with heartbeat(study._storage, trial_id):  # type: ignore[arg-type]
         try:
-            trial = optuna.trial.Trial(study, trial_id)  # samples the multivariate parameters: interruptible too
+            raise_held()  # a Ctrl-C / SIGTERM that came while the trial was claimed
+            trial = optuna.trial.Trial(study, trial_id)  # samples the multivariate parameters
             policy = runner.space.sample(trial)
             trial.set_user_attr("worker", worker)
             trial.set_user_attr("policy", policy.to_json())
@@ -147,6 +152,13 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
         except BaseException as e:  # Ctrl-C / SIGTERM: not the policy's fault, so it runs again later
             _fail(study, trial_id, f"{type(e).__name__}: {e}", retry=isinstance(e, KeyboardInterrupt))
             raise
+        with deferred_interrupts():
+            _record(study, trial, r, cfg)
+    return True
+
+
+def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg: StudyConfig) -> None:
+    """Store the trial's measurements and tell its objective values."""
     attrs: dict[str, object] = {
         "od_before": r.od_before,
         "size_bits": r.size_bits,
@@ -161,7 +173,6 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
         trial.set_constraint("min_ratio", cfg.study.min_ratio - r.ratio)  # feasible when <= 0
     values = [r.od, r.size_bits / 8192] if len(cfg.study.objectives) == 2 else [r.od]
     _tell(study, trial, values)
-    return True
 
 
 def _fail(study: optuna.Study, trial_id: int, reason: str, *, retry: bool = False) -> None:
@@ -170,16 +181,17 @@ def _fail(study: optuna.Study, trial_id: int, reason: str, *, retry: bool = Fals
     A trial already failed as stale by another worker is left as it is: that worker enqueued its retry.
     """
     storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason[:500])
-        _tell(study, storage.get_trial(trial_id).number, state=TrialState.FAIL)
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-        if not storage.get_trial(trial_id).state.is_finished():
-            raise
-        return
-    callback = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
-    if retry and callback is not None:
-        callback(study, storage.get_trial(trial_id))
+    with deferred_interrupts():  # a FAIL without its retry would lose the trial
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason[:500])
+            _tell(study, storage.get_trial(trial_id).number, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            if not storage.get_trial(trial_id).state.is_finished():
+                raise
+            return
+        callback = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+        if retry and callback is not None:
+            callback(study, storage.get_trial(trial_id))
 
 
 def _tell(
@@ -212,8 +224,11 @@ def work(
     while True:
         if storage.optuna.get_heartbeat_interval():
             fail_stale_trials(study)
-        trial_id = claim(study, storage)
-        if trial_id is not None:
+        with deferred_interrupts(release=False):  # a signal now is raised in run_trial, which re-queues the trial
+            trial_id = claim(study, storage)
+        if trial_id is None:
+            raise_held()
+        else:
             try:
                 ok = run_trial(study, runner, trial_id, cfg, worker)
             except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
@@ -251,7 +266,7 @@ def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: i
     exit_with_parent(parent)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        with terminate_as_interrupt():
+        with interrupts_raise(sigint=False):
             storage = open_storage(
                 storage_url, heartbeat_interval=cfg.run.heartbeat_interval, grace_period=cfg.run.grace_period
             )

@@ -16,7 +16,7 @@ from storage import StorageError, lost_storage
 
 from . import _commands as commands
 from ._config import ConfigError, load_config, replace
-from ._signals import Terminated, terminate_as_interrupt
+from ._signals import Terminated, interrupts_raise
 
 
 def _writable(path: str) -> Path:
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        with terminate_as_interrupt():
+        with interrupts_raise():
             return run(args)
     except (FrandiError, StorageError) as e:
         print(f"frandi: error: {e}", file=sys.stderr)

@@ -249,7 +249,9 @@ def get_or_create_blob(
             seen, seen_at = (row.owner, row.updated), now
         elif now - seen_at >= stale_after:
             owner = _new_owner()
-            _log.warning("blob %r: claim by %s stale for %.0f s; taking over", key, row.owner, stale_after)
+            _log.warning(
+                "%s: %s went silent for %.0f s; taking over", what or f"blob {key!r}", row.owner, stale_after
+            )
             if _take_over(session, key, row, owner):
                 return _produce(session, key, make, meta, owner, stale_after / 4)
             continue

@@ -57,7 +57,7 @@ def test_a_stale_trial_is_failed_and_retried_once_by_concurrent_reapers(storage_
             trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 10)})
             st.optuna.record_heartbeat(trial._trial_id)
             stale.append(trial.number)
-        time.sleep(3)  # past the grace period
+        time.sleep(4)  # past the grace period (2 s), with SQLite telling the time in whole seconds
         pool.starmap(_race_workers.reap, [(st, "race")] * N_PROCESSES)
         trials = study.get_trials()
         assert [trials[n].state for n in stale] == [TrialState.FAIL] * len(stale)
