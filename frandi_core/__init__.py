@@ -11,6 +11,7 @@ from ._files import write_atomic
 from ._hooks import capture
 from ._losses import batch_stats, bn_kl, normalized_distance, od_from_outputs, total_variation
 from ._model import ModelSpec, build_architecture, load_model, read_state_dict, weights_digest
+from ._onnx import run_onnx, to_onnx
 from ._optim import adam
 from ._pack import load_packed, pack, pack_bits, save_packed, unpack, unpack_bits
 from ._policy import LayerInfo, LayerSetting, Policy, compressible_layers
@@ -67,10 +68,12 @@ __all__ = [
     "pack_bits",
     "quantize",
     "read_state_dict",
+    "run_onnx",
     "save_packed",
     "strip_",
     "synthesize",
     "teacher_targets",
+    "to_onnx",
     "total_variation",
     "unpack",
     "unpack_bits",

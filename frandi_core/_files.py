@@ -16,7 +16,7 @@ def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> N
     """
     path = Path(path)
     if not overwrite and path.exists():
-        raise FrandiError(f"'{path}' already exists; pass --overwrite to replace it, or choose another name")
+        raise FrandiError(f"'{path}' already exists (written meanwhile?); choose another name, or overwrite it")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "xb") as f:

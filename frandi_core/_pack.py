@@ -105,6 +105,19 @@ def _pack_weight(
     return out
 
 
+def compressed_levels(student: nn.Module, policy: Policy) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Weight key -> (integer levels shaped as the weight, per-output-channel fp32 scales) of each quantized layer
+    of ``student`` (as ``compress(model, policy)`` returned it): levels * scales is its weight, bit for bit."""
+    modules = _check_layers(student, policy)
+    out = {}
+    for layer, setting in policy.layers:
+        if setting.bits is not None:
+            levels, _, scale = _compressed(modules[layer], layer, setting)
+            assert scale is not None  # a quantized layer has scales
+            out[_weight_key(layer)] = (levels.to(torch.int64), scale)
+    return out
+
+
 def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for name in sorted(tensors):

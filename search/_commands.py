@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import sys
@@ -11,11 +12,12 @@ from pathlib import Path
 import torch
 from optuna.trial import TrialState
 
-from frandi_core import bn_kl_loss, model_outputs, strip_
+from frandi_core import Policy, bn_kl_loss, model_outputs, pack, run_onnx, strip_, to_onnx, write_atomic
 
+from ._artifacts import artifact_store, attach
 from ._config import ConfigError, StudyConfig
 from ._launch import launch, open_for
-from ._report import format_rows, pareto_trials, row
+from ._report import PACKED, format_rows, front_rows
 from ._report import status as status_of
 from ._study import open_study, to_start_key
 from ._trial import TrialRunner, cached_batches, model_spec
@@ -31,7 +33,7 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
         f"study '{s['study']}': {s['complete']} finished, {s['fail']} failed, {s['running']} running "
         f"({wall:.0f} s this run)"
     )
-    print(format_rows([row(t) for t in pareto_trials(study)], fmt))
+    print(format_rows(front_rows(study), fmt))
     if s["complete"] < cfg.study.n_trials and not s["running"]:
         failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
         why = (
@@ -65,15 +67,38 @@ def status(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
 
 def pareto(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
     with open_for(cfg, storage) as st:
-        rows = [row(t) for t in pareto_trials(open_study(cfg, st))]
+        rows = front_rows(open_study(cfg, st))
     print(format_rows(rows, fmt))
     return 0
 
 
-def export(cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, device: str, tolerance: float) -> int:
-    """Materialize a finished trial deterministically and check it reproduces the stored OD."""
-    from frandi_core import Policy
+ONNX_TOLERANCE = 1e-4  # largest accepted max|ONNX - PyTorch| on the held-out batch, relative to max|PyTorch|
 
+
+def _export_bytes(fmt: str, student: torch.nn.Module, policy: Policy, metrics: dict, heldout: torch.Tensor) -> bytes:
+    """The exported file's bytes; the ONNX model is checked against the student on the held-out batch first."""
+    if fmt == "packed":
+        return pack(student, policy, metrics)
+    if fmt == "onnx":
+        data = to_onnx(student, policy, heldout)
+        ref = model_outputs(student, heldout).cpu()
+        err = float((run_onnx(data, heldout) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        if not err <= ONNX_TOLERANCE:
+            raise ConfigError(f"the ONNX model's outputs differ from the student's by {err:.2g} (relative; "
+                              f"> {ONNX_TOLERANCE}); nothing written; export --format packed instead")
+        print(f"ONNX outputs on the held-out batch: max |ONNX - PyTorch| / max |PyTorch| = {err:.2g}")
+        return data
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in strip_(student).state_dict().items()}
+    torch.save({"state_dict": state, "policy": json.loads(policy.to_json()), "metrics": metrics}, buf)
+    return buf.getvalue()
+
+
+def export(
+    cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, fmt: str, overwrite: bool, attach_it: bool,
+    device: str, tolerance: float,
+) -> int:
+    """Materialize a finished trial deterministically, check it reproduces the stored OD, write it whole."""
     check_device(device)
     set_threads(cfg.run.threads, 1)
     with open_for(cfg, storage) as st:
@@ -89,25 +114,31 @@ def export(cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, devi
             torch.set_num_threads(int(t.user_attrs["threads"]))  # float sums depend on how work was split
         runner = TrialRunner(cfg, st, device=device)
         student, r = runner.student(policy)
-    stored = t.values[0]
-    if abs(r.od - stored) > tolerance:
-        raise ConfigError(
-            f"trial {trial} re-ran to OD {r.od:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
-            "the model, batches or code changed since; nothing written"
-        )
-    strip_(student)
-    state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    metrics = {
-        "od": r.od,
-        "od_stored": stored,
-        "od_before": r.od_before,
-        "size_bits": r.size_bits,
-        "ratio": r.ratio,
-        "density": r.density,
-        "trial": trial,
-    }
-    torch.save({"state_dict": state, "policy": json.loads(policy.to_json()), "metrics": metrics}, out)
-    print(f"trial {trial}: OD {r.od:.6f} (stored {stored:.6f}), ratio {r.ratio:.2f}, density {r.density:.3f} -> {out}")
+        stored = t.values[0]
+        if abs(r.od - stored) > tolerance:
+            raise ConfigError(
+                f"trial {trial} re-ran to OD {r.od:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
+                "the model, batches or code changed since; nothing written"
+            )
+        metrics = {
+            "od": r.od,
+            "od_stored": stored,
+            "od_before": r.od_before,
+            "size_bits": r.size_bits,
+            "ratio": r.ratio,
+            "density": r.density,
+            "trial": trial,
+        }
+        data = _export_bytes(fmt, student, policy, metrics, runner.heldout)
+        write_atomic(out, data, overwrite=overwrite)
+        if fmt == "packed":
+            study.set_user_attr(PACKED, study.user_attrs.get(PACKED, {}) | {str(trial): len(data)})
+        attached = attach(cfg, st, study, t, out.name, data) if attach_it else None
+    print(
+        f"trial {trial}: OD {r.od:.6f} (stored {stored:.6f}), ratio {r.ratio:.2f}, density {r.density:.3f} -> "
+        f"{out} ({fmt}, {len(data)} bytes; size objective {r.size_bits // 8} bytes)"
+        + (f"; attached to the trial as artifact {attached}" if attached else "")
+    )
     return 0
 
 
@@ -117,7 +148,7 @@ def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) ->
     with open_for(cfg, storage) as st:
         open_study(cfg, st)
         print(f"optuna-dashboard on http://{host}:{port}/ for {st.masked_url} (Ctrl-C to stop)")
-        optuna_dashboard.run_server(st.optuna, host=host, port=port)
+        optuna_dashboard.run_server(st.optuna, host=host, port=port, artifact_store=artifact_store(cfg, st))
     return 0
 
 
