@@ -139,10 +139,15 @@ def pack(student: nn.Module, policy: Policy, metrics: dict[str, Any] | None = No
         layout = weight_layout(tensors[key], setting)
         if layout is None:
             continue
-        shape, dtype = list(tensors[key].shape), str(tensors.pop(key).dtype).removeprefix("torch.")
+        weight = tensors.pop(key)
         tensors.update(_pack_weight(modules[layer.name], layer.name, setting, layout))
-        layouts[key] = {"shape": shape, "dtype": dtype, "nnz": layout.nnz, "bits": layout.bits}
-        layouts[key]["positions"] = layout.positions
+        layouts[key] = {
+            "shape": list(weight.shape),
+            "dtype": str(weight.dtype).removeprefix("torch."),
+            "nnz": layout.nnz,
+            "bits": layout.bits,
+            "positions": layout.positions,
+        }
     meta = {
         "format": FORMAT,
         "policy": policy.to_json(),

@@ -42,9 +42,8 @@ def artifact_store(cfg: StudyConfig, storage: Storage) -> FileSystemArtifactStor
     return FileSystemArtifactStore(folder) if folder.is_dir() else None
 
 
-def attach(cfg: StudyConfig, storage: Storage, study: optuna.Study, trial: FrozenTrial, name: str, data: bytes) -> str:
-    """Store ``data`` as a file named ``name`` on ``trial``'s dashboard page; returns the artifact id."""
-    folder = artifact_dir(cfg, storage)
+def attach(storage: Storage, study: optuna.Study, trial: FrozenTrial, folder: Path, name: str, data: bytes) -> str:
+    """Store ``data`` in ``folder`` as a file named ``name`` on ``trial``'s dashboard page; returns its artifact id."""
     artifact_id = str(uuid.uuid4())
     try:
         folder.mkdir(parents=True, exist_ok=True)

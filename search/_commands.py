@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from frandi_core import Policy, bn_kl_loss, model_outputs, pack, run_onnx, strip_, to_onnx, write_atomic
 
-from ._artifacts import artifact_store, attach
+from ._artifacts import artifact_dir, artifact_store, attach
 from ._config import ConfigError, StudyConfig
 from ._launch import launch, open_for
 from ._report import PACKED, format_rows, front_rows
@@ -109,6 +109,7 @@ def export(
             raise ConfigError(f"trial {trial} does not exist in study '{cfg.study.name}' (0..{len(trials) - 1})")
         if t.state != TrialState.COMPLETE:
             raise ConfigError(f"trial {trial} is {t.state.name}, not COMPLETE; export a finished trial")
+        folder = artifact_dir(cfg, st) if attach_it else None  # before any work: refused if there is none
         policy = Policy.from_json(t.user_attrs["policy"])
         if "threads" in t.user_attrs and device == "cpu":
             torch.set_num_threads(int(t.user_attrs["threads"]))  # float sums depend on how work was split
@@ -133,7 +134,7 @@ def export(
         write_atomic(out, data, overwrite=overwrite)
         if fmt == "packed":
             study.set_user_attr(PACKED, study.user_attrs.get(PACKED, {}) | {str(trial): len(data)})
-        attached = attach(cfg, st, study, t, out.name, data) if attach_it else None
+        attached = attach(st, study, t, folder, out.name, data) if folder else None
     print(
         f"trial {trial}: OD {r.od:.6f} (stored {stored:.6f}), ratio {r.ratio:.2f}, density {r.density:.3f} -> "
         f"{out} ({fmt}, {len(data)} bytes; size objective {r.size_bits // 8} bytes)"

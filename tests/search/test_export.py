@@ -18,7 +18,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 
 from frandi_core import Policy, build_architecture, load_packed, model_outputs, model_size, run_onnx, strip_
-from search import TrialRunner, load_config, open_for, open_study
+from search import ConfigError, TrialRunner, artifact_dir, load_config, open_for, open_study
 from search.cli import main
 from tests.tiny_study import make_weights, study_text
 
@@ -152,13 +152,11 @@ def test_attach_puts_the_file_on_the_trial_s_dashboard_page(work: Path, frandi) 
         assert status.startswith("200") and body == out.read_bytes()
 
 
-def test_attach_on_postgresql_without_a_folder_is_refused_before_writing(work: Path, frandi) -> None:
-    from search._artifacts import artifact_dir
-
+def test_attach_on_postgresql_needs_a_folder_named_in_the_study_file(work: Path) -> None:
     class Remote:
         url = "postgresql+psycopg://u@db/frandi"
 
-    with pytest.raises(Exception, match=r"set \[study\] artifacts"):
+    with pytest.raises(ConfigError, match=r"set \[study\] artifacts"):
         artifact_dir(load_config(work / "study.toml"), Remote())  # type: ignore[arg-type]
 
 
