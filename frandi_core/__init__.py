@@ -10,7 +10,7 @@ from ._errors import FrandiError
 from ._files import write_atomic
 from ._hooks import capture
 from ._losses import batch_stats, bn_kl, normalized_distance, od_from_outputs, total_variation
-from ._model import ModelSpec, build_architecture, load_model, read_state_dict, weights_digest
+from ._model import ModelSpec, build_architecture, check_input_shape, load_model, read_state_dict, weights_digest
 from ._onnx import run_onnx, to_onnx
 from ._optim import adam
 from ._pack import load_packed, pack, pack_bits, save_packed, unpack, unpack_bits
@@ -50,6 +50,7 @@ __all__ = [
     "bn_names",
     "build_architecture",
     "capture",
+    "check_input_shape",
     "compress",
     "compressible_layers",
     "default_feature_layers",

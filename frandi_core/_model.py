@@ -2,12 +2,16 @@
 
 The architecture string is imported and called: it runs code, so name only code you trust.
 Weights are read with ``torch.load(weights_only=True)``, which never unpickles arbitrary objects.
+Every problem is a FrandiError in one line that says what is wrong with which input.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +27,15 @@ BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Where a model comes from: an architecture, its keyword arguments and a weights file."""
+    """Where a model comes from: an architecture, its keyword arguments and a weights file.
+
+    ``input_shape`` (one sample, without the batch), when given, is checked by one forward pass at load.
+    """
 
     architecture: str
     weights: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    input_shape: tuple[int, ...] = (1, 8, 8)
+    input_shape: tuple[int, ...] | None = None
 
 
 def build_architecture(architecture: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
@@ -41,9 +48,9 @@ def build_architecture(architecture: str, kwargs: Mapping[str, Any] | None = Non
         )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
+    except Exception as e:  # noqa: BLE001 - missing, or failing on import: the user's module either way
         raise FrandiError(
-            f"architecture '{architecture}': cannot import module '{module_name}' ({e}); "
+            f"architecture '{architecture}': cannot import module '{module_name}' ({_first_line(e)}); "
             "install it or fix the name"
         ) from None
     factory = getattr(module, attr, None)
@@ -53,9 +60,10 @@ def build_architecture(architecture: str, kwargs: Mapping[str, Any] | None = Non
         )
     try:
         model = factory(**dict(kwargs or {}))
-    except TypeError as e:
+    except Exception as e:  # noqa: BLE001 - whatever the user's factory raises, it is about these kwargs
         raise FrandiError(
-            f"architecture '{architecture}' rejected its kwargs: {e}; fix [model] kwargs"
+            f"architecture '{architecture}' rejected its kwargs {dict(kwargs or {})}: {_first_line(e)}; "
+            "fix [model] kwargs"
         ) from None
     if not isinstance(model, nn.Module):
         raise FrandiError(
@@ -64,17 +72,46 @@ def build_architecture(architecture: str, kwargs: Mapping[str, Any] | None = Non
     return model
 
 
+def _first_line(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def _why_unreadable(p: Path, error: Exception) -> str:
+    """What is wrong with a weights file torch.load(weights_only=True) refused, in our words: torch's own
+    message advises weights_only=False, which runs any code in the file."""
+    if p.stat().st_size == 0:
+        return "is empty"
+    if zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            if any(name.endswith("/constants.pkl") for name in z.namelist()):
+                return "is a TorchScript archive, not a state_dict"
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f"a pickled '{found.group(1)}' object" if found else "pickled Python objects"
+        return f"holds {what}, which a weights-only load refuses to run (a whole model, not its state_dict?)"
+    with p.open("rb") as f:
+        if f.read(2) == b"PK":
+            return "is truncated or corrupted (an incomplete zip archive)"
+    return "is not a PyTorch weights file (a plain pickle, another format, or a truncated file)"
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state_dict (or a dict holding one under 'state_dict') with weights_only=True."""
     p = Path(path)
+    if p.is_dir():
+        raise FrandiError(f"weights file '{p}' is a folder; set [model] weights to the file torch.save wrote")
     if not p.is_file():
         raise FrandiError(f"weights file '{p}' does not exist; check [model] weights")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about some formats on stderr; our one line says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise FrandiError(f"cannot read weights file '{p}' ({e.strerror or e}); check [model] weights") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FrandiError(
-            f"weights file '{p}' cannot be read as a weights-only PyTorch file ({first[:200]}); "
+            f"weights file '{p}' cannot be read: it {_why_unreadable(p, e)}; "
             "save it with torch.save(model.state_dict(), path)"
         ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
@@ -113,7 +150,34 @@ def load_model(spec: ModelSpec, *, device: str | torch.device = "cpu") -> nn.Mod
             f"model '{spec.architecture}' has no BatchNorm layers: synthetic data needs BN statistics to "
             "match, so this model cannot be compressed data-free; frandi needs a model with BatchNorm layers"
         )
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if spec.input_shape is not None:
+        check_input_shape(model, spec.input_shape, name=spec.architecture)
+    return model
+
+
+@torch.no_grad()
+def check_input_shape(model: nn.Module, input_shape: tuple[int, ...], *, name: str = "model") -> None:
+    """Run one eval-mode forward pass on two zero samples of ``input_shape`` (no batch dimension), so a model
+    that rejects the shape, or does not return one tensor row per sample, fails before any work or storage."""
+    device = next(iter(model.state_dict().values())).device
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(2, *input_shape, device=device))
+    except Exception as e:  # noqa: BLE001 - whatever the forward raises, the shape is what the user can fix
+        raise FrandiError(
+            f"model '{name}' cannot run on input_shape {list(input_shape)} ({_first_line(e)}); set [model] "
+            "input_shape to one sample's shape as the model takes it, without the batch"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() < 1 or out.shape[0] != 2:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise FrandiError(
+            f"model '{name}' returns {got} for a batch of 2 inputs; frandi needs a forward that returns one "
+            "tensor with the batch first"
+        )
 
 
 def weights_digest(model: nn.Module) -> str:

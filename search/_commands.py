@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import torch
 from optuna.trial import TrialState
 
-from frandi_core import Policy, bn_kl_loss, model_outputs, pack, run_onnx, strip_, to_onnx, write_atomic
+from frandi_core import Policy, bn_kl_loss, load_model, model_outputs, pack, run_onnx, strip_, to_onnx, write_atomic
 
 from ._artifacts import artifact_dir, artifact_store, attach
 from ._config import ConfigError, StudyConfig
@@ -21,21 +23,24 @@ from ._report import PACKED, format_rows, front_rows
 from ._report import status as status_of
 from ._study import open_study, to_start_key
 from ._trial import TrialRunner, cached_batches, model_spec
-from ._worker import check_device, set_threads, work
+from ._worker import check_device, set_threads, stale_trials, work
 
 
 def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool, fmt: str) -> int:
     t0 = time.perf_counter()
-    study = launch(cfg, storage_override=storage, force=force, progress=progress)
+    launch(cfg, storage_override=storage, force=force, progress=progress)
     wall = time.perf_counter() - t0
-    s = status_of(study, cfg.study.n_trials)
+    with open_for(cfg, storage, mode="read") as st:  # launch closed its storage: report from a fresh one
+        study = open_study(cfg, st)
+        s = status_of(study, cfg.study.n_trials)
+        front = front_rows(study)
+        failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
     print(
         f"study '{s['study']}': {s['complete']} finished, {s['fail']} failed, {s['running']} running "
         f"({wall:.0f} s this run)"
     )
-    print(format_rows(front_rows(study), fmt))
+    print(format_rows(front, fmt))
     if s["complete"] < cfg.study.n_trials and not s["running"]:
-        failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
         why = (
             f"last failure: {failed[-1].user_attrs.get('fail_reason', 'unknown')}"
             if failed
@@ -52,21 +57,23 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
 def worker(cfg: StudyConfig, storage: str | None, *, device: str, threads: int | None) -> int:
     check_device(device)
     index = 1 + secrets.randbelow(2**16)  # a sampler seed of its own: workers joining together draw differently
-    with open_for(cfg, storage) as st:
+    with open_for(cfg, storage, mode="write") as st:
         n = work(cfg, st, device=device, worker_index=index, threads=threads, progress=True)
     print(f"worker done: ran {n} trial(s)")
     return 0
 
 
 def status(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
-    with open_for(cfg, storage) as st:
-        s = status_of(open_study(cfg, st), cfg.study.n_trials, st.get_counter(to_start_key(cfg.study.name)))
+    with open_for(cfg, storage, mode="read") as st:
+        study = open_study(cfg, st)
+        to_start = st.get_counter(to_start_key(study.study_name))
+        s = status_of(study, cfg.study.n_trials, to_start, len(stale_trials(study)))
     print(json.dumps(s, indent=2) if fmt == "json" else "\n".join(f"{k:>18}: {v}" for k, v in s.items()))
     return 0
 
 
 def pareto(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
-    with open_for(cfg, storage) as st:
+    with open_for(cfg, storage, mode="read") as st:
         rows = front_rows(open_study(cfg, st))
     print(format_rows(rows, fmt))
     return 0
@@ -94,6 +101,15 @@ def _export_bytes(fmt: str, student: torch.nn.Module, policy: Policy, metrics: d
     return buf.getvalue()
 
 
+def _record_packed(study: optuna.Study, trial: int, nbytes: int) -> bool:
+    """Remember the packed file's size for frandi pareto; False when the study cannot be written."""
+    try:
+        study.set_user_attr(PACKED, study.user_attrs.get(PACKED, {}) | {str(trial): nbytes})
+    except optuna.exceptions.StorageInternalError:
+        return False
+    return True
+
+
 def export(
     cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, fmt: str, overwrite: bool, attach_it: bool,
     device: str, tolerance: float,
@@ -101,7 +117,7 @@ def export(
     """Materialize a finished trial deterministically, check it reproduces the stored OD, write it whole."""
     check_device(device)
     set_threads(cfg.run.threads, 1)
-    with open_for(cfg, storage) as st:
+    with open_for(cfg, storage, mode="write" if attach_it else "read") as st:  # a read-only study exports too
         study = open_study(cfg, st)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         t = trials.get(trial)
@@ -132,21 +148,35 @@ def export(
         }
         data = _export_bytes(fmt, student, policy, metrics, runner.heldout)
         write_atomic(out, data, overwrite=overwrite)
-        if fmt == "packed":
-            study.set_user_attr(PACKED, study.user_attrs.get(PACKED, {}) | {str(trial): len(data)})
+        unrecorded = fmt == "packed" and not _record_packed(study, trial, len(data))
         attached = attach(st, study, t, folder, out.name, data) if folder else None
     print(
         f"trial {trial}: OD {r.od:.6f} (stored {stored:.6f}), ratio {r.ratio:.2f}, density {r.density:.3f} -> "
         f"{out} ({fmt}, {len(data)} bytes; size objective {r.size_bits // 8} bytes)"
         + (f"; attached to the trial as artifact {attached}" if attached else "")
+        + ("; the study is read-only: frandi pareto will not show this size" if unrecorded else "")
     )
     return 0
+
+
+def _check_address(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as the dashboard's server will (reusing the address), so a port in use or a
+    host that does not resolve is one line, not a traceback after the server's banner."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise ConfigError(f"cannot serve on {host}:{port} ({why}); choose another --port or --host") from None
 
 
 def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) -> int:
     import optuna_dashboard
 
-    with open_for(cfg, storage) as st:
+    _check_address(host, port)
+    with open_for(cfg, storage, mode="read") as st:
         open_study(cfg, st)
         print(f"optuna-dashboard on http://{host}:{port}/ for {st.masked_url} (Ctrl-C to stop)")
         optuna_dashboard.run_server(st.optuna, host=host, port=port, artifact_store=artifact_store(cfg, st))
@@ -156,10 +186,8 @@ def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) ->
 def synth(cfg: StudyConfig, storage: str | None, *, png: Path | None, device: str) -> int:
     """Build the cached synthetic batches if missing, describe them, optionally save an image grid."""
     check_device(device)
+    teacher = load_model(model_spec(cfg), device=device)  # before the storage is opened (and maybe created)
     with open_for(cfg, storage) as st:
-        from frandi_core import load_model
-
-        teacher = load_model(model_spec(cfg), device=device)
         key, data = cached_batches(cfg, st, teacher, device=device, progress=True)
         info = st.blob_info(key) or {}
     with torch.no_grad():

@@ -197,6 +197,8 @@ def _section(cls: type, data: Any, name: str) -> Any:
 
 def _validate(cfg: StudyConfig) -> None:
     s, sp = cfg.study, cfg.space
+    if not s.name.strip():
+        raise ConfigError("study.name is empty; name the study, e.g. name = \"resnet-digits\"")
     if s.sampler not in SAMPLERS:
         raise ConfigError(f"study.sampler '{s.sampler}' is unknown; use one of {', '.join(SAMPLERS)}")
     if (
@@ -272,10 +274,18 @@ def parse_config(text: str, *, base_dir: Path = Path("."), source: str = "<strin
 def load_config(path: str | Path) -> StudyConfig:
     """Read and validate a study file."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"study file '{p}' is a folder; give the .toml file in it")
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read study file '{p}' ({e.strerror}); check the path") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is not an error
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"study file '{p}' is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
     return parse_config(text, base_dir=p.resolve().parent, source=str(p))
 
 

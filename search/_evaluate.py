@@ -250,7 +250,7 @@ def evaluate(
     labeled = labeled_set(data, root, cfg.model.input_shape, mean=mean, std=std, limit=limit)
     set_threads(cfg.run.threads, 1)
     rows: list[dict[str, Any]] = []
-    with open_for(cfg, storage) as st:
+    with open_for(cfg, storage, mode="write") as st:
         study = open_study(cfg, st)
         chosen = choose_trials(study, numbers)
         runner = TrialRunner(cfg, st, device=device)

@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -14,9 +15,10 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from frandi_core import FrandiError, compressible_layers, load_model
-from storage import Storage, normalize_url, open_storage
+from storage import OpenMode, Storage, normalize_url, open_storage
 
 from ._config import StudyConfig
+from ._signals import Terminated
 from ._space import SearchSpace
 from ._study import counts, create_or_resume
 from ._trial import cached_batches, model_spec
@@ -24,27 +26,40 @@ from ._worker import check_device, work, worker_main
 
 
 def storage_url(cfg: StudyConfig, override: str | None = None) -> str:
-    """The study's storage URL (relative SQLite paths against the study file), its folder created."""
-    url = normalize_url(override or cfg.study.storage, base_dir=cfg.base_dir if not override else Path.cwd())
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return url
+    """The study's storage URL: relative SQLite paths against the study file (against the working folder for
+    ``--storage``)."""
+    return normalize_url(override or cfg.study.storage, base_dir=cfg.base_dir if not override else Path.cwd())
 
 
-def open_for(cfg: StudyConfig, override: str | None = None) -> Storage:
+def open_for(cfg: StudyConfig, override: str | None = None, *, mode: OpenMode = "create") -> Storage:
+    """The study's storage; ``mode`` "write" or "read" for commands that need an existing study (see open_storage)."""
     return open_storage(
         storage_url(cfg, override),
+        mode=mode,
         heartbeat_interval=cfg.run.heartbeat_interval,
         grace_period=cfg.run.grace_period,
     )
 
 
-def prepare(
-    cfg: StudyConfig, storage: Storage, *, device: str = "cpu", force: bool = False, progress: bool = True
-) -> optuna.Study:
-    """Check the model and space (before writing anything), then create or resume the study and its batches."""
+def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module, SearchSpace]:
+    """The checks that need no storage: the model loads and runs one forward at input_shape, and the
+    search space fits its layers. Returns the teacher and the space."""
     teacher = load_model(model_spec(cfg), device=device)
-    space = SearchSpace.build(cfg.space, compressible_layers(teacher))
+    return teacher, SearchSpace.build(cfg.space, compressible_layers(teacher))
+
+
+def prepare(
+    cfg: StudyConfig,
+    storage: Storage,
+    *,
+    device: str = "cpu",
+    force: bool = False,
+    progress: bool = True,
+    checked: tuple[torch.nn.Module, SearchSpace] | None = None,
+) -> optuna.Study:
+    """Check the model and space (``checked``: check_model's result, if the caller has it), and only then
+    create or resume the study (a changed fingerprint is rewritten here, with --force) and its batches."""
+    teacher, space = checked or check_model(cfg, device)
     study = create_or_resume(cfg, storage, space, force=force)
     cached_batches(cfg, storage, teacher, device=device, progress=progress)
     return study
@@ -58,8 +73,9 @@ def launch(
     n = cfg.run.workers
     threads = cfg.run.threads or max(1, (os.cpu_count() or 1) // n)
     torch.set_num_threads(threads)  # as many as one worker gets: more threads than cores thrash under load
+    checked = check_model(cfg, devices[0])  # before the storage is opened, let alone created
     with open_for(cfg, storage_override) as storage:
-        study = prepare(cfg, storage, device=devices[0], force=force, progress=progress)
+        study = prepare(cfg, storage, device=devices[0], force=force, progress=progress, checked=checked)
         if n == 1:  # in this process: no start-up cost, Ctrl-C reaches the trial directly
             done = min(counts(study)[TrialState.COMPLETE], cfg.study.n_trials)
             bar = tqdm(total=cfg.study.n_trials, desc=f"study {study.study_name}", unit="trial",
@@ -72,7 +88,7 @@ def launch(
         procs = [
             ctx.Process(
                 target=worker_main,
-                args=(cfg, storage.url, devices[i % len(devices)], i, threads),
+                args=(cfg, storage.url, devices[i % len(devices)], i, threads, os.getpid()),
                 name=f"frandi-worker-{i}",
             )
             for i in range(n)
@@ -82,13 +98,7 @@ def launch(
         try:
             _watch(study, procs, cfg.study.n_trials, progress)
         except KeyboardInterrupt:
-            for p in procs:
-                if p.is_alive() and p.pid:
-                    os.kill(p.pid, signal.SIGTERM)  # once: workers ignore the terminal's SIGINT
-            for p in procs:
-                p.join(timeout=15)
-                if p.is_alive():
-                    p.terminate()
+            _stop(procs)
             raise
         bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
         c = counts(study)
@@ -100,11 +110,31 @@ def launch(
         return study
 
 
+def _stop(procs: list, patience: float = 60) -> None:
+    """SIGTERM each worker once (each fails and re-queues its trial), wait for them, then kill what is left
+    (its trial goes stale and is retried by the next run)."""
+    for p in procs:
+        if p.is_alive() and p.pid:
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + patience
+    for p in procs:
+        p.join(timeout=max(deadline - time.monotonic(), 0))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def _watch(study: optuna.Study, procs: list, n_trials: int, progress: bool) -> None:
-    """Show progress until the workers exit. Ctrl-C only sets a flag, so it never lands inside a database call
-    (a query interrupted half-way leaves the connection unusable); it is raised between polls."""
+    """Show progress until the workers exit. Ctrl-C and SIGTERM only set a flag, so neither lands inside a database
+    call (a query interrupted half-way leaves the connection unusable); they are raised between polls."""
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    got: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        got.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=n_trials, desc=f"study {study.study_name}", unit="trial", disable=not progress)
     try:
         while any(p.is_alive() for p in procs) and not stop.is_set():
@@ -114,7 +144,8 @@ def _watch(study: optuna.Study, procs: list, n_trials: int, progress: bool) -> N
         if not stop.is_set():
             bar.update(min(counts(study)[TrialState.COMPLETE], n_trials) - bar.n)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         bar.close()
-    if stop.is_set():
-        raise KeyboardInterrupt
+    if got:
+        raise Terminated if got[0] == signal.SIGTERM else KeyboardInterrupt

@@ -82,10 +82,16 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     return "\n".join(lines)
 
 
-def status(study: optuna.Study, n_trials: int, to_start: int = 0) -> dict[str, Any]:
-    """Counts per state, trials still to start, best feasible OD, mean trial time, distinct workers."""
+def status(study: optuna.Study, n_trials: int, to_start: int = 0, stale: int = 0) -> dict[str, Any]:
+    """Counts per state, trials still to start, best feasible OD, mean trial time, distinct workers.
+
+    ``stale`` RUNNING trials (no heartbeat within the grace period: their worker died) are counted apart from
+    running ones; the next worker to start fails and retries them.
+    """
     trials = study.get_trials(deepcopy=False)
     by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    by_state["running"] -= stale
+    by_state["stale"] = stale
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = min((t for t in complete if feasible(t)), key=lambda t: t.values[0], default=None)
     seconds = [float(t.user_attrs.get("seconds", {}).get("total", 0)) for t in complete]

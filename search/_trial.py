@@ -77,6 +77,7 @@ def cached_batches(
     raw = storage.get_or_create_blob(
         key,
         make,
+        what="the synthetic batches",
         meta={"kind": "synthetic", "shape": list(cfg.model.input_shape), "synthetic": asdict(cfg.synthetic)},
     )
     return key, _from_bytes(raw)

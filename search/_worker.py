@@ -16,9 +16,10 @@ import torch
 from optuna.trial import TrialState
 
 from frandi_core import FrandiError, NonFiniteError
-from storage import Storage, StorageError, connection_lost, lost_storage, open_storage
+from storage import Storage, StorageError, atomic, connection_lost, lost_storage, open_storage
 
 from ._config import ConfigError, StudyConfig
+from ._signals import exit_with_parent, terminate_as_interrupt
 from ._study import counts, open_study, to_start_key
 from ._trial import TrialRunner
 
@@ -73,10 +74,21 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[No
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and re-enqueue, by the storage's callback) trials whose worker stopped beating."""
-    with warnings.catch_warnings():
+    """Fail (and re-enqueue, by the storage's callback) trials whose worker stopped beating.
+
+    Atomic per trial, so of many workers checking at once exactly one fails a stale trial and enqueues its retry.
+    """
+    with warnings.catch_warnings(), atomic():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def stale_trials(study: optuna.Study) -> list[int]:
+    """Ids of RUNNING trials whose heartbeat is older than the grace period (their worker is gone)."""
+    storage = study._storage
+    if not storage.get_heartbeat_interval():  # type: ignore[attr-defined]
+        return []
+    return storage._get_stale_trial_ids(study._study_id)  # type: ignore[attr-defined]
 
 
 def _start(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
@@ -88,7 +100,8 @@ def _start(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
     if storage.get_heartbeat_interval():  # type: ignore[attr-defined]
         storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
     try:
-        return storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+        with atomic():  # one process wins: the others see RUNNING and get False
+            return storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
 
@@ -118,26 +131,21 @@ def claim(study: optuna.Study, storage: Storage) -> int | None:
 def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: StudyConfig, worker: str) -> bool:
     """Sample, evaluate and tell one claimed trial; False when it failed (recorded with its reason)."""
     study._thread_local.cached_all_trials = None  # sample from the trials as they are now (as Study.ask does)
-    trial = optuna.trial.Trial(study, trial_id)
     with heartbeat(study._storage, trial_id):  # type: ignore[arg-type]
         try:
+            trial = optuna.trial.Trial(study, trial_id)  # samples the multivariate parameters: interruptible too
             policy = runner.space.sample(trial)
             trial.set_user_attr("worker", worker)
             trial.set_user_attr("policy", policy.to_json())
             r = runner.evaluate(policy)
         except (NonFiniteError, FloatingPointError) as e:
-            trial.set_user_attr("fail_reason", str(e))
-            study.tell(trial, state=TrialState.FAIL)
+            _fail(study, trial_id, str(e))
             log.warning("trial %d failed: %s", trial.number, e)
             return False
         except (StorageError, optuna.exceptions.StorageInternalError):
             raise  # the storage is gone: the trial's heartbeat stops, it goes stale and is retried as it was
-        except BaseException as e:
-            retry = study._storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
-            if isinstance(e, KeyboardInterrupt) and retry is not None:  # not the policy's fault: it runs again later
-                retry(study, study._storage.get_trial(trial_id))
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
-            study.tell(trial, state=TrialState.FAIL)
+        except BaseException as e:  # Ctrl-C / SIGTERM: not the policy's fault, so it runs again later
+            _fail(study, trial_id, f"{type(e).__name__}: {e}", retry=isinstance(e, KeyboardInterrupt))
             raise
     attrs: dict[str, object] = {
         "od_before": r.od_before,
@@ -152,8 +160,34 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
     if cfg.study.min_ratio is not None:
         trial.set_constraint("min_ratio", cfg.study.min_ratio - r.ratio)  # feasible when <= 0
     values = [r.od, r.size_bits / 8192] if len(cfg.study.objectives) == 2 else [r.od]
-    study.tell(trial, values)
+    _tell(study, trial, values)
     return True
+
+
+def _fail(study: optuna.Study, trial_id: int, reason: str, *, retry: bool = False) -> None:
+    """Tell the trial FAIL with its reason and, with ``retry``, enqueue it again as a stale trial is.
+
+    A trial already failed as stale by another worker is left as it is: that worker enqueued its retry.
+    """
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason[:500])
+        _tell(study, storage.get_trial(trial_id).number, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        if not storage.get_trial(trial_id).state.is_finished():
+            raise
+        return
+    callback = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+    if retry and callback is not None:
+        callback(study, storage.get_trial(trial_id))
+
+
+def _tell(
+    study: optuna.Study, trial: optuna.trial.Trial | int, values: list[float] | None = None, **kwargs: object
+) -> None:
+    """Finish the trial, atomically: a trial failed as stale at the same moment is finished once, by one of us."""
+    with atomic():
+        study.tell(trial, values, **kwargs)  # type: ignore[arg-type]
 
 
 def work(
@@ -207,20 +241,22 @@ def work(
         time.sleep(poll)  # others are running trials that may still fail and be retried
 
 
-def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: int, threads: int) -> None:
-    """Entry point of a spawned worker process: SIGTERM behaves like Ctrl-C so the trial is told FAIL.
+def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: int, threads: int, parent: int) -> None:
+    """Entry point of a spawned worker process: SIGTERM behaves like Ctrl-C so the trial is told FAIL and retried.
 
-    Ctrl-C itself is ignored: the launcher sends one SIGTERM, so a trial is never interrupted twice.
+    Ctrl-C itself is ignored: the launcher sends one SIGTERM, so a trial is never interrupted twice. A worker
+    whose launcher died (kill -9) stops the same way instead of running on unwatched.
     """
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(parent)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(
-        storage_url, heartbeat_interval=cfg.run.heartbeat_interval, grace_period=cfg.run.grace_period
-    )
     try:
-        with storage:
-            work(cfg, storage, device=device, worker_index=worker_index, threads=threads)
+        with terminate_as_interrupt():
+            storage = open_storage(
+                storage_url, heartbeat_interval=cfg.run.heartbeat_interval, grace_period=cfg.run.grace_period
+            )
+            with storage:
+                work(cfg, storage, device=device, worker_index=worker_index, threads=threads)
     except KeyboardInterrupt:
         pass
     except (FrandiError, StorageError) as e:

@@ -16,6 +16,7 @@ from storage import StorageError, lost_storage
 
 from . import _commands as commands
 from ._config import ConfigError, load_config, replace
+from ._signals import Terminated, terminate_as_interrupt
 
 
 def _writable(path: str, *, overwrite: bool = True) -> Path:
@@ -100,17 +101,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse option values out of range before anything is loaded or opened."""
+    if getattr(args, "threads", None) is not None and args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0 = cores / workers), got {args.threads}")
+    if getattr(args, "tolerance", None) is not None and not args.tolerance >= 0:  # NaN too
+        raise ConfigError(f"--tolerance must be a number >= 0, got {args.tolerance}")
+    if getattr(args, "port", None) is not None and not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    if getattr(args, "png", None) and Path(args.png).suffix.lower() != ".png":
+        raise ConfigError(f"--png '{args.png}' must name a .png file")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_options(args)
     cfg = load_config(args.study_file)
     if args.command == "search":
         if args.workers is not None:
             if args.workers < 1:
                 raise ConfigError(f"--workers must be >= 1, got {args.workers}")
             cfg = replace(cfg, "run", workers=args.workers)
-        if args.devices:
-            cfg = replace(cfg, "run", devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()))
+        if args.devices is not None:
+            devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+            if not devices:
+                raise ConfigError(f"--devices '{args.devices}' names no device; write e.g. cpu or cuda:0,cuda:1")
+            cfg = replace(cfg, "run", devices=devices)
         if args.threads is not None:
-            cfg = replace(cfg, "run", threads=max(args.threads, 0))
+            cfg = replace(cfg, "run", threads=args.threads)
         if args.n_trials is not None:
             if args.n_trials < 1:
                 raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
@@ -156,13 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return run(args)
+        with terminate_as_interrupt():
+            return run(args)
     except (FrandiError, StorageError) as e:
         print(f"frandi: error: {e}", file=sys.stderr)
         return 2
     except optuna.exceptions.StorageInternalError as e:  # the database went away for longer than we wait
         print(f"frandi: error: {lost_storage(e)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("frandi: terminated; run the same command again to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("\nfrandi: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -5,14 +5,16 @@ Knows URLs, bytes and hashes only; nothing about models.
 
 from __future__ import annotations
 
-from storage._engines import connection_lost, lost_storage
+from storage._engines import atomic, connection_lost, lost_storage
 from storage._errors import StorageError
-from storage._storage import Storage, open_storage
+from storage._storage import OpenMode, Storage, open_storage
 from storage._url import mask_url, normalize_url
 
 __all__ = [
+    "OpenMode",
     "Storage",
     "StorageError",
+    "atomic",
     "connection_lost",
     "lost_storage",
     "mask_url",

@@ -211,16 +211,19 @@ def get_or_create_blob(
     make: Callable[[], bytes],
     *,
     meta: dict[str, Any] | None = None,
+    what: str | None = None,
     poll: float = 0.5,
     timeout: float = 3600,
     stale_after: float = 600,
 ) -> bytes:
     """Return the blob under ``key``; if missing, exactly one caller across processes runs make() for it.
 
-    Waiters poll until the blob is ready; a claim whose row went ``stale_after`` seconds (by the waiter's own
-    clock, so clock skew between machines is harmless) without a heartbeat is taken over.
+    The maker touches its claim every ``stale_after / 4`` s. Waiters poll until the blob is ready, saying once
+    what they wait for; a claim whose row went ``stale_after`` seconds (by the waiter's own clock, so clock skew
+    between machines is harmless) without a heartbeat is taken over.
     """
     deadline = time.monotonic() + timeout
+    told = False
     seen: tuple[str, Any] | None = None
     seen_at = time.monotonic()
     while True:
@@ -236,6 +239,12 @@ def get_or_create_blob(
                 return data
             continue  # corrupted and deleted: claim it on the next pass
         now = time.monotonic()
+        if not told:
+            _log.warning(
+                "waiting for %s, being made by %s (taken over if it stops for %.0f s)",
+                what or f"blob {key!r}", row.owner, stale_after,
+            )
+            told = True
         if (row.owner, row.updated) != seen:
             seen, seen_at = (row.owner, row.updated), now
         elif now - seen_at >= stale_after:

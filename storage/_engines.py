@@ -7,6 +7,7 @@ import logging
 import math
 import random
 import sqlite3
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from storage._tables import METADATA
 from storage._url import mask_url
 
 __all__ = [
+    "atomic",
     "build_engine",
     "build_optuna",
     "connection_lost",
@@ -83,6 +85,33 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+_atomic = threading.local()
+
+
+@contextmanager
+def atomic() -> Iterator[None]:
+    """Make Optuna's read-then-update calls made in this block, by this thread, atomic on SQLite too.
+
+    Optuna checks a trial's state, then updates it (claim WAITING -> RUNNING, fail a stale trial, tell). On
+    PostgreSQL the check takes a row lock (SELECT ... FOR UPDATE), so one process wins. SQLite has no row locks
+    and pysqlite opens a transaction only at the first write, so two processes could both pass the check: one
+    trial run twice, or one stale trial retried twice. In this block each transaction of Optuna's SQLite engine
+    starts with BEGIN IMMEDIATE instead, taking the file's write lock before the check. Other calls keep
+    SQLite's concurrent readers.
+    """
+    depth = getattr(_atomic, "depth", 0)
+    _atomic.depth = depth + 1
+    try:
+        yield
+    finally:
+        _atomic.depth = depth
+
+
+def _sqlite_begin(connection: Any) -> None:
+    if getattr(_atomic, "depth", 0):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def build_engine(url: str, kwargs: dict[str, Any]) -> Engine:
     """A SQLAlchemy engine for our own tables; SQLite connections are switched to WAL on connect."""
     engine = create_engine(url, **copy.deepcopy(kwargs))
@@ -116,6 +145,7 @@ def build_optuna(
                 )
                 if storage.engine.dialect.name == "sqlite":  # same pragmas on Optuna's connections as on ours
                     event.listen(storage.engine, "connect", _sqlite_on_connect)
+                    event.listen(storage.engine, "begin", _sqlite_begin)
                     storage.engine.dispose()
                 return storage
         except DBAPIError:

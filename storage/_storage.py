@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
-from sqlalchemy import Connection
+from sqlalchemy import Connection, create_engine, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -25,12 +26,19 @@ from storage._engines import (
     translate_errors,
     wait_for_server,
 )
+from storage._errors import StorageError
+from storage._tables import METADATA
 from storage._url import mask_url, normalize_url
 
-__all__ = ["Storage", "open_storage"]
+__all__ = ["OpenMode", "Storage", "open_storage"]
 
 _UNREACHABLE = "cannot reach storage"
 _OPEN_ATTEMPTS = 5  # processes opening a fresh database together race on CREATE TABLE; retry that
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_STUDY_TABLES = ("studies", *METADATA.tables)  # Optuna's, then ours: a database frandi search has opened
+_CHECK_URL = "check --storage and [study] storage"
+
+OpenMode = Literal["create", "write", "read"]
 
 
 class Storage:
@@ -104,13 +112,20 @@ class Storage:
         with translate_errors(self.url, self.masked_url), self._engine.begin() as connection:
             yield connection
 
-    def _open(self) -> None:
-        """Connect, create our tables and Optuna's; raises StorageError if the database is unreachable."""
+    def _open(self, mode: OpenMode) -> None:
+        """Connect; in "create" mode make the SQLite folder and every table, otherwise require a study database.
+
+        Raises StorageError naming what is wrong: unreachable server, SQLite path that is a folder, not a
+        database, read-only (unless "read"), or (unless "create") missing or holding no study.
+        """
         database = make_url(self.url).database
         if self.url.startswith("sqlite") and database:
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _check_sqlite_file(Path(database).expanduser(), mode)
         with translate_errors(self.url, self.masked_url, _UNREACHABLE):
-            create_tables(self._engine)  # also checks the server is reachable, before any retrying
+            if mode == "create":
+                create_tables(self._engine)  # also checks the server is reachable, before any retrying
+            else:
+                self._check_tables()
             rdb = build_optuna(
                 self.url, self._engine_kwargs, self.heartbeat_interval, self.grace_period, _OPEN_ATTEMPTS
             )
@@ -120,6 +135,20 @@ class Storage:
             for engine in (self._engine_obj, rdb.engine):
                 if engine is not None:
                     wait_for_server(engine, self.url, self.reconnect_patience)
+
+    def _check_tables(self) -> None:
+        """Refuse a database without a study's tables, read on a bare engine: nothing is switched or created."""
+        engine = create_engine(self.url, **copy.deepcopy(self._engine_kwargs))
+        try:
+            names = set(inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+        missing = [t for t in _STUDY_TABLES if t not in names]
+        if missing:
+            raise StorageError(
+                f"storage {self.masked_url} holds no frandi study (no table '{missing[0]}'); {_CHECK_URL}, "
+                "or start the study with frandi search"
+            )
 
     def get_blob(self, key: str) -> bytes | None:
         """The verified payload under ``key``; None if missing, pending or corrupted (then deleted)."""
@@ -135,13 +164,21 @@ class Storage:
         make: Callable[[], bytes],
         *,
         meta: dict[str, Any] | None = None,
+        what: str | None = None,
         poll: float = 0.5,
         timeout: float = 3600,
-        stale_after: float = 600,
+        stale_after: float | None = None,
     ) -> bytes:
-        """The blob under ``key``; if missing, exactly one caller (any process or machine) runs ``make()``."""
+        """The blob under ``key``; if missing, exactly one caller (any process or machine) runs ``make()``.
+
+        The maker's claim beats like a trial; a claim silent for ``stale_after`` s (default: the trials' grace
+        period) is taken over, so a maker killed mid-way holds nobody up for long. Waiters say once what they
+        wait for (``what``, default the key) and who makes it.
+        """
+        if stale_after is None:
+            stale_after = float(self.grace_period or 2 * (self.heartbeat_interval or 300))
         return _blobs.get_or_create_blob(
-            self._session, key, make, meta=meta, poll=poll, timeout=timeout, stale_after=stale_after
+            self._session, key, make, meta=meta, what=what, poll=poll, timeout=timeout, stale_after=stale_after
         )
 
     def blob_info(self, key: str) -> dict[str, Any] | None:
@@ -195,16 +232,56 @@ class Storage:
         return f"Storage({self.masked_url!r})"
 
 
+def _check_sqlite_file(path: Path, mode: OpenMode) -> None:
+    """Refuse a SQLite path that is a folder, another kind of file, read-only (unless ``mode`` is "read") or
+    missing (unless "create"); in "create" mode, make its folder. One line each, before SQLite touches the path."""
+    if path.is_dir():
+        raise StorageError(f"storage '{path}' is a folder, not a database file; name a file such as '{path}/frandi.db'")
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                header = f.read(len(_SQLITE_HEADER))
+        except OSError as e:
+            raise StorageError(f"cannot read storage '{path}' ({e.strerror}); {_CHECK_URL}") from None
+        if header and header != _SQLITE_HEADER:
+            raise StorageError(f"storage '{path}' is not a SQLite database; {_CHECK_URL}")
+        if not header and mode != "create":
+            raise StorageError(f"storage '{path}' is an empty file, not a study database; {_CHECK_URL}")
+        if mode != "read" and not os.access(path, os.W_OK):
+            raise StorageError(f"storage '{path}' is read-only; make it writable or copy it to a writable place")
+        return
+    if mode != "create":
+        raise StorageError(f"storage '{path}' does not exist; {_CHECK_URL}, or start the study with frandi search")
+    _make_folder(path.parent)
+
+
+def _make_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) for a new database, saying which part is in the way if it cannot."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise StorageError(f"cannot create folder '{folder}' for the storage: '{blocker}' is a file; {_CHECK_URL}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create folder '{folder}' for the storage ({e.strerror}); {_CHECK_URL}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"folder '{folder}' of the storage is not writable; {_CHECK_URL}")
+
+
 def open_storage(
     url: str,
     *,
+    mode: OpenMode = "create",
     heartbeat_interval: int | None = 10,
     grace_period: int | None = None,
     connect_timeout: float = 10,
     reconnect_patience: float = RECONNECT_PATIENCE_S,
 ) -> Storage:
-    """Open (creating tables if needed) the storage at ``url``; see ``normalize_url`` for accepted forms.
+    """Open the storage at ``url``; see ``normalize_url`` for accepted forms.
 
+    ``mode``: "create" makes a missing SQLite file (and its folder) and the tables (``frandi search``);
+    "write" and "read" need a database that already holds a study's tables and create nothing, "write"
+    refusing a read-only SQLite file up front (joining workers), "read" accepting one (``frandi status``).
     Optuna trials send a heartbeat every ``heartbeat_interval`` s; one silent for ``grace_period`` s
     (default 2 x interval) is failed and re-enqueued, up to 3 times. An unreachable server fails the open at
     once; once open, a PostgreSQL server that goes away is waited for up to ``reconnect_patience`` s.
@@ -217,7 +294,7 @@ def open_storage(
         reconnect_patience=reconnect_patience,
     )
     try:
-        storage._open()
+        storage._open(mode)
     except BaseException:
         storage.close()
         raise

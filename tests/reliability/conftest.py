@@ -55,6 +55,18 @@ class Frandi:
         """Send ``sig`` to the command and its worker processes, as Ctrl-C in a terminal does."""
         os.killpg(self.proc.pid, sig)
 
+    def group_alive(self) -> bool:
+        """Whether any process of the command's group (it and its workers) is still running (zombies aside)."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            state, pgrp = fields[0], int(fields[2])
+            if pgrp == self.proc.pid and state not in ("Z", "X"):
+                return True
+        return False
+
     def wait(self, timeout: float) -> tuple[int, str, str]:
         """Exit code, stdout and stderr; the process group is killed (and the test failed) on timeout."""
         try:

@@ -6,6 +6,7 @@ with heartbeats every second and a 3 s grace period, and checks that nothing is 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -56,6 +57,10 @@ def test_kill_9_worker_mid_trial_is_failed_and_retried(storage_url, write_study,
     os.kill(victim.pid, signal.SIGKILL)
     assert victim.wait(30)[0] == -signal.SIGKILL
     assert read_trials(storage_url)[killed.number].state == TrialState.RUNNING  # killed in the middle of it
+    time.sleep(3.5)  # past the grace period: `frandi status` calls the trial stale, not running
+    code, out, _ = frandi("status", study, "--format", "json")
+    s = json.loads(out)
+    assert code == 0 and (s["running"], s["stale"]) == (0, 1), s
 
     code, _, err = frandi("worker", study)  # another worker: fails the stale trial after the grace period, retries it
     assert code == 0, err
@@ -68,10 +73,28 @@ def test_kill_9_worker_mid_trial_is_failed_and_retried(storage_url, write_study,
     assert len(trials) == n + 1  # the killed trial, and nothing else, was run twice
 
 
-@pytest.mark.parametrize("backend, workers", [("sqlite", 1), pytest.param("postgres", 2, marks=pytest.mark.postgres)])
-def test_sigint_stops_search_within_seconds_and_rerun_finishes(
-    backend, workers, tmp_path, request, write_study, frandi_proc, frandi
+STOPS = {  # how a search is stopped: (signal, sent to the whole process group?, exit code, what it prints)
+    "ctrl-c": (signal.SIGINT, True, 130, "interrupted"),  # a terminal sends it to the command and its workers
+    "sigterm": (signal.SIGTERM, False, 143, "terminated"),  # kill PID, systemd, docker stop: the launcher alone
+    "kill-9-launcher": (signal.SIGKILL, False, -signal.SIGKILL, None),  # workers must notice and stop themselves
+}
+
+
+@pytest.mark.parametrize(
+    "backend, workers, stop",
+    [
+        ("sqlite", 1, "ctrl-c"),
+        ("sqlite", 1, "sigterm"),
+        ("sqlite", 2, "sigterm"),
+        ("sqlite", 2, "kill-9-launcher"),
+        pytest.param("postgres", 2, "ctrl-c", marks=pytest.mark.postgres),
+        pytest.param("postgres", 2, "sigterm", marks=pytest.mark.postgres),
+    ],
+)
+def test_stopped_search_requeues_its_trials_leaves_no_process_and_rerun_finishes(
+    backend, workers, stop, tmp_path, request, write_study, frandi_proc, frandi
 ) -> None:
+    sig, to_group, expected_code, message = STOPS[stop]
     url, n = _url(backend, tmp_path, request), 4
     study = write_study(url, n_trials=n, steps=40, baselines="[0.25, 0.5, 0.75]")
     prepare_study(study)  # batches cached: the command below starts its workers at once
@@ -79,22 +102,27 @@ def test_sigint_stops_search_within_seconds_and_rerun_finishes(
     search = frandi_proc(*args)
 
     def busy() -> bool:
+        assert search.proc.poll() is None, search.err_path.read_text()[-3000:]
         c = states(read_trials(url))
         return c.get("COMPLETE", 0) >= 1 and c.get("RUNNING", 0) >= 1
 
     wait_until(busy, 150, "a finished trial and one in flight")
     t0 = time.monotonic()
-    search.signal_group(signal.SIGINT)  # Ctrl-C in a terminal: the command and its workers
+    search.signal_group(sig) if to_group else os.kill(search.pid, sig)
     code, _, err = search.wait(60)
-    assert code == 130 and time.monotonic() - t0 < 10, err[-3000:]
-    assert "interrupted" in err and "Traceback" not in err, err[-3000:]
+    assert code == expected_code and time.monotonic() - t0 < 10, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    if message:
+        assert err.strip().splitlines()[-1] == f"frandi: {message}; run the same command again to resume", err
+    wait_until(lambda: not search.group_alive(), 15, "every worker process to exit")
     trials = read_trials(url)
     assert states(trials).get("RUNNING", 0) == 0  # the interrupted trials were told FAIL...
-    for t in trials:
-        if t.state == TrialState.FAIL:  # ...and put back in the pool as they were, to run on the next start
-            assert t.user_attrs["fail_reason"].startswith("KeyboardInterrupt")
-            (retry,) = [r for r in trials if retried_from(r) == t.number]
-            assert retry.state == TrialState.WAITING and params_of(retry) == params_of(t)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed
+    for t in failed:  # ...and put back in the pool as they were, to run on the next start
+        assert t.user_attrs["fail_reason"].startswith(("KeyboardInterrupt", "Terminated"))
+        (retry,) = [r for r in trials if retried_from(r) == t.number]
+        assert retry.state == TrialState.WAITING and params_of(retry) == params_of(t)
 
     code, _, err = frandi(*args)  # the same command again; it would hang on a trial left RUNNING for ever
     assert code == 0, err
@@ -193,3 +221,46 @@ def test_corrupted_cached_batch_is_detected_and_regenerated(storage_url, write_s
     assert "corrupted" in caplog.text
     assert again_key == key and info is not None and info["sha256"] == sha
     assert torch.equal(again.recovery, first.recovery) and torch.equal(again.heldout, first.heldout)
+
+
+def _blob_states(url: str) -> list[str]:
+    """States of the cached blobs, read directly ([] while the database or table does not exist yet)."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(sqlalchemy.select(blobs.c.state)).scalars())
+    except sqlalchemy.exc.OperationalError:
+        return []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "kill-9"])
+def test_search_killed_during_synthesis_is_taken_over_within_the_grace_period(
+    stop, tmp_path, write_study, frandi_proc, frandi
+) -> None:
+    """The synthesis claim beats like a trial: a rerun waits (saying for what) at most the grace period (3 s)."""
+    url = f"sqlite:///{tmp_path / 'runs' / 'rel.db'}"
+    study = write_study(n_trials=2, iterations=300)  # synthesis takes long enough to be killed in the middle
+    search = frandi_proc("search", study, "--no-progress")
+
+    def synthesizing() -> bool:
+        assert search.proc.poll() is None, search.err_path.read_text()[-3000:]
+        return _blob_states(url) == ["pending"]
+
+    wait_until(synthesizing, 120, "the synthesis to start", poll=0.1)
+    search.signal_group(signal.SIGTERM if stop == "sigterm" else signal.SIGKILL)
+    code, _, err = search.wait(60)
+    if stop == "sigterm":  # the claim is released on the way out: nobody has to wait for it
+        assert code == 143 and "Traceback" not in err, err[-3000:]
+        assert _blob_states(url) == []
+    else:
+        assert code == -signal.SIGKILL and _blob_states(url) == ["pending"]
+    t0 = time.monotonic()
+    code, _, err = frandi("search", study, "--no-progress")  # the same study: it needs the same batches
+    assert code == 0, err
+    if stop == "kill-9":  # the dead claim is trusted for the grace period (3 s), no longer for 600 s
+        assert "waiting for the synthetic batches, being made by" in err and "if it stops for 3 s" in err
+        assert "taking over" in err
+        assert time.monotonic() - t0 < 300
+    assert_finished(read_trials(url), 2)
