@@ -5,12 +5,15 @@ Usable on its own from Python; knows nothing of Optuna or databases.
 
 from __future__ import annotations
 
-from ._compress import Compressor, SizeReport, compress, fake_quantize, magnitude_mask, model_size, strip_
+from ._compress import Compressor, compress, fake_quantize, magnitude_mask, quantize, strip_
 from ._errors import FrandiError
+from ._files import write_atomic
 from ._hooks import capture
 from ._losses import batch_stats, bn_kl, normalized_distance, od_from_outputs, total_variation
 from ._model import ModelSpec, build_architecture, check_input_shape, load_model, read_state_dict, weights_digest
+from ._onnx import run_onnx, to_onnx
 from ._optim import adam
+from ._pack import load_packed, pack, pack_bits, save_packed, unpack, unpack_bits
 from ._policy import LayerInfo, LayerSetting, Policy, compressible_layers
 from ._recover import (
     OUTPUT,
@@ -23,6 +26,7 @@ from ._recover import (
     output_discrepancy,
     teacher_targets,
 )
+from ._size import SizeReport, model_size
 from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, synthesize
 
 __all__ = [
@@ -54,16 +58,26 @@ __all__ = [
     "feature_regression_",
     "invert",
     "load_model",
+    "load_packed",
     "magnitude_mask",
     "model_outputs",
     "model_size",
     "normalized_distance",
     "od_from_outputs",
     "output_discrepancy",
+    "pack",
+    "pack_bits",
+    "quantize",
     "read_state_dict",
+    "run_onnx",
+    "save_packed",
     "strip_",
     "synthesize",
     "teacher_targets",
+    "to_onnx",
     "total_variation",
+    "unpack",
+    "unpack_bits",
     "weights_digest",
+    "write_atomic",
 ]

@@ -10,14 +10,13 @@ original architecture with ``strict=True``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ._errors import FrandiError
-from ._policy import COMPRESSIBLE, LayerSetting, Policy, compressible_layers
+from ._policy import COMPRESSIBLE, Policy, compressible_layers
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -30,13 +29,23 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.view_as(weight)
 
 
-def fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric per-output-channel quantization to at most 2**bits - 1 levels, straight-through gradient."""
+def quantize(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer levels in [-qmax, qmax] (as floats) and per-output-channel scales (keepdim), qmax = 2**(bits-1) - 1.
+
+    ``levels * scale`` is the quantized weight: the packed file stores exactly these two.
+    """
     qmax = 2 ** (bits - 1) - 1
     dims = tuple(range(1, weight.dim()))
-    with torch.no_grad():  # the rounding records no graph: its gradient is the identity anyway
+    with torch.no_grad():
         scale = weight.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / qmax
-        delta = torch.clamp(torch.round(weight / scale), -qmax, qmax).mul_(scale).sub_(weight)
+        return torch.clamp(torch.round(weight / scale), -qmax, qmax), scale
+
+
+def fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel quantization to at most 2**bits - 1 levels, straight-through gradient."""
+    levels, scale = quantize(weight, bits)  # the rounding records no graph: its gradient is the identity anyway
+    with torch.no_grad():
+        delta = levels.mul_(scale).sub_(weight)
     return weight + delta
 
 
@@ -83,8 +92,8 @@ def compress(model: nn.Module, policy: Policy) -> nn.Module:
         m = smods[name]
         mask = magnitude_mask(m.weight, s.sparsity) if s.sparsity > 0 else None
         if mask is not None:
-            with torch.no_grad():
-                m.weight.mul_(mask)
+            with torch.no_grad():  # +0.0, not -0.0 from negative weights: the packed file stores no sign of zero
+                m.weight.masked_fill_(mask == 0, 0.0)
         parametrize.register_parametrization(m, "weight", Compressor(mask, s.bits))
     return student.eval()
 
@@ -95,54 +104,3 @@ def strip_(model: nn.Module) -> nn.Module:
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
     return model
-
-
-@dataclass(frozen=True)
-class SizeReport:
-    """Model size under a policy.
-
-    Compressed weights cost ``nnz * bits``; a pruned layer adds a 1-bit-per-weight mask (the index
-    overhead); a quantized layer adds one fp32 scale per output channel. Every other parameter (biases,
-    BN affine) counts at fp32. Buffers (BN running statistics) are not counted, as they fold into
-    the preceding layer at deployment. ``ratio`` is the dense fp32 size divided by this size.
-    """
-
-    bits: int
-    dense_bits: int
-    nonzero: int
-    weights: int
-
-    @property
-    def ratio(self) -> float:
-        return self.dense_bits / self.bits
-
-    @property
-    def density(self) -> float:
-        return self.nonzero / self.weights if self.weights else 1.0
-
-
-def model_size(model: nn.Module, policy: Policy) -> SizeReport:
-    """Size accounting for ``model`` compressed by ``policy`` (see SizeReport for the rules)."""
-    _check_layers(model, policy)
-    settings = policy.as_dict()
-    layers = compressible_layers(model)
-    weight_names = {f"{layer.name}.weight" if layer.name else "weight" for layer in layers}
-    original = ".parametrizations.weight.original"  # the weight itself, in a compressed (parametrized) copy
-    other = sum(
-        p.numel() for n, p in model.named_parameters() if n not in weight_names and not n.endswith(original)
-    )
-    bits = 32 * other
-    dense = 32 * other
-    nonzero = total = 0
-    for layer in layers:
-        s = settings.get(layer.name, LayerSetting())
-        k = round(s.sparsity * layer.numel)
-        nnz = layer.numel - k
-        b = s.bits if s.bits is not None else 32
-        bits += (
-            nnz * b + (layer.numel if k > 0 else 0) + (32 * layer.out_channels if s.bits is not None else 0)
-        )
-        dense += 32 * layer.numel
-        nonzero += nnz
-        total += layer.numel
-    return SizeReport(bits=bits, dense_bits=dense, nonzero=nonzero, weights=total)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._artifacts import artifact_dir
 from ._config import ConfigError, StudyConfig, load_config, parse_config
 from ._launch import launch, open_for, prepare
 from ._report import pareto_trials, row
@@ -16,6 +17,7 @@ __all__ = [
     "StudyConfig",
     "TrialResult",
     "TrialRunner",
+    "artifact_dir",
     "batch_key",
     "cached_batches",
     "create_or_resume",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import socket
@@ -9,14 +10,16 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import torch
 from optuna.trial import TrialState
 
-from frandi_core import bn_kl_loss, load_model, model_outputs, strip_
+from frandi_core import Policy, bn_kl_loss, load_model, model_outputs, pack, run_onnx, strip_, to_onnx, write_atomic
 
+from ._artifacts import artifact_dir, artifact_store, attach
 from ._config import ConfigError, StudyConfig
 from ._launch import launch, open_for
-from ._report import format_rows, pareto_trials, row
+from ._report import PACKED, format_rows, front_rows
 from ._report import status as status_of
 from ._study import open_study, to_start_key
 from ._trial import TrialRunner, cached_batches, model_spec
@@ -30,7 +33,7 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
     with open_for(cfg, storage, mode="read") as st:  # launch closed its storage: report from a fresh one
         study = open_study(cfg, st)
         s = status_of(study, cfg.study.n_trials)
-        front = [row(t) for t in pareto_trials(study)]
+        front = front_rows(study)
         failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
     print(
         f"study '{s['study']}': {s['complete']} finished, {s['fail']} failed, {s['running']} running "
@@ -71,18 +74,50 @@ def status(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
 
 def pareto(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
     with open_for(cfg, storage, mode="read") as st:
-        rows = [row(t) for t in pareto_trials(open_study(cfg, st))]
+        rows = front_rows(open_study(cfg, st))
     print(format_rows(rows, fmt))
     return 0
 
 
-def export(cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, device: str, tolerance: float) -> int:
-    """Materialize a finished trial deterministically and check it reproduces the stored OD."""
-    from frandi_core import Policy
+ONNX_TOLERANCE = 1e-4  # largest accepted max|ONNX - PyTorch| on the held-out batch, relative to max|PyTorch|
 
+
+def _export_bytes(fmt: str, student: torch.nn.Module, policy: Policy, metrics: dict, heldout: torch.Tensor) -> bytes:
+    """The exported file's bytes; the ONNX model is checked against the student on the held-out batch first."""
+    if fmt == "packed":
+        return pack(student, policy, metrics)
+    if fmt == "onnx":
+        data = to_onnx(student, policy, heldout)
+        ref = model_outputs(student, heldout).cpu()
+        err = float((run_onnx(data, heldout) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        if not err <= ONNX_TOLERANCE:
+            raise ConfigError(f"the ONNX model's outputs differ from the student's by {err:.2g} (relative; "
+                              f"> {ONNX_TOLERANCE}); nothing written; export --format packed instead")
+        print(f"ONNX outputs on the held-out batch: max |ONNX - PyTorch| / max |PyTorch| = {err:.2g}")
+        return data
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in strip_(student).state_dict().items()}
+    torch.save({"state_dict": state, "policy": json.loads(policy.to_json()), "metrics": metrics}, buf)
+    return buf.getvalue()
+
+
+def _record_packed(study: optuna.Study, trial: int, nbytes: int) -> bool:
+    """Remember the packed file's size for frandi pareto; False when the study cannot be written."""
+    try:
+        study.set_user_attr(PACKED, study.user_attrs.get(PACKED, {}) | {str(trial): nbytes})
+    except optuna.exceptions.StorageInternalError:
+        return False
+    return True
+
+
+def export(
+    cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, fmt: str, overwrite: bool, attach_it: bool,
+    device: str, tolerance: float,
+) -> int:
+    """Materialize a finished trial deterministically, check it reproduces the stored OD, write it whole."""
     check_device(device)
     set_threads(cfg.run.threads, 1)
-    with open_for(cfg, storage, mode="read") as st:
+    with open_for(cfg, storage, mode="write" if attach_it else "read") as st:  # a read-only study exports too
         study = open_study(cfg, st)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         t = trials.get(trial)
@@ -90,30 +125,37 @@ def export(cfg: StudyConfig, storage: str | None, *, trial: int, out: Path, devi
             raise ConfigError(f"trial {trial} does not exist in study '{cfg.study.name}' (0..{len(trials) - 1})")
         if t.state != TrialState.COMPLETE:
             raise ConfigError(f"trial {trial} is {t.state.name}, not COMPLETE; export a finished trial")
+        folder = artifact_dir(cfg, st) if attach_it else None  # before any work: refused if there is none
         policy = Policy.from_json(t.user_attrs["policy"])
         if "threads" in t.user_attrs and device == "cpu":
             torch.set_num_threads(int(t.user_attrs["threads"]))  # float sums depend on how work was split
         runner = TrialRunner(cfg, st, device=device)
         student, r = runner.student(policy)
-    stored = t.values[0]
-    if abs(r.od - stored) > tolerance:
-        raise ConfigError(
-            f"trial {trial} re-ran to OD {r.od:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
-            "the model, batches or code changed since; nothing written"
-        )
-    strip_(student)
-    state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    metrics = {
-        "od": r.od,
-        "od_stored": stored,
-        "od_before": r.od_before,
-        "size_bits": r.size_bits,
-        "ratio": r.ratio,
-        "density": r.density,
-        "trial": trial,
-    }
-    torch.save({"state_dict": state, "policy": json.loads(policy.to_json()), "metrics": metrics}, out)
-    print(f"trial {trial}: OD {r.od:.6f} (stored {stored:.6f}), ratio {r.ratio:.2f}, density {r.density:.3f} -> {out}")
+        stored = t.values[0]
+        if abs(r.od - stored) > tolerance:
+            raise ConfigError(
+                f"trial {trial} re-ran to OD {r.od:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
+                "the model, batches or code changed since; nothing written"
+            )
+        metrics = {
+            "od": r.od,
+            "od_stored": stored,
+            "od_before": r.od_before,
+            "size_bits": r.size_bits,
+            "ratio": r.ratio,
+            "density": r.density,
+            "trial": trial,
+        }
+        data = _export_bytes(fmt, student, policy, metrics, runner.heldout)
+        write_atomic(out, data, overwrite=overwrite)
+        unrecorded = fmt == "packed" and not _record_packed(study, trial, len(data))
+        attached = attach(st, study, t, folder, out.name, data) if folder else None
+    print(
+        f"trial {trial}: OD {r.od:.6f} (stored {stored:.6f}), ratio {r.ratio:.2f}, density {r.density:.3f} -> "
+        f"{out} ({fmt}, {len(data)} bytes; size objective {r.size_bits // 8} bytes)"
+        + (f"; attached to the trial as artifact {attached}" if attached else "")
+        + ("; the study is read-only: frandi pareto will not show this size" if unrecorded else "")
+    )
     return 0
 
 
@@ -137,7 +179,7 @@ def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) ->
     with open_for(cfg, storage, mode="read") as st:
         open_study(cfg, st)
         print(f"optuna-dashboard on http://{host}:{port}/ for {st.masked_url} (Ctrl-C to stop)")
-        optuna_dashboard.run_server(st.optuna, host=host, port=port)
+        optuna_dashboard.run_server(st.optuna, host=host, port=port, artifact_store=artifact_store(cfg, st))
     return 0
 
 

@@ -35,6 +35,7 @@ class StudySection:
     objectives: tuple[str, ...] = ("od", "size")  # ("od",) alone needs min_ratio as a size budget
     min_ratio: float | None = None  # constraint: compression ratio >= min_ratio
     baselines: tuple[float, ...] = (0.25, 0.5, 0.75)  # uniform sparsities enqueued first, at the top bits
+    artifacts: str | None = None  # folder for files export --attach stores (default: beside the SQLite database)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from frandi_core import Policy
 
+PACKED = "frandi:packed_bytes"  # study user attribute: trial number -> bytes of its last packed export
+
 
 def feasible(t: FrozenTrial) -> bool:
     """Meets every Optuna constraint of the trial (min_ratio - ratio <= 0); trials without one are feasible."""
@@ -38,18 +40,26 @@ def bits_summary(policy: Policy) -> str:
     return "/".join("fp32" if b == 32 else str(b) for b in used)
 
 
-def row(t: FrozenTrial) -> dict[str, Any]:
+def row(t: FrozenTrial, packed_bytes: int | None = None) -> dict[str, Any]:
+    """One trial as a table row; ``packed_kib`` is the real size of its packed export, if it was exported."""
     policy = Policy.from_json(t.user_attrs["policy"])
     return {
         "trial": t.number,
         "od": round(t.values[0], 5),
         "od_before": round(float(t.user_attrs["od_before"]), 5),
         "size_kib": round(float(t.user_attrs["size_bits"]) / 8192, 2),
+        "packed_kib": None if packed_bytes is None else round(packed_bytes / 1024, 2),
         "ratio": round(float(t.user_attrs["ratio"]), 2),
         "density": round(float(t.user_attrs["density"]), 3),
         "bits": bits_summary(policy),
         "baseline": bool(t.user_attrs.get("baseline", False)),
     }
+
+
+def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Rows of the Pareto front, with the real packed size of the trials that were exported."""
+    packed = study.user_attrs.get(PACKED, {})
+    return [row(t, packed.get(str(t.number))) for t in pareto_trials(study)]
 
 
 def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
@@ -65,7 +75,7 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     if not rows:
         return "(no finished trials yet)"
     cols = list(rows[0])
-    cells = [[str(r[c]) for c in cols] for r in rows]
+    cells = [["-" if r[c] is None else str(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
     lines += ["  ".join(x.rjust(w) for x, w in zip(r, widths, strict=True)) for r in cells]

@@ -19,12 +19,14 @@ from ._config import ConfigError, load_config, replace
 from ._signals import Terminated, interrupts_raise
 
 
-def _writable(path: str) -> Path:
+def _writable(path: str, *, overwrite: bool = True) -> Path:
     """An output path whose folder exists and can be written (checked before any work is done)."""
     p = Path(path)
     parent = p.resolve().parent
     if p.is_dir():
         raise ConfigError(f"output path '{p}' is a folder; give a file name")
+    if p.exists() and not overwrite:
+        raise ConfigError(f"'{p}' already exists; pass --overwrite to replace it, or choose another name")
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise ConfigError(f"cannot write '{p}': folder '{parent}' does not exist or is not writable")
     return p
@@ -67,7 +69,16 @@ def _parser() -> argparse.ArgumentParser:
 
     c = cmd("export", "re-run a trial's compression and recovery, check its OD, save the compressed model")
     c.add_argument("--trial", type=int, required=True, help="trial number (see frandi pareto)")
-    c.add_argument("--out", required=True, help="file to write: {'state_dict', 'policy', 'metrics'}")
+    c.add_argument("--out", required=True, help="file to write (written whole or not at all)")
+    c.add_argument(
+        "--format",
+        choices=["packed", "onnx", "state_dict"],
+        default="packed",
+        help="packed: safetensors of the bytes the size objective counts (frandi_core.load_packed); onnx: int8 "
+        "weights behind DequantizeLinear; state_dict: {'state_dict', 'policy', 'metrics'} for torch.load",
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    c.add_argument("--attach", action="store_true", help="also store the file on the trial's dashboard page")
     c.add_argument("--device", default="cpu")
     c.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |OD - stored OD|")
 
@@ -135,7 +146,10 @@ def run(args: argparse.Namespace) -> int:
             cfg,
             args.storage,
             trial=args.trial,
-            out=_writable(args.out),
+            out=_writable(args.out, overwrite=args.overwrite),
+            fmt=args.format,
+            overwrite=args.overwrite,
+            attach_it=args.attach,
             device=args.device,
             tolerance=args.tolerance,
         )

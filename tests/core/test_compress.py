@@ -171,25 +171,28 @@ def test_policy_naming_a_non_compressible_layer_raises(reference: nn.Module, nam
 def test_model_size_follows_the_documented_rule_on_a_tiny_model() -> None:
     model = nn.Sequential(
         nn.Conv2d(1, 2, 3),  # weight 18 (2 out channels), bias 2
-        nn.BatchNorm2d(2),  # weight 2, bias 2; running statistics are buffers, not counted
+        nn.BatchNorm2d(2),  # weight 2, bias 2; running mean and var 2 each (fp32), batches tracked (int64)
         nn.Flatten(),
         nn.Linear(8, 3),  # weight 24, bias 3
     )
-    other = 32 * (2 + 2 + 2 + 3)
-    dense = other + 32 * (18 + 24)
+    other = 4 * (2 + 2 + 2 + 3) + 4 * (2 + 2) + 8  # bytes of everything but the compressible weights
+    dense = other + 4 * (18 + 24)
     policy = Policy.from_dict({"0": LayerSetting(0.5, 4), "3": LayerSetting(0.25)})
-    # conv: 9 kept * 4 bits + 18 mask bits + 2 fp32 scales; linear: 18 kept * 32 bits + 24 mask bits
-    expected = other + (9 * 4 + 18 + 2 * 32) + (18 * 32 + 24)
+    # conv: 9 kept * 4 bits (5 bytes) + 18-bit mask (3 bytes) + 2 fp32 scales; linear: 18 kept fp32 + 3-byte mask
+    expected = other + (5 + 3 + 2 * 4) + (18 * 4 + 3)
     report = model_size(model, policy)
-    assert (report.bits, report.dense_bits, report.nonzero, report.weights) == (expected, dense, 27, 42)
-    assert report.ratio == pytest.approx(dense / expected)
+    assert (report.bits, report.dense_bits, report.nonzero, report.weights) == (8 * expected, 8 * dense, 27, 42)
+    assert report.bytes == expected and report.ratio == pytest.approx(dense / expected)
     assert report.density == pytest.approx(27 / 42)
     # quantization only: no mask; pruning only a fraction that rounds to zero weights: no mask either
     quant = model_size(model, Policy.from_dict({"3": LayerSetting(bits=8)}))
-    assert quant.bits == other + 18 * 32 + (24 * 8 + 3 * 32)
+    assert quant.bytes == other + 18 * 4 + (24 + 3 * 4)
     assert quant.nonzero == 42
     tiny_s = model_size(model, Policy.from_dict({"0": LayerSetting(0.01)}))
-    assert tiny_s.bits == dense and tiny_s.ratio == 1.0
+    assert tiny_s.bits == 8 * dense and tiny_s.ratio == 1.0
+    # 2 of 24 kept: two 5-bit indices (2 bytes) are smaller than a 24-bit mask (3 bytes)
+    sparse = model_size(model, Policy.from_dict({"3": LayerSetting(0.9, 3)}))
+    assert sparse.bytes == other + 18 * 4 + (1 + 2 + 3 * 4)
 
 
 def test_model_size_leaves_the_model_unchanged(reference: nn.Module) -> None:

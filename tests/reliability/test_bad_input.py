@@ -313,6 +313,13 @@ CASES = [
         "does not exist or is not writable",
     ),
     ("out-is-a-folder", [], ["export", S, "--trial", "0", "--out", "{tmp}"], "is a folder", "give a file name"),
+    (
+        "export-over-an-existing-file",
+        [],
+        ["export", S, "--trial", "0", "--out", "{tmp}/tiny.pt"],
+        "already exists",
+        "pass --overwrite to replace it",
+    ),
     ("png-under-a-file", [], ["synth", S, "--png", "{tmp}/tiny.pt/grid.png"], "cannot write", "is not writable"),
     ("zero-workers", [], ["search", S, "--workers", "0"], "--workers must be >= 1", "got 0"),
     ("negative-threads", [], ["worker", S, "--threads", "-2"], "--threads must be >= 0", "got -2"),

@@ -117,7 +117,7 @@ def test_export_reproduces_od_and_loads_strictly(study_file, frandi, tmp_path) -
     trials = trials_of(study_file())
     t = max(trials, key=lambda t: t.user_attrs["ratio"])
     out = tmp_path / "model.pt"
-    code, msg, err = frandi("export", study_file(), "--trial", t.number, "--out", out)
+    code, msg, err = frandi("export", study_file(), "--trial", t.number, "--out", out, "--format", "state_dict")
     assert code == 0, err
     saved = torch.load(out, weights_only=True)
     assert set(saved) == {"state_dict", "policy", "metrics"}
@@ -140,7 +140,8 @@ def test_export_runs_with_the_thread_count_the_trial_ran_with(study_file, frandi
     t = trials_of(study_file())[-1]
     assert t.user_attrs["threads"] == 2
     torch.set_num_threads(1)
-    code, _, err = frandi("export", study_file(), "--trial", t.number, "--out", tmp_path / "m.pt")
+    out = tmp_path / "m.pt"
+    code, _, err = frandi("export", study_file(), "--trial", t.number, "--out", out, "--format", "state_dict")
     assert code == 0, err
     assert torch.get_num_threads() == 2
     assert abs(torch.load(tmp_path / "m.pt", weights_only=True)["metrics"]["od"] - t.values[0]) <= 1e-4

@@ -1,0 +1,245 @@
+"""frandi export: the packed file, ONNX, attaching to the dashboard, and writes that fail without harm."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.parse
+import wsgiref.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import optuna
+import pytest
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+
+from frandi_core import Policy, build_architecture, load_packed, model_outputs, model_size, run_onnx, strip_
+from search import ConfigError, TrialRunner, artifact_dir, load_config, open_for, open_study
+from search.cli import main
+from tests.tiny_study import make_weights, study_text
+
+ARCH = ("frandi_core.models:resnet", {"widths": [4, 8]})
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 4-trial study on the tiny ResNet, made once; tests copy it."""
+    root = tmp_path_factory.mktemp("export")
+    make_weights(root / "tiny.pt")
+    (root / "study.toml").write_text(study_text(name="exp", url="sqlite:///runs/exp.db", n_trials=4, steps=2))
+    assert main(["search", str(root / "study.toml"), "--no-progress"]) == 0
+    return root
+
+
+@pytest.fixture
+def work(base: Path, tmp_path: Path) -> Path:
+    shutil.copytree(base, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def finished(work: Path) -> list[optuna.trial.FrozenTrial]:
+    cfg = load_config(work / "study.toml")
+    with open_for(cfg) as st:
+        return open_study(cfg, st).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def quantized_trial(work: Path) -> optuna.trial.FrozenTrial:
+    """A finished trial with quantized layers (the uniform 8-bit baseline at least)."""
+    return next(t for t in finished(work) if any(s.bits for _, s in Policy.from_json(t.user_attrs["policy"]).layers))
+
+
+def rerun(work: Path, t: optuna.trial.FrozenTrial) -> tuple[torch.nn.Module, TrialRunner]:
+    """The trial's recovered student, re-run as export does (same threads)."""
+    cfg = load_config(work / "study.toml")
+    torch.set_num_threads(int(t.user_attrs["threads"]))
+    with open_for(cfg) as st:
+        runner = TrialRunner(cfg, st)
+        student, _ = runner.student(Policy.from_json(t.user_attrs["policy"]))
+    return student, runner
+
+
+def raw(t: torch.Tensor) -> bytes:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def test_packed_export_is_the_size_objective_and_loads_bit_identical(work: Path, frandi) -> None:
+    t = quantized_trial(work)
+    out = work / "m.safetensors"
+    code, msg, err = frandi("export", work / "study.toml", "--trial", t.number, "--out", out)
+    assert code == 0, err
+    data = out.read_bytes()
+    header = 8 + int.from_bytes(data[:8], "little")
+    assert len(data) - header == t.user_attrs["size_bits"] // 8  # the stored objective is the file's bytes
+    model = build_architecture(*ARCH)
+    loaded = load_packed(out, model)
+    student, _ = rerun(work, t)
+    assert model_size(model, Policy.from_json(t.user_attrs["policy"])).bits == t.user_attrs["size_bits"]
+    expect = strip_(student).state_dict()
+    assert all(raw(v) == raw(expect[k]) for k, v in loaded.state_dict().items())
+    # the front shows the real size of the trials that were exported, and only of those
+    code, out_json, _ = frandi("pareto", work / "study.toml", "--format", "json")
+    rows = {r["trial"]: r for r in json.loads(out_json)}
+    assert all(r["packed_kib"] is None for n, r in rows.items() if n != t.number)
+    if t.number in rows:
+        assert rows[t.number]["packed_kib"] == round(len(data) / 1024, 2)
+    cfg = load_config(work / "study.toml")
+    with open_for(cfg) as st:
+        assert open_study(cfg, st).user_attrs["frandi:packed_bytes"] == {str(t.number): len(data)}
+
+
+def test_onnx_export_runs_in_onnxruntime_with_int8_weights(work: Path, frandi) -> None:
+    t = quantized_trial(work)
+    out = work / "m.onnx"
+    code, msg, err = frandi("export", work / "study.toml", "--trial", t.number, "--out", out, "--format", "onnx")
+    assert code == 0, err
+    model = onnx.load(out)
+    onnx.checker.check_model(model, full_check=True)
+    policy = Policy.from_json(t.user_attrs["policy"])
+    quantized = {f"{n}.weight" for n, s in policy.layers if s.bits is not None}
+    int8 = {i.name.removesuffix("_quantized") for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert int8 == quantized and quantized
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert {n.output[0] for n in dq} == quantized
+    assert not any(i.name in quantized for i in model.graph.initializer)  # no fp32 copy left behind
+    student, runner = rerun(work, t)
+    ref = model_outputs(student, runner.heldout)
+    got = run_onnx(out.read_bytes(), runner.heldout)
+    assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+
+
+def test_state_dict_format_is_today_s_file(work: Path, frandi) -> None:
+    t = quantized_trial(work)
+    out = work / "m.pt"
+    assert frandi("export", work / "study.toml", "--trial", t.number, "--out", out, "--format", "state_dict")[0] == 0
+    saved = torch.load(out, weights_only=True)
+    assert set(saved) == {"state_dict", "policy", "metrics"}
+    build_architecture(*ARCH).load_state_dict(saved["state_dict"], strict=True)
+
+
+def dashboard_get(app, path: str) -> tuple[str, bytes]:
+    status: list[str] = []
+    parsed = urllib.parse.urlparse(path)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": parsed.path, "QUERY_STRING": parsed.query}
+    wsgiref.util.setup_testing_defaults(environ)
+    body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
+    return status[0], body
+
+
+def test_attach_puts_the_file_on_the_trial_s_dashboard_page(work: Path, frandi) -> None:
+    """Through the real optuna-dashboard app: the trial lists the file, and downloading it gives its bytes."""
+    import optuna_dashboard
+
+    t = quantized_trial(work)
+    out = work / "m.safetensors"
+    code, msg, err = frandi("export", work / "study.toml", "--trial", t.number, "--out", out, "--attach")
+    assert code == 0, err
+    folder = work / "runs" / "exp-artifacts"  # beside runs/exp.db
+    assert folder.is_dir()
+    cfg = load_config(work / "study.toml")
+    with open_for(cfg) as st:
+        app = optuna_dashboard.wsgi(st.optuna, artifact_store=FileSystemArtifactStore(folder))
+        study_id = st.optuna.get_study_id_from_name("exp")
+        status, body = dashboard_get(app, f"/api/studies/{study_id}")
+        assert status.startswith("200")
+        (trial,) = [x for x in json.loads(body)["trials"] if x["number"] == t.number]
+        (artifact,) = trial["artifacts"]
+        assert artifact["filename"] == "m.safetensors"
+        status, body = dashboard_get(app, f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}")
+        assert status.startswith("200") and body == out.read_bytes()
+
+
+def test_attach_on_postgresql_needs_a_folder_named_in_the_study_file(work: Path) -> None:
+    class Remote:
+        url = "postgresql+psycopg://u@db/frandi"
+
+    with pytest.raises(ConfigError, match=r"set \[study\] artifacts"):
+        artifact_dir(load_config(work / "study.toml"), Remote())  # type: ignore[arg-type]
+
+
+def test_existing_file_needs_overwrite(work: Path, frandi) -> None:
+    t = quantized_trial(work)
+    out = work / "m.safetensors"
+    out.write_bytes(b"earlier")
+    code, _, err = frandi("export", work / "study.toml", "--trial", t.number, "--out", out)
+    assert code == 2 and err.count("\n") == 1 and "already exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"earlier"
+    code, _, err = frandi("export", work / "study.toml", "--trial", t.number, "--out", out, "--overwrite")
+    assert code == 0, err
+    assert out.read_bytes()[8:30].startswith(b'{"')
+
+
+def _run(*cmd: str) -> bool:
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB tmpfs: a full disk for the export to run into (needs root, as here and in CI)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield disk
+    finally:
+        _run("umount", str(disk))
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def study_attrs(work: Path) -> dict:
+    cfg = load_config(work / "study.toml")
+    with open_for(cfg) as st:
+        study = open_study(cfg, st)
+        system = st.optuna.get_study_system_attrs(st.optuna.get_study_id_from_name("exp"))
+        return study.user_attrs | {"system": system}
+
+
+def test_full_disk_leaves_the_earlier_export_untouched(work: Path, frandi, tiny_disk: Path) -> None:
+    t = quantized_trial(work)
+    out = tiny_disk / "m.pt"
+    assert frandi("export", work / "study.toml", "--trial", t.number, "--out", out)[0] == 0  # an earlier good one
+    with open(tiny_disk / "filler", "wb", buffering=0) as f:  # fill the disk to the last byte
+        try:
+            while f.write(b"\0" * 512):
+                pass
+        except OSError:
+            pass
+    before, stored = files_in(tiny_disk), study_attrs(work)
+    code, msg, err = frandi(
+        "export", work / "study.toml", "--trial", t.number, "--out", out, "--overwrite", "--format", "state_dict"
+    )
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"cannot write '{out}'" in err and "No space left on device" in err
+    assert files_in(tiny_disk) == before  # the earlier export as it was, and no temporary file
+    assert study_attrs(work) == stored
+
+
+@pytest.fixture
+def immutable(work: Path) -> Iterator[Path]:
+    """An earlier export made immutable (chattr +i): even root cannot replace it, in a folder root may write to."""
+    target = work / "m.safetensors"
+    target.write_bytes(b"earlier export")
+    if not _run("chattr", "+i", str(target)):
+        pytest.skip("chattr +i is not available here")
+    try:
+        yield target
+    finally:
+        _run("chattr", "-i", str(target))
+
+
+def test_target_that_cannot_be_replaced_is_left_as_it_was(work: Path, frandi, immutable: Path) -> None:
+    assert os.access(immutable.parent, os.W_OK)  # its folder is writable: the check before any work passes
+    t = quantized_trial(work)
+    before, stored = files_in(work), study_attrs(work)
+    code, msg, err = frandi("export", work / "study.toml", "--trial", t.number, "--out", immutable, "--overwrite")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"cannot write '{immutable}'" in err and "Operation not permitted" in err
+    assert files_in(work) == before  # and no temporary file left beside it
+    assert study_attrs(work) == stored
