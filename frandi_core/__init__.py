@@ -26,10 +26,11 @@ from ._recover import (
     output_discrepancy,
     teacher_targets,
 )
-from ._size import SizeReport, model_size
+from ._size import SIZE_RULE, SizeReport, model_size
 from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, synthesize
 
 __all__ = [
+    "SIZE_RULE",
     "adam",
     "OUTPUT",
     "Compressor",

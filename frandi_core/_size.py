@@ -15,6 +15,9 @@ from ._compress import _check_layers
 from ._policy import LayerSetting, Policy, compressible_layers
 
 PARAMETRIZED = ".parametrizations."
+# Names the rule model_size counts by. Change it whenever the count changes: a study remembers it (in its
+# fingerprint), so trials sized one way are never ranked against trials sized another.
+SIZE_RULE = "packed-bytes/1"
 
 
 def _nbytes(nbits: int) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frandi_core import FrandiError, RecoveryConfig, SynthConfig
+from frandi_core import SIZE_RULE, FrandiError, RecoveryConfig, SynthConfig
 
 
 class ConfigError(FrandiError):
@@ -99,6 +99,7 @@ class StudyConfig:
             "synthetic": dataclasses.asdict(self.synthetic),
             "space": dataclasses.asdict(self.space),
             "recovery": dataclasses.asdict(self.recovery),
+            "size": SIZE_RULE,  # how the size objective is counted: trials counted otherwise are not comparable
         }
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -115,6 +116,7 @@ class StudyConfig:
             "synthetic": dataclasses.asdict(self.synthetic),
             "space": json.loads(json.dumps(dataclasses.asdict(self.space), default=list)),
             "recovery": json.loads(json.dumps(dataclasses.asdict(self.recovery), default=list)),
+            "size accounting": SIZE_RULE,
         }
 
 

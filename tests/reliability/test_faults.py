@@ -97,7 +97,8 @@ def test_stopped_search_requeues_its_trials_leaves_no_process_and_rerun_finishes
     backend, workers, stop, tmp_path, request, write_study, frandi_proc, frandi
 ) -> None:
     sig, to_group, expected_code, message = STOPS[stop]
-    url, n = _url(backend, tmp_path, request), 4
+    orphans = stop == "kill-9-launcher"  # workers stop by themselves: give them more than they can finish meanwhile
+    url, n = _url(backend, tmp_path, request), 12 if orphans else 4
     study = write_study(url, n_trials=n, steps=40, baselines="[0.25, 0.5, 0.75]")
     prepare_study(study)  # batches cached: the command below starts its workers at once
     args = ("search", study, "--workers", workers, "--no-progress")
@@ -123,7 +124,10 @@ def test_stopped_search_requeues_its_trials_leaves_no_process_and_rerun_finishes
     else:
         assert states(trials).get("RUNNING", 0) == 0  # the interrupted trials were told FAIL...
         failed = [t for t in trials if t.state == TrialState.FAIL]
-        assert failed
+        if orphans:  # they stopped on their own, long before the study was done (between trials, failing none)
+            assert states(trials).get("COMPLETE", 0) < n
+        else:
+            assert failed
         for t in failed:  # ...and put back in the pool as they were, to run on the next start
             assert t.user_attrs["fail_reason"].startswith(("KeyboardInterrupt", "Terminated"))
             (retry,) = [r for r in trials if retried_from(r) == t.number]

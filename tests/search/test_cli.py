@@ -165,6 +165,18 @@ def test_changed_study_file_is_refused_unless_forced(study_file, frandi) -> None
     assert sum(t.state == TrialState.COMPLETE for t in trials_of(path)) == 4
 
 
+def test_study_sized_by_an_older_rule_is_refused(study_file, frandi, monkeypatch) -> None:
+    """Trials whose size was counted another way cannot share a Pareto front with new ones."""
+    import search._config
+
+    with monkeypatch.context() as m:
+        m.setattr(search._config, "SIZE_RULE", "an-older-rule")
+        assert frandi("search", study_file(n_trials=2), "--no-progress")[0] == 0
+    code, _, err = frandi("search", study_file(n_trials=3), "--no-progress")
+    assert code == 2 and "size accounting changed" in err and "--force" in err
+    assert len(trials_of(study_file(n_trials=3))) == 2
+
+
 def test_synth_builds_batches_and_png(study_file, frandi, tmp_path) -> None:
     png = tmp_path / "grid.png"
     code, out, err = frandi("synth", study_file(), "--png", png)
