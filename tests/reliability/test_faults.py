@@ -97,8 +97,8 @@ def test_stopped_search_requeues_its_trials_leaves_no_process_and_rerun_finishes
     backend, workers, stop, tmp_path, request, write_study, frandi_proc, frandi
 ) -> None:
     sig, to_group, expected_code, message = STOPS[stop]
-    orphans = stop == "kill-9-launcher"  # workers stop by themselves: give them more than they can finish meanwhile
-    url, n = _url(backend, tmp_path, request), 12 if orphans else 4
+    orphans = stop == "kill-9-launcher"  # workers stop by themselves (between trials, maybe): check they stop early
+    url, n = _url(backend, tmp_path, request), 12  # more than can finish while we look, and before orphans stop
     study = write_study(url, n_trials=n, steps=40, baselines="[0.25, 0.5, 0.75]")
     prepare_study(study)  # batches cached: the command below starts its workers at once
     args = ("search", study, "--workers", workers, "--no-progress")
