@@ -5,6 +5,15 @@ Usable on its own from Python; knows nothing of Optuna or databases.
 
 from __future__ import annotations
 
+from ._actquant import (
+    CALIBRATIONS,
+    ActQuantizer,
+    activation_quantizers,
+    fake_quantize_act,
+    quantize_activations_,
+    remove_activation_quantizers_,
+)
+from ._bops import bops, layer_macs
 from ._compress import Compressor, SizeReport, compress, fake_quantize, magnitude_mask, model_size, strip_
 from ._errors import FrandiError
 from ._hooks import capture
@@ -27,7 +36,9 @@ from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, sy
 
 __all__ = [
     "adam",
+    "CALIBRATIONS",
     "OUTPUT",
+    "ActQuantizer",
     "Compressor",
     "FrandiError",
     "LayerInfo",
@@ -40,18 +51,22 @@ __all__ = [
     "SynthConfig",
     "SyntheticData",
     "TeacherTargets",
+    "activation_quantizers",
     "batch_stats",
     "bn_kl",
     "bn_kl_loss",
     "bn_names",
+    "bops",
     "build_architecture",
     "capture",
     "compress",
     "compressible_layers",
     "default_feature_layers",
     "fake_quantize",
+    "fake_quantize_act",
     "feature_regression_",
     "invert",
+    "layer_macs",
     "load_model",
     "magnitude_mask",
     "model_outputs",
@@ -59,7 +74,9 @@ __all__ = [
     "normalized_distance",
     "od_from_outputs",
     "output_discrepancy",
+    "quantize_activations_",
     "read_state_dict",
+    "remove_activation_quantizers_",
     "strip_",
     "synthesize",
     "teacher_targets",

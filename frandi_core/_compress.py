@@ -3,8 +3,9 @@
 ``compress`` returns a copy whose compressible weights are parametrized by a ``Compressor``: the mask
 is applied and the weight fake-quantized on every forward, with a straight-through estimator so Feature
 Regression can train the underlying weights while pruned entries stay exactly zero.
-``strip_`` bakes the parametrizations in, leaving a plain model whose state_dict loads into the
-original architecture with ``strict=True``.
+A policy that quantizes activations also needs calibration inputs: each such layer gets a calibrated input
+quantizer (see ``_actquant``). ``strip_`` bakes the parametrizations in and drops the input quantizers, leaving a
+plain model whose state_dict loads into the original architecture with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ._actquant import ACT_QUANT, quantize_activations_, remove_activation_quantizers_
 from ._errors import FrandiError
 from ._policy import COMPRESSIBLE, LayerSetting, Policy, compressible_layers
 
@@ -71,9 +73,21 @@ def _check_layers(model: nn.Module, policy: Policy) -> dict[str, nn.Module]:
     return modules
 
 
-def compress(model: nn.Module, policy: Policy) -> nn.Module:
-    """Return a compressed copy of ``model`` (eval mode); the model passed in is never modified."""
+def compress(
+    model: nn.Module, policy: Policy, *, calibration: torch.Tensor | None = None, method: str = "mse"
+) -> nn.Module:
+    """Return a compressed copy of ``model`` (eval mode); the model passed in is never modified.
+
+    ``calibration``: inputs (a synthetic batch) that set the activation ranges, by ``method``; needed only when
+    the policy quantizes activations.
+    """
     modules = _check_layers(model, policy)
+    act_bits = policy.act_bits()
+    if act_bits and calibration is None:
+        raise FrandiError(
+            f"the policy quantizes the activations of {len(act_bits)} layer(s): pass calibration inputs "
+            "(a synthetic batch) to set their ranges"
+        )
     student = copy.deepcopy(model)
     smods = dict(student.named_modules())
     del modules
@@ -86,15 +100,17 @@ def compress(model: nn.Module, policy: Policy) -> nn.Module:
             with torch.no_grad():
                 m.weight.mul_(mask)
         parametrize.register_parametrization(m, "weight", Compressor(mask, s.bits))
+    if act_bits and calibration is not None:
+        quantize_activations_(student, act_bits, calibration, method)
     return student.eval()
 
 
 def strip_(model: nn.Module) -> nn.Module:
-    """Bake the compression parametrizations into plain weights, in place; returns the model."""
+    """Bake the compression parametrizations into plain weights and drop input quantizers, in place."""
     for m in model.modules():
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    return model
+    return remove_activation_quantizers_(model)
 
 
 @dataclass(frozen=True)
@@ -102,9 +118,10 @@ class SizeReport:
     """Model size under a policy.
 
     Compressed weights cost ``nnz * bits``; a pruned layer adds a 1-bit-per-weight mask (the index
-    overhead); a quantized layer adds one fp32 scale per output channel. Every other parameter (biases,
-    BN affine) counts at fp32. Buffers (BN running statistics) are not counted, as they fold into
-    the preceding layer at deployment. ``ratio`` is the dense fp32 size divided by this size.
+    overhead); a quantized layer adds one fp32 scale per output channel, and one more when its input
+    activation is quantized. Every other parameter (biases, BN affine) counts at fp32. Buffers (BN running
+    statistics) are not counted, as they fold into the preceding layer at deployment. ``ratio`` is the dense
+    fp32 size divided by this size.
     """
 
     bits: int
@@ -128,8 +145,11 @@ def model_size(model: nn.Module, policy: Policy) -> SizeReport:
     layers = compressible_layers(model)
     weight_names = {f"{layer.name}.weight" if layer.name else "weight" for layer in layers}
     original = ".parametrizations.weight.original"  # the weight itself, in a compressed (parametrized) copy
+    act_scale = f"{ACT_QUANT}.log_scale"  # an input quantizer's step, in a compressed copy: counted per layer below
     other = sum(
-        p.numel() for n, p in model.named_parameters() if n not in weight_names and not n.endswith(original)
+        p.numel()
+        for n, p in model.named_parameters()
+        if n not in weight_names and not n.endswith(original) and not n.endswith(act_scale)
     )
     bits = 32 * other
     dense = 32 * other
@@ -140,7 +160,10 @@ def model_size(model: nn.Module, policy: Policy) -> SizeReport:
         nnz = layer.numel - k
         b = s.bits if s.bits is not None else 32
         bits += (
-            nnz * b + (layer.numel if k > 0 else 0) + (32 * layer.out_channels if s.bits is not None else 0)
+            nnz * b
+            + (layer.numel if k > 0 else 0)
+            + (32 * layer.out_channels if s.bits is not None else 0)
+            + (32 if s.act_bits is not None else 0)
         )
         dense += 32 * layer.numel
         nonzero += nnz

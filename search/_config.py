@@ -20,7 +20,13 @@ class ConfigError(FrandiError):
 
 
 SAMPLERS = ("tpe", "nsga2", "random")
-OBJECTIVES = ("od", "size")
+OBJECTIVES = ("od", "size", "bops")
+# Keys added after studies were already stored: left out of the fingerprint while they hold these defaults, so a
+# study file that does not use them resumes with the fingerprint it was created with.
+LATER_KEYS: dict[str, dict[str, Any]] = {  # [study] max_bops too: it counts only when set
+    "space": {"act_bits": (32,)},
+    "recovery": {"calibration": "mse", "learn_act_steps": False},
+}
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,9 @@ class StudySection:
     sampler: str = "tpe"
     seed: int = 0
     n_trials: int = 50
-    objectives: tuple[str, ...] = ("od", "size")  # ("od",) alone needs min_ratio as a size budget
+    objectives: tuple[str, ...] = ("od", "size")  # "od" first, then "size" and/or "bops"; ("od",) needs a budget
     min_ratio: float | None = None  # constraint: compression ratio >= min_ratio
+    max_bops: float | None = None  # constraint: bit operations (MACs x weight bits x activation bits) <= max_bops
     baselines: tuple[float, ...] = (0.25, 0.5, 0.75)  # uniform sparsities enqueued first, at the top bits
 
 
@@ -61,6 +68,7 @@ class SpaceSection:
     sparsity: tuple[float, ...] = (0.0, 0.9)
     sparsity_step: float = 0.05
     bits: tuple[int, ...] = (4, 6, 8)  # 32 keeps a layer in fp32
+    act_bits: tuple[int, ...] = (32,)  # input-activation bits of searched layers; 32 keeps them fp32
     keep_first_last: bool = True
 
 
@@ -96,9 +104,11 @@ class StudyConfig:
             "min_ratio": self.study.min_ratio,
             "model": dataclasses.asdict(self.model) | {"weights": _file_digest(self.weights_path)},
             "synthetic": dataclasses.asdict(self.synthetic),
-            "space": dataclasses.asdict(self.space),
-            "recovery": dataclasses.asdict(self.recovery),
+            "space": _plain(self.space, LATER_KEYS["space"]),
+            "recovery": _plain(self.recovery, LATER_KEYS["recovery"]),
         }
+        if self.study.max_bops is not None:
+            keep["max_bops"] = self.study.max_bops
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     @property
@@ -106,15 +116,25 @@ class StudyConfig:
         return (self.base_dir / self.model.weights).resolve()
 
     def comparable(self) -> dict[str, Any]:
-        """The fingerprinted sections as plain data, to say which one changed."""
-        return {
-            "study.objectives": list(self.study.objectives),
-            "study.min_ratio": self.study.min_ratio,
-            "model": json.loads(json.dumps(dataclasses.asdict(self.model), default=list)),
-            "synthetic": dataclasses.asdict(self.synthetic),
-            "space": json.loads(json.dumps(dataclasses.asdict(self.space), default=list)),
-            "recovery": json.loads(json.dumps(dataclasses.asdict(self.recovery), default=list)),
+        """The fingerprinted sections as plain data, to say which one changed (LATER_KEYS at their default left out)."""
+        study = {"study.objectives": list(self.study.objectives), "study.min_ratio": self.study.min_ratio}
+        if self.study.max_bops is not None:
+            study["study.max_bops"] = self.study.max_bops
+        return study | {
+            "model": _plain(self.model),
+            "synthetic": _plain(self.synthetic),
+            "space": _plain(self.space, LATER_KEYS["space"]),
+            "recovery": _plain(self.recovery, LATER_KEYS["recovery"]),
         }
+
+
+def _plain(section: Any, later: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A section as JSON-ready data, without the keys of ``later`` that hold their default."""
+    data = dataclasses.asdict(section)
+    for k, default in (later or {}).items():
+        if data[k] == default:
+            del data[k]
+    return json.loads(json.dumps(data, default=list))
 
 
 def _file_digest(path: Path) -> str:
@@ -203,13 +223,20 @@ def _validate(cfg: StudyConfig) -> None:
         or any(o not in OBJECTIVES for o in s.objectives)
         or len(set(s.objectives)) < len(s.objectives)
     ):
-        raise ConfigError(f'study.objectives {list(s.objectives)} is invalid; use ["od", "size"] or ["od"]')
+        raise ConfigError(
+            f'study.objectives {list(s.objectives)} is invalid; use ["od", "size"], ["od", "bops"], '
+            '["od", "size", "bops"] or ["od"]'
+        )
     if s.objectives[0] != "od":
         raise ConfigError('study.objectives must start with "od" (the label-free accuracy proxy)')
-    if s.objectives == ("od",) and s.min_ratio is None:
-        raise ConfigError('study.objectives = ["od"] needs a size budget: set study.min_ratio (e.g. 2.0)')
+    if s.objectives == ("od",) and s.min_ratio is None and s.max_bops is None:
+        raise ConfigError(
+            'study.objectives = ["od"] needs a budget: set study.min_ratio (e.g. 2.0) or study.max_bops'
+        )
     if s.min_ratio is not None and s.min_ratio < 1:
         raise ConfigError(f"study.min_ratio must be >= 1, got {s.min_ratio}")
+    if s.max_bops is not None and s.max_bops <= 0:
+        raise ConfigError(f"study.max_bops must be > 0 (bit operations, e.g. 2.5e9), got {s.max_bops}")
     if s.n_trials < 1:
         raise ConfigError(f"study.n_trials must be >= 1, got {s.n_trials}")
     lo, hi = (sp.sparsity + (None, None))[:2] if len(sp.sparsity) == 2 else (None, None)
@@ -219,11 +246,12 @@ def _validate(cfg: StudyConfig) -> None:
         )
     if not 0 < sp.sparsity_step < 1:
         raise ConfigError(f"space.sparsity_step must be in (0, 1), got {sp.sparsity_step}")
-    if not sp.bits:
-        raise ConfigError("space.bits must list at least one bit-width (2..8, or 32 for fp32)")
-    for b in sp.bits:
-        if not (2 <= b <= 8 or b == 32):
-            raise ConfigError(f"space.bits has {b}, not a weight bit-width; use 2..8, or 32 to keep fp32")
+    for key, choices in (("bits", sp.bits), ("act_bits", sp.act_bits)):
+        if not choices:
+            raise ConfigError(f"space.{key} must list at least one bit-width (2..8, or 32 for fp32)")
+        for b in choices:
+            if not (2 <= b <= 8 or b == 32):
+                raise ConfigError(f"space.{key} has {b}, not a bit-width; use 2..8, or 32 to keep fp32")
     for level in s.baselines:
         if not 0 <= level < 1:
             raise ConfigError(f"study.baselines has sparsity {level}, outside [0, 1)")

@@ -20,7 +20,7 @@ from storage import Storage, StorageError, connection_lost, lost_storage, open_s
 
 from ._config import ConfigError, StudyConfig
 from ._study import counts, open_study, to_start_key
-from ._trial import TrialRunner
+from ._trial import TrialResult, TrialRunner
 
 log = logging.getLogger("frandi.worker")
 
@@ -115,6 +115,12 @@ def claim(study: optuna.Study, storage: Storage) -> int | None:
     return trial_id
 
 
+def objective_values(cfg: StudyConfig, r: TrialResult) -> list[float]:
+    """The trial's values in the order of study.objectives: OD, size in KiB, bit operations in G (1e9)."""
+    value = {"od": r.od, "size": r.size_bits / 8192, "bops": r.bops / 1e9}
+    return [value[o] for o in cfg.study.objectives]
+
+
 def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: StudyConfig, worker: str) -> bool:
     """Sample, evaluate and tell one claimed trial; False when it failed (recorded with its reason)."""
     study._thread_local.cached_all_trials = None  # sample from the trials as they are now (as Study.ask does)
@@ -144,6 +150,7 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
         "size_bits": r.size_bits,
         "ratio": r.ratio,
         "density": r.density,
+        "bops": r.bops,
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
         "threads": torch.get_num_threads(),  # CPU results move with the thread count; export reuses it
     }
@@ -151,8 +158,9 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
         trial.set_user_attr(k, v)
     if cfg.study.min_ratio is not None:
         trial.set_constraint("min_ratio", cfg.study.min_ratio - r.ratio)  # feasible when <= 0
-    values = [r.od, r.size_bits / 8192] if len(cfg.study.objectives) == 2 else [r.od]
-    study.tell(trial, values)
+    if cfg.study.max_bops is not None:
+        trial.set_constraint("max_bops", (r.bops - cfg.study.max_bops) / cfg.study.max_bops)
+    study.tell(trial, objective_values(cfg, r))
     return True
 
 
