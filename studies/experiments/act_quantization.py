@@ -1,0 +1,147 @@
+"""Weights and activations quantized (paper table 2, the setting of ZeroQ, GDFQ, Genie): W8A8, W6A6, W4A8, W4A4.
+
+Uniform: every Conv/Linear layer at the same weight and input-activation bits, except the first and last layers at
+W8A8 (as a study's keep_first_last, and as ZeroQ / Genie report 4-bit results). Activation ranges are calibrated
+on the synthetic recovery batch by each calibration method; then real test accuracy (a) with no recovery (the ZeroQ
+setting: synthetic data for calibration only), (b) after FR, (c) after FR that also learns the activation step
+sizes (LSQ-style). Then a search under a BOPs budget (the BOPs of uniform W4A8; per-layer weight and activation
+bits, no pruning) against the uniform policy of that budget.
+
+python -m studies.experiments.act_quantization            # Fashion-MNIST ResNet and separable net
+python -m studies.experiments.act_quantization --quick    # digits, W8A8 and W4A4, one calibration, 2-trial search
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from frandi_core import CALIBRATIONS, Policy, bops, compress
+from search._config import replace
+from search._report import feasible
+
+from ._common import Bench, Report, bench, figure, parse, parser, save
+from ._searches import SearchRun, policy_of, run_search, variant
+
+SETTINGS = ((8, 8), (6, 6), (4, 8), (4, 4))  # (weight bits, activation bits)
+SEARCH_BITS = (4, 6, 8)  # per-layer weight and activation bits the BOPs-budget search chooses from
+BUDGET = (4, 8)  # the search's BOPs budget: those of this uniform setting
+
+
+def uniform(b: Bench, w: int, a: int) -> Policy:
+    """W``w``A``a`` on every layer, the first and last at W8A8."""
+    names = [n for n, _ in b.uniform().layers]
+    edge = {names[0], names[-1]}
+    return Policy.from_dict({n: {"bits": 8 if n in edge else w, "act_bits": 8 if n in edge else a} for n in names})
+
+
+def evaluate(b: Bench, label: str, policy: Policy, calibration: str, role: str = "") -> dict[str, Any]:
+    """Real accuracy with no recovery, after FR, after FR with learned steps; OD of each."""
+    none = compress(b.teacher, policy, calibration=b.runner.targets.inputs, method=calibration)
+    row = {"model": b.name, "policy": label, "calibration": calibration, "role": role}
+    row |= {"gbops": round(bops(b.runner.macs, policy) / 1e9, 4), "original": round(b.original, 2)}
+    row["no_recovery"] = round(b.accuracy(none), 2)
+    for key, learn in (("fr", False), ("fr_lsq", True)):
+        runner = copy.copy(b.runner)  # shares the teacher, batches and targets; another [recovery]
+        runner.cfg = replace(b.cfg, "recovery", calibration=calibration, learn_act_steps=learn)
+        student, r = runner.student(policy)
+        row[key] = round(b.accuracy(student), 2)
+        row[f"od_{key}"] = round(r.od, 5)
+    row["od_none"] = round(r.od_before, 5)
+    print(f"[{b.name}] {row}", flush=True)
+    return row
+
+
+def budget_search(b: Bench, budget: int, n_trials: int, storage: str | None, suffix: str) -> tuple[SearchRun, str]:
+    """OD alone under bops <= budget, per-layer weight and activation bits, no pruning."""
+    cfg = variant(
+        b.cfg,
+        f"bops{suffix}",
+        study={"n_trials": n_trials, "objectives": ("od",), "min_ratio": None, "max_bops": float(budget)}
+        | {"baselines": ()},
+        space={"sparsity": (0.0, 0.0), "bits": SEARCH_BITS, "act_bits": SEARCH_BITS},
+    )
+    run = run_search(cfg, storage)
+    ok = [t for t in run.trials if feasible(t)]
+    line = (
+        f"study '{cfg.study.name}': {len(run.trials)} trials taking {run.trial_seconds:.0f} s, {len(ok)} feasible "
+        f"({run.new_trials} run now), sampler {cfg.study.sampler} seed {cfg.study.seed}, OD the only objective, "
+        f"BOPs <= {budget / 1e9:.4f} G, per-layer weight and activation bits {list(SEARCH_BITS)}, no pruning, "
+        f"first and last layers W8A8, calibration {cfg.recovery.calibration}, no baselines enqueued"
+    )
+    print(f"[{b.name}] BOPs-budget search: {line}", flush=True)
+    return run, line
+
+
+def plot(b: Bench, rows: list[dict[str, Any]], run: SearchRun | None, path: Path) -> None:
+    fig, axes = figure(2, width=5.0)
+    labels = list(dict.fromkeys(r["policy"] for r in rows if not r["role"]))
+    for j, key in enumerate(("no_recovery", "fr", "fr_lsq")):
+        for i, c in enumerate(sorted({r["calibration"] for r in rows})):
+            ys = [next((r[key] for r in rows if r["policy"] == p and r["calibration"] == c), None) for p in labels]
+            axes[0].plot(labels, ys, ["o--", "s-", "^-"][j], c=f"C{i}", ms=4, label=f"{key}, {c}")
+    axes[0].axhline(b.original, c="gray", lw=1, ls=":")
+    axes[0].set_ylabel("real test accuracy (%)")
+    axes[0].set_title(f"{b.name}: uniform weights + activations", fontsize=9)
+    axes[0].legend(fontsize=6)
+    ax = axes[1]
+    if run is not None:
+        ok = [t for t in run.trials if feasible(t)]
+        bad = [t for t in run.trials if not feasible(t)]
+        for ts, c, label in ((bad, "lightgray", "over budget"), (ok, "gray", "within budget")):
+            gbops = [float(t.user_attrs["bops"]) / 1e9 for t in ts]
+            ax.scatter(gbops, [t.values[0] for t in ts], s=12, c=c, label=label)
+    for i, r in enumerate(r for r in rows if r["role"]):
+        label = f"{r['policy']}: {r['fr']:.1f}%"
+        ax.scatter([r["gbops"]], [r["od_fr"]], marker="*^"[min(i, 1)], s=60, c=f"C{i + 1}", label=label)
+    ax.set_xlabel("GBOPs")
+    ax.set_ylabel("OD after FR (legend: real accuracy)")
+    ax.set_yscale("log")
+    ax.set_title(f"{b.name}: search under a BOPs budget", fontsize=9)
+    ax.legend(fontsize=6)
+    save(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    p = parser(__doc__)
+    p.add_argument("--search-trials", type=int, default=24, help="trials of the BOPs-budget search (0: skip it)")
+    p.add_argument("--calibrations", nargs="+", choices=sorted(CALIBRATIONS), default=list(CALIBRATIONS))
+    a = parse(p, argv)
+    settings = ((8, 8), (4, 4)) if a.quick else SETTINGS
+    calibrations = a.calibrations[:1] if a.quick else a.calibrations
+    n_search = 2 if a.quick else a.search_trials
+    out, rows = Path(a.out), []
+    for name in a.models:
+        with bench(name, a) as b:
+            report = Report("act_quantization", name + a.suffix, f"Weights and activations: {name}", out, a.argv)
+            table = [
+                evaluate(b, f"uniform W{w}A{x}", uniform(b, w, x), c) for w, x in settings for c in calibrations
+            ]
+            run, line = None, "skipped (--search-trials 0)"
+            if n_search > 0:
+                budget = bops(b.runner.macs, uniform(b, *BUDGET))
+                run, line = budget_search(b, budget, n_search, a.storage, a.suffix)
+                ok = [t for t in run.trials if feasible(t)]
+                c = b.cfg.recovery.calibration
+                if ok:
+                    best = min(ok, key=lambda t: t.values[0])
+                    table.append(evaluate(b, f"search best OD (trial {best.number})", policy_of(best), c, "search"))
+                budget_label = f"uniform W{BUDGET[0]}A{BUDGET[1]} (the budget)"
+                table.append(evaluate(b, budget_label, uniform(b, *BUDGET), c, "uniform"))
+            plot(b, table, run, out / f"{report.name}.png")
+            report.setup(
+                b,
+                quantization="weights symmetric per output channel; input activations per tensor, unsigned after a "
+                "ReLU, signed otherwise; first and last layers W8A8; ranges from the synthetic recovery batch",
+                search=line,
+            )
+            report.add_results(table)
+            report.write()
+            rows += table
+    return rows
+
+
+if __name__ == "__main__":
+    main()
