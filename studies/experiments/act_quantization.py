@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from frandi_core import CALIBRATIONS, Policy, bops, compress
+from frandi_core import CALIBRATIONS, Policy, bops
 from search._config import replace
 from search._report import feasible
 
@@ -39,7 +39,7 @@ def uniform(b: Bench, w: int, a: int) -> Policy:
 
 def evaluate(b: Bench, label: str, policy: Policy, calibration: str, role: str = "") -> dict[str, Any]:
     """Real accuracy with no recovery, after FR, after FR with learned steps; OD of each."""
-    none = compress(b.teacher, policy, calibration=b.runner.targets.inputs, method=calibration)
+    none = b.compressed(policy, calibration)
     row = {"model": b.name, "policy": label, "calibration": calibration, "role": role}
     row |= {"gbops": round(bops(b.runner.macs, policy) / 1e9, 4), "original": round(b.original, 2)}
     row["no_recovery"] = round(b.accuracy(none), 2)
