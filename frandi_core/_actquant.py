@@ -60,7 +60,7 @@ class ActQuantizer(nn.Module):
         return fake_quantize_act(x, self.scale.to(x.dtype), self.bits, self.signed)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, signed={self.signed}, scale={float(self.scale):.4g}"
+        return f"bits={self.bits}, signed={self.signed}, scale={float(self.scale.detach()):.4g}"
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple | None:
