@@ -21,11 +21,11 @@ class ConfigError(FrandiError):
 
 SAMPLERS = ("tpe", "nsga2", "random")
 OBJECTIVES = ("od", "size", "bops")
-# Keys added after studies were already stored: left out of the fingerprint while they hold these defaults, so a
-# study file that does not use them resumes with the fingerprint it was created with.
-LATER_KEYS: dict[str, dict[str, Any]] = {  # [study] max_bops too: it counts only when set
-    "space": {"act_bits": (32,)},
-    "recovery": {"calibration": "mse", "learn_act_steps": False},
+# Keys that only matter when activations are quantized: a study file that quantizes none leaves them out of its
+# fingerprint, so studies stored before activation quantization existed resume with the fingerprint they had.
+ACTIVATION_KEYS: dict[str, tuple[str, ...]] = {
+    "space": ("act_bits",),
+    "recovery": ("calibration", "learn_act_steps"),
 }
 
 
@@ -104,8 +104,8 @@ class StudyConfig:
             "min_ratio": self.study.min_ratio,
             "model": dataclasses.asdict(self.model) | {"weights": _file_digest(self.weights_path)},
             "synthetic": dataclasses.asdict(self.synthetic),
-            "space": _plain(self.space, LATER_KEYS["space"]),
-            "recovery": _plain(self.recovery, LATER_KEYS["recovery"]),
+            "space": self._section("space"),
+            "recovery": self._section("recovery"),
         }
         if self.study.max_bops is not None:
             keep["max_bops"] = self.study.max_bops
@@ -116,25 +116,35 @@ class StudyConfig:
         return (self.base_dir / self.model.weights).resolve()
 
     def comparable(self) -> dict[str, Any]:
-        """The fingerprinted sections as plain data, to say which one changed (LATER_KEYS at their default left out)."""
+        """The fingerprinted sections as plain data, to say which one changed."""
         study = {"study.objectives": list(self.study.objectives), "study.min_ratio": self.study.min_ratio}
         if self.study.max_bops is not None:
             study["study.max_bops"] = self.study.max_bops
         return study | {
             "model": _plain(self.model),
             "synthetic": _plain(self.synthetic),
-            "space": _plain(self.space, LATER_KEYS["space"]),
-            "recovery": _plain(self.recovery, LATER_KEYS["recovery"]),
+            "space": self._section("space"),
+            "recovery": self._section("recovery"),
         }
 
+    @property
+    def quantizes_activations(self) -> bool:
+        """Whether any layer may get quantized activations: searched act_bits, or a fixed entry naming act_bits."""
+        fixed = self.space.fixed.values()
+        return self.space.act_bits != (32,) or any(isinstance(v, dict) and "act_bits" in v for v in fixed)
 
-def _plain(section: Any, later: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A section as JSON-ready data, without the keys of ``later`` that hold their default."""
-    data = dataclasses.asdict(section)
-    for k, default in (later or {}).items():
-        if data[k] == default:
-            del data[k]
-    return json.loads(json.dumps(data, default=list))
+    def _section(self, name: str) -> dict[str, Any]:
+        """A fingerprinted section as plain data; without its activation keys when no activation is quantized."""
+        data = _plain(getattr(self, name))
+        if not self.quantizes_activations:
+            for key in ACTIVATION_KEYS.get(name, ()):
+                del data[key]
+        return data
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    """A section as JSON-ready data."""
+    return json.loads(json.dumps(dataclasses.asdict(section), default=list))
 
 
 def _file_digest(path: Path) -> str:

@@ -9,6 +9,7 @@ bits, no pruning) against the uniform policy of that budget.
 
 python -m studies.experiments.act_quantization            # Fashion-MNIST ResNet and separable net
 python -m studies.experiments.act_quantization --quick    # digits, W8A8 and W4A4, one calibration, 2-trial search
+python -m studies.experiments.act_quantization --search-only --budgets W4A4   # only a search at W4A4's BOPs
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from ._searches import SearchRun, policy_of, run_search, variant
 
 SETTINGS = ((8, 8), (6, 6), (4, 8), (4, 4))  # (weight bits, activation bits)
 SEARCH_BITS = (4, 6, 8)  # per-layer weight and activation bits the BOPs-budget search chooses from
-BUDGET = (4, 8)  # the search's BOPs budget: those of this uniform setting
+BUDGET = "W4A8"  # the default search budget: the BOPs of this uniform setting
+
+
+def setting(text: str) -> tuple[int, int]:
+    """'W4A8' -> (4, 8)."""
+    w, _, a = text.upper().removeprefix("W").partition("A")
+    return int(w), int(a)
 
 
 def uniform(b: Bench, w: int, a: int) -> Policy:
@@ -54,11 +61,13 @@ def evaluate(b: Bench, label: str, policy: Policy, calibration: str, role: str =
     return row
 
 
-def budget_search(b: Bench, budget: int, n_trials: int, storage: str | None, suffix: str) -> tuple[SearchRun, str]:
-    """OD alone under bops <= budget, per-layer weight and activation bits, no pruning."""
+def budget_search(
+    b: Bench, name: str, budget: int, n_trials: int, storage: str | None, suffix: str
+) -> tuple[SearchRun, str]:
+    """OD alone under bops <= budget, per-layer weight and activation bits, no pruning; study <model>-<name>."""
     cfg = variant(
         b.cfg,
-        f"bops{suffix}",
+        f"{name}{suffix}",
         study={"n_trials": n_trials, "objectives": ("od",), "min_ratio": None, "max_bops": float(budget)}
         | {"baselines": ()},
         space={"sparsity": (0.0, 0.0), "bits": SEARCH_BITS, "act_bits": SEARCH_BITS},
@@ -108,34 +117,40 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p = parser(__doc__)
     p.add_argument("--search-trials", type=int, default=24, help="trials of the BOPs-budget search (0: skip it)")
     p.add_argument("--calibrations", nargs="+", choices=sorted(CALIBRATIONS), default=list(CALIBRATIONS))
+    p.add_argument("--budgets", nargs="+", default=[BUDGET], help="BOPs budgets of the searches, as uniform WxAy")
+    p.add_argument("--search-only", action="store_true", help="no uniform table; files act_quantization_search_*")
     a = parse(p, argv)
-    settings = ((8, 8), (4, 4)) if a.quick else SETTINGS
+    settings = [] if a.search_only else ((8, 8), (4, 4)) if a.quick else SETTINGS
     calibrations = a.calibrations[:1] if a.quick else a.calibrations
     n_search = 2 if a.quick else a.search_trials
+    experiment = "act_quantization_search" if a.search_only else "act_quantization"
     out, rows = Path(a.out), []
     for name in a.models:
         with bench(name, a) as b:
-            report = Report("act_quantization", name + a.suffix, f"Weights and activations: {name}", out, a.argv)
+            report = Report(experiment, name + a.suffix, f"Weights and activations: {name}", out, a.argv)
             table = [
                 evaluate(b, f"uniform W{w}A{x}", uniform(b, w, x), c) for w, x in settings for c in calibrations
             ]
-            run, line = None, "skipped (--search-trials 0)"
-            if n_search > 0:
-                budget = bops(b.runner.macs, uniform(b, *BUDGET))
-                run, line = budget_search(b, budget, n_search, a.storage, a.suffix)
+            run, lines = None, ["skipped (--search-trials 0)"] if n_search <= 0 else []
+            for text in a.budgets if n_search > 0 else []:
+                w, x = setting(text)
+                study = "bops" if (w, x) == setting(BUDGET) else f"bops-w{w}a{x}"  # "bops": the first, default one
+                budget = bops(b.runner.macs, uniform(b, w, x))
+                run, line = budget_search(b, study, budget, n_search, a.storage, a.suffix)
+                lines.append(line)
                 ok = [t for t in run.trials if feasible(t)]
                 c = b.cfg.recovery.calibration
                 if ok:
                     best = min(ok, key=lambda t: t.values[0])
-                    table.append(evaluate(b, f"search best OD (trial {best.number})", policy_of(best), c, "search"))
-                budget_label = f"uniform W{BUDGET[0]}A{BUDGET[1]} (the budget)"
-                table.append(evaluate(b, budget_label, uniform(b, *BUDGET), c, "uniform"))
+                    label = f"search best OD under W{w}A{x} BOPs (trial {best.number})"
+                    table.append(evaluate(b, label, policy_of(best), c, "search"))
+                table.append(evaluate(b, f"uniform W{w}A{x} (the budget)", uniform(b, w, x), c, "uniform"))
             plot(b, table, run, out / f"{report.name}.png")
             report.setup(
                 b,
                 quantization="weights symmetric per output channel; input activations per tensor, unsigned after a "
                 "ReLU, signed otherwise; first and last layers W8A8; ranges from the synthetic recovery batch",
-                search=line,
+                search="; ".join(lines),
             )
             report.add_results(table)
             report.write()

@@ -54,14 +54,21 @@ def test_study_files_without_the_new_keys_keep_their_fingerprint(study_file) -> 
     "section, change",
     [
         ("space", {"act_bits": (4, 8)}),
-        ("recovery", {"calibration": "minmax"}),
-        ("recovery", {"learn_act_steps": True}),
+        ("space", {"fixed": {"layer1.0.conv1": {"act_bits": 8}}}),
         ("study", {"max_bops": 1e9}),
     ],
 )
 def test_each_new_key_changes_the_fingerprint(study_file, section: str, change: dict) -> None:
     cfg = load_config(study_file())
     assert replace(cfg, section, **change).fingerprint() != cfg.fingerprint()
+
+
+@pytest.mark.parametrize("change", [{"calibration": "minmax"}, {"learn_act_steps": True}])
+def test_activation_recovery_keys_count_only_where_activations_are_quantized(study_file, change: dict) -> None:
+    cfg = load_config(study_file())
+    assert replace(cfg, "recovery", **change).fingerprint() == cfg.fingerprint()  # they change nothing here
+    quantized = replace(cfg, "space", act_bits=(4, 8))
+    assert replace(quantized, "recovery", **change).fingerprint() != quantized.fingerprint()
 
 
 def test_an_old_study_resumes_unchanged(study_file) -> None:
