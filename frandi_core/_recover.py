@@ -32,7 +32,7 @@ class RecoveryConfig:
     seed: int = 0
     precision: str = "fp32"  # "bf16": forward passes under bf16 autocast (CUDA); weights, loss and OD stay fp32
     calibration: str = "mse"  # activation ranges from the recovery batch: "minmax", "percentile" or "mse"
-    learn_act_steps: bool = False  # FR also trains the activation step sizes (LSQ-style)
+    learn_act_steps: bool = True  # FR also trains the activation step sizes (LSQ-style): better by measurement
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:

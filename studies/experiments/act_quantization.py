@@ -27,8 +27,8 @@ from ._common import Bench, Report, bench, figure, parse, parser, save
 from ._searches import SearchRun, policy_of, run_search, variant
 
 SETTINGS = ((8, 8), (6, 6), (4, 8), (4, 4))  # (weight bits, activation bits)
-SEARCH_BITS = (4, 6, 8)  # per-layer weight and activation bits the BOPs-budget search chooses from
-BUDGET = "W4A8"  # the default search budget: the BOPs of this uniform setting
+SEARCH_BITS = (2, 3, 4, 6, 8)  # per-layer weight and activation bits the BOPs-budget search chooses from
+BUDGETS = ("W4A8", "W4A4")  # the searches' BOPs budgets: those of these uniform settings
 
 
 def setting(text: str) -> tuple[int, int]:
@@ -78,7 +78,8 @@ def budget_search(
         f"study '{cfg.study.name}': {len(run.trials)} trials taking {run.trial_seconds:.0f} s, {len(ok)} feasible "
         f"({run.new_trials} run now), sampler {cfg.study.sampler} seed {cfg.study.seed}, OD the only objective, "
         f"BOPs <= {budget / 1e9:.4f} G, per-layer weight and activation bits {list(SEARCH_BITS)}, no pruning, "
-        f"first and last layers W8A8, calibration {cfg.recovery.calibration}, no baselines enqueued"
+        f"first and last layers W8A8, calibration {cfg.recovery.calibration}, learned steps "
+        f"{cfg.recovery.learn_act_steps}, no baselines enqueued"
     )
     print(f"[{b.name}] BOPs-budget search: {line}", flush=True)
     return run, line
@@ -117,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p = parser(__doc__)
     p.add_argument("--search-trials", type=int, default=24, help="trials of the BOPs-budget search (0: skip it)")
     p.add_argument("--calibrations", nargs="+", choices=sorted(CALIBRATIONS), default=list(CALIBRATIONS))
-    p.add_argument("--budgets", nargs="+", default=[BUDGET], help="BOPs budgets of the searches, as uniform WxAy")
+    p.add_argument("--budgets", nargs="+", default=list(BUDGETS), help="BOPs budgets of the searches, as uniform WxAy")
     p.add_argument("--search-only", action="store_true", help="no uniform table; files act_quantization_search_*")
     a = parse(p, argv)
     settings = [] if a.search_only else ((8, 8), (4, 4)) if a.quick else SETTINGS
@@ -134,9 +135,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             run, lines = None, ["skipped (--search-trials 0)"] if n_search <= 0 else []
             for text in a.budgets if n_search > 0 else []:
                 w, x = setting(text)
-                study = "bops" if (w, x) == setting(BUDGET) else f"bops-w{w}a{x}"  # "bops": the first, default one
                 budget = bops(b.runner.macs, uniform(b, w, x))
-                run, line = budget_search(b, study, budget, n_search, a.storage, a.suffix)
+                run, line = budget_search(b, f"bops-w{w}a{x}", budget, n_search, a.storage, a.suffix)
                 lines.append(line)
                 ok = [t for t in run.trials if feasible(t)]
                 c = b.cfg.recovery.calibration
