@@ -16,7 +16,8 @@ from ._study import METRICS
 
 
 def feasible(t: FrozenTrial) -> bool:
-    """Meets every Optuna constraint of the trial (min_ratio - ratio <= 0); trials without one are feasible."""
+    """Meets every Optuna constraint of the trial (min_ratio - ratio <= 0, bops over max_bops <= 0); trials
+    without one are feasible."""
     return all(v <= 0 for v in t.constraints.values())
 
 
