@@ -85,31 +85,34 @@ def budget_search(
     return run, line
 
 
-def plot(b: Bench, rows: list[dict[str, Any]], run: SearchRun | None, path: Path) -> None:
-    fig, axes = figure(2, width=5.0)
-    labels = list(dict.fromkeys(r["policy"] for r in rows if not r["role"]))
-    for j, key in enumerate(("no_recovery", "fr", "fr_lsq")):
-        for i, c in enumerate(sorted({r["calibration"] for r in rows})):
-            ys = [next((r[key] for r in rows if r["policy"] == p and r["calibration"] == c), None) for p in labels]
-            axes[0].plot(labels, ys, ["o--", "s-", "^-"][j], c=f"C{i}", ms=4, label=f"{key}, {c}")
-    axes[0].axhline(b.original, c="gray", lw=1, ls=":")
-    axes[0].set_ylabel("real test accuracy (%)")
-    axes[0].set_title(f"{b.name}: uniform weights + activations", fontsize=9)
-    axes[0].legend(fontsize=6)
-    ax = axes[1]
-    if run is not None:
-        ok = [t for t in run.trials if feasible(t)]
-        bad = [t for t in run.trials if not feasible(t)]
-        for ts, c, label in ((bad, "lightgray", "over budget"), (ok, "gray", "within budget")):
-            gbops = [float(t.user_attrs["bops"]) / 1e9 for t in ts]
-            ax.scatter(gbops, [t.values[0] for t in ts], s=12, c=c, label=label)
+def plot(b: Bench, rows: list[dict[str, Any]], runs: list[SearchRun], path: Path) -> None:
+    """Left (if there is a uniform table): accuracy per setting and calibration. Right: the searches' trials and
+    the policies compared, after the recovery the searches used."""
+    table = [r for r in rows if not r["role"]]
+    fig, axes = figure(2 if table else 1, width=5.0)
+    if table:
+        labels = list(dict.fromkeys(r["policy"] for r in table))
+        for j, key in enumerate(("no_recovery", "fr", "fr_lsq")):
+            for i, c in enumerate(sorted({r["calibration"] for r in table})):
+                ys = [next(r[key] for r in table if r["policy"] == p and r["calibration"] == c) for p in labels]
+                axes[0].plot(labels, ys, ["o--", "s-", "^-"][j], c=f"C{i}", ms=4, label=f"{key}, {c}")
+        axes[0].axhline(b.original, c="gray", lw=1, ls=":")
+        axes[0].set_ylabel("real test accuracy (%)")
+        axes[0].set_title(f"{b.name}: uniform weights + activations", fontsize=9)
+        axes[0].legend(fontsize=6)
+    ax = axes[-1]
+    trials = [t for run in runs for t in run.trials]
+    for ok, c, label in ((False, "lightgray", "over its budget"), (True, "gray", "within its budget")):
+        ts = [t for t in trials if feasible(t) == ok]
+        ax.scatter([float(t.user_attrs["bops"]) / 1e9 for t in ts], [t.values[0] for t in ts], s=12, c=c, label=label)
+    acc = "fr_lsq" if b.cfg.recovery.learn_act_steps else "fr"
     for i, r in enumerate(r for r in rows if r["role"]):
-        label = f"{r['policy']}: {r['fr']:.1f}%"
-        ax.scatter([r["gbops"]], [r["od_fr"]], marker="*^"[min(i, 1)], s=60, c=f"C{i + 1}", label=label)
+        label = f"{r['policy']}: {r[acc]:.1f}%"
+        ax.scatter([r["gbops"]], [r[f"od_{acc}"]], marker="*^"[i % 2], s=60, c=f"C{i + 1}", label=label)
     ax.set_xlabel("GBOPs")
-    ax.set_ylabel("OD after FR (legend: real accuracy)")
+    ax.set_ylabel(f"OD after {acc} (legend: real accuracy)")
     ax.set_yscale("log")
-    ax.set_title(f"{b.name}: search under a BOPs budget", fontsize=9)
+    ax.set_title(f"{b.name}: searches under a BOPs budget", fontsize=9)
     ax.legend(fontsize=6)
     save(fig, path)
 
@@ -132,11 +135,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             table = [
                 evaluate(b, f"uniform W{w}A{x}", uniform(b, w, x), c) for w, x in settings for c in calibrations
             ]
-            run, lines = None, ["skipped (--search-trials 0)"] if n_search <= 0 else []
+            runs, lines = [], ["skipped (--search-trials 0)"] if n_search <= 0 else []
             for text in a.budgets if n_search > 0 else []:
                 w, x = setting(text)
                 budget = bops(b.runner.macs, uniform(b, w, x))
                 run, line = budget_search(b, f"bops-w{w}a{x}", budget, n_search, a.storage, a.suffix)
+                runs.append(run)
                 lines.append(line)
                 ok = [t for t in run.trials if feasible(t)]
                 c = b.cfg.recovery.calibration
@@ -145,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     label = f"search best OD under W{w}A{x} BOPs (trial {best.number})"
                     table.append(evaluate(b, label, policy_of(best), c, "search"))
                 table.append(evaluate(b, f"uniform W{w}A{x} (the budget)", uniform(b, w, x), c, "uniform"))
-            plot(b, table, run, out / f"{report.name}.png")
+            plot(b, table, runs, out / f"{report.name}.png")
             report.setup(
                 b,
                 quantization="weights symmetric per output channel; input activations per tensor, unsigned after a "
