@@ -127,11 +127,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     settings = [] if a.search_only else ((8, 8), (4, 4)) if a.quick else SETTINGS
     calibrations = a.calibrations[:1] if a.quick else a.calibrations
     n_search = 2 if a.quick else a.search_trials
-    experiment = "act_quantization_search" if a.search_only else "act_quantization"
+    prefix = "search_" if a.search_only else ""  # files act_quantization_search_<model>.*
     out, rows = Path(a.out), []
     for name in a.models:
         with bench(name, a) as b:
-            report = Report(experiment, name + a.suffix, f"Weights and activations: {name}", out, a.argv)
+            title = f"Weights and activations: {name}"
+            report = Report("act_quantization", prefix + name + a.suffix, title, out, a.argv)
             table = [
                 evaluate(b, f"uniform W{w}A{x}", uniform(b, w, x), c) for w, x in settings for c in calibrations
             ]
