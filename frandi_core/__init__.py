@@ -5,6 +5,15 @@ Usable on its own from Python; knows nothing of Optuna or databases.
 
 from __future__ import annotations
 
+from ._actquant import (
+    CALIBRATIONS,
+    ActQuantizer,
+    activation_quantizers,
+    fake_quantize_act,
+    quantize_activations_,
+    remove_activation_quantizers_,
+)
+from ._bops import bops, layer_macs
 from ._compress import Compressor, compress, fake_quantize, magnitude_mask, quantize, strip_
 from ._errors import FrandiError
 from ._files import write_atomic
@@ -32,7 +41,9 @@ from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, sy
 __all__ = [
     "SIZE_RULE",
     "adam",
+    "CALIBRATIONS",
     "OUTPUT",
+    "ActQuantizer",
     "Compressor",
     "FrandiError",
     "LayerInfo",
@@ -45,10 +56,12 @@ __all__ = [
     "SynthConfig",
     "SyntheticData",
     "TeacherTargets",
+    "activation_quantizers",
     "batch_stats",
     "bn_kl",
     "bn_kl_loss",
     "bn_names",
+    "bops",
     "build_architecture",
     "capture",
     "check_input_shape",
@@ -56,8 +69,10 @@ __all__ = [
     "compressible_layers",
     "default_feature_layers",
     "fake_quantize",
+    "fake_quantize_act",
     "feature_regression_",
     "invert",
+    "layer_macs",
     "load_model",
     "load_packed",
     "magnitude_mask",
@@ -69,7 +84,9 @@ __all__ = [
     "pack",
     "pack_bits",
     "quantize",
+    "quantize_activations_",
     "read_state_dict",
+    "remove_activation_quantizers_",
     "run_onnx",
     "save_packed",
     "strip_",

@@ -3,8 +3,9 @@
 ``compress`` returns a copy whose compressible weights are parametrized by a ``Compressor``: the mask
 is applied and the weight fake-quantized on every forward, with a straight-through estimator so Feature
 Regression can train the underlying weights while pruned entries stay exactly zero.
-``strip_`` bakes the parametrizations in, leaving a plain model whose state_dict loads into the
-original architecture with ``strict=True``.
+A policy that quantizes activations also needs calibration inputs: each such layer gets a calibrated input
+quantizer (see ``_actquant``). ``strip_`` bakes the parametrizations in and drops the input quantizers, leaving a
+plain model whose state_dict loads into the original architecture with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ._actquant import quantize_activations_, remove_activation_quantizers_
 from ._errors import FrandiError
 from ._policy import COMPRESSIBLE, Policy, compressible_layers
 
@@ -80,9 +82,21 @@ def _check_layers(model: nn.Module, policy: Policy) -> dict[str, nn.Module]:
     return modules
 
 
-def compress(model: nn.Module, policy: Policy) -> nn.Module:
-    """Return a compressed copy of ``model`` (eval mode); the model passed in is never modified."""
+def compress(
+    model: nn.Module, policy: Policy, *, calibration: torch.Tensor | None = None, method: str = "mse"
+) -> nn.Module:
+    """Return a compressed copy of ``model`` (eval mode); the model passed in is never modified.
+
+    ``calibration``: inputs (a synthetic batch) that set the activation ranges, by ``method``; needed only when
+    the policy quantizes activations.
+    """
     modules = _check_layers(model, policy)
+    act_bits = policy.act_bits()
+    if act_bits and calibration is None:
+        raise FrandiError(
+            f"the policy quantizes the activations of {len(act_bits)} layer(s): pass calibration inputs "
+            "(a synthetic batch) to set their ranges"
+        )
     student = copy.deepcopy(model)
     smods = dict(student.named_modules())
     del modules
@@ -95,12 +109,14 @@ def compress(model: nn.Module, policy: Policy) -> nn.Module:
             with torch.no_grad():  # +0.0, not -0.0 from negative weights: the packed file stores no sign of zero
                 m.weight.masked_fill_(mask == 0, 0.0)
         parametrize.register_parametrization(m, "weight", Compressor(mask, s.bits))
+    if act_bits and calibration is not None:
+        quantize_activations_(student, act_bits, calibration, method)
     return student.eval()
 
 
 def strip_(model: nn.Module) -> nn.Module:
-    """Bake the compression parametrizations into plain weights, in place; returns the model."""
+    """Bake the compression parametrizations into plain weights and drop input quantizers, in place."""
     for m in model.modules():
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    return model
+    return remove_activation_quantizers_(model)

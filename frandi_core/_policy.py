@@ -13,21 +13,33 @@ from ._errors import FrandiError
 COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
+def _check_bits(value: object, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8):
+        raise FrandiError(f"{what} must be an integer in 2..8 or none (fp32), got {value!r}")
+
+
 @dataclass(frozen=True)
 class LayerSetting:
-    """How one layer is compressed: fraction of weights pruned, and weight bits (None keeps fp32)."""
+    """How one layer is compressed: fraction of weights pruned, weight bits and input-activation bits
+    (None keeps fp32)."""
 
     sparsity: float = 0.0
     bits: int | None = None
+    act_bits: int | None = None
 
     def __post_init__(self) -> None:
         s = self.sparsity
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
             raise FrandiError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
-        if self.bits is not None and (
-            isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8
-        ):
-            raise FrandiError(f"bits must be an integer in 2..8 or none, got {self.bits!r}")
+        _check_bits(self.bits, "bits")
+        _check_bits(self.act_bits, "act_bits")
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON form; ``act_bits`` only when set, so policies without activation quantization read as before."""
+        d: dict[str, float | int | None] = {"sparsity": self.sparsity, "bits": self.bits}
+        if self.act_bits is not None:
+            d["act_bits"] = self.act_bits
+        return d
 
 
 @dataclass(frozen=True)
@@ -42,11 +54,11 @@ class Policy:
         for name, s in mapping.items():
             if not isinstance(s, LayerSetting):
                 if not isinstance(s, Mapping):
-                    raise FrandiError(f"policy layer '{name}': expected {{sparsity, bits}}, got {s!r}")
-                unknown = set(s) - {"sparsity", "bits"}
+                    raise FrandiError(f"policy layer '{name}': expected {{sparsity, bits, act_bits}}, got {s!r}")
+                unknown = set(s) - {"sparsity", "bits", "act_bits"}
                 if unknown:
                     raise FrandiError(
-                        f"policy layer '{name}': unknown keys {sorted(unknown)}; use sparsity, bits"
+                        f"policy layer '{name}': unknown keys {sorted(unknown)}; use sparsity, bits, act_bits"
                     )
                 s = LayerSetting(**s)  # type: ignore[arg-type]
             items.append((name, s))
@@ -55,10 +67,12 @@ class Policy:
     def as_dict(self) -> dict[str, LayerSetting]:
         return dict(self.layers)
 
+    def act_bits(self) -> dict[str, int]:
+        """Layer name -> input-activation bits, for the layers whose activations are quantized."""
+        return {n: s.act_bits for n, s in self.layers if s.act_bits is not None}
+
     def to_json(self) -> str:
-        return json.dumps(
-            {n: {"sparsity": s.sparsity, "bits": s.bits} for n, s in self.layers}, sort_keys=True
-        )
+        return json.dumps({n: s.as_dict() for n, s in self.layers}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
@@ -67,13 +81,15 @@ class Policy:
         except json.JSONDecodeError as e:
             raise FrandiError(f"policy is not valid JSON ({e})") from None
         if not isinstance(data, dict):
-            raise FrandiError("policy JSON must be an object: layer name -> {sparsity, bits}")
+            raise FrandiError("policy JSON must be an object: layer name -> {sparsity, bits, act_bits}")
         return cls.from_dict(data)
 
     @classmethod
-    def uniform(cls, model: nn.Module, sparsity: float = 0.0, bits: int | None = None) -> Policy:
+    def uniform(
+        cls, model: nn.Module, sparsity: float = 0.0, bits: int | None = None, act_bits: int | None = None
+    ) -> Policy:
         """The same setting on every compressible layer: the baseline every front is compared with."""
-        s = LayerSetting(sparsity, bits)
+        s = LayerSetting(sparsity, bits, act_bits)
         return cls.from_dict({layer.name: s for layer in compressible_layers(model)})
 
 

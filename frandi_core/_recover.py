@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._actquant import check_calibration, learn_steps_
 from ._errors import FrandiError
 from ._hooks import capture
 from ._losses import distance_to_unit, normalized_distance
@@ -21,7 +22,8 @@ OUTPUT = "output"  # the name that stands for the model's final output in a list
 
 @dataclass(frozen=True)
 class RecoveryConfig:
-    """Feature Regression settings: step budget, Adam learning rate, mini-batch size, layers, seed."""
+    """Feature Regression settings: step budget, Adam learning rate, mini-batch size, layers, seed; and, for
+    policies that quantize activations, how their ranges are calibrated and whether FR learns the step sizes."""
 
     steps: int = 100
     lr: float = 1e-3
@@ -29,6 +31,8 @@ class RecoveryConfig:
     layers: tuple[str, ...] | None = None  # None: the main blocks and the output
     seed: int = 0
     precision: str = "fp32"  # "bf16": forward passes under bf16 autocast (CUDA); weights, loss and OD stay fp32
+    calibration: str = "mse"  # activation ranges from the recovery batch: "minmax", "percentile" or "mse"
+    learn_act_steps: bool = True  # FR also trains the activation step sizes (LSQ-style): better by measurement
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -38,6 +42,7 @@ class RecoveryConfig:
             )
         if self.precision not in ("fp32", "bf16"):
             raise FrandiError(f"recovery precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        check_calibration(self.calibration)
 
 
 class NonFiniteError(FrandiError):
@@ -115,12 +120,14 @@ def feature_regression_(
     """Train the compressed student in place to match the teacher's normalized features (eq. 2).
 
     BN statistics stay frozen (eval mode: there is no real data to update them), masks are re-applied by
-    the compression parametrization on every forward. Returns the loss per step.
+    the compression parametrization on every forward, activations pass their quantizers (straight-through),
+    whose step sizes are trained too if ``config.learn_act_steps``. Returns the loss per step.
     ``compile_loss`` fuses the loss's elementwise work with torch.compile (2.5x faster loss on CPU, but the
     first call compiles for 10-25 s on CPU: it pays in long studies only, see benchmarks/bench_trial.py).
     """
     student.eval()
     hooked, _ = _split(targets.layers)
+    learn_steps_(student, config.learn_act_steps)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = adam(params, config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.steps, 1))

@@ -20,7 +20,13 @@ class ConfigError(FrandiError):
 
 
 SAMPLERS = ("tpe", "nsga2", "random")
-OBJECTIVES = ("od", "size")
+OBJECTIVES = ("od", "size", "bops")
+# Keys that only matter when activations are quantized: a study file that quantizes none leaves them out of its
+# fingerprint, so studies stored before activation quantization existed resume with the fingerprint they had.
+ACTIVATION_KEYS: dict[str, tuple[str, ...]] = {
+    "space": ("act_bits",),
+    "recovery": ("calibration", "learn_act_steps"),
+}
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,9 @@ class StudySection:
     sampler: str = "tpe"
     seed: int = 0
     n_trials: int = 50
-    objectives: tuple[str, ...] = ("od", "size")  # ("od",) alone needs min_ratio as a size budget
+    objectives: tuple[str, ...] = ("od", "size")  # "od" first, then "size" and/or "bops"; ("od",) needs a budget
     min_ratio: float | None = None  # constraint: compression ratio >= min_ratio
+    max_bops: float | None = None  # constraint: bit operations (MACs x weight bits x activation bits) <= max_bops
     baselines: tuple[float, ...] = (0.25, 0.5, 0.75)  # uniform sparsities enqueued first, at the top bits
     artifacts: str | None = None  # folder for files export --attach stores (default: beside the SQLite database)
 
@@ -62,6 +69,7 @@ class SpaceSection:
     sparsity: tuple[float, ...] = (0.0, 0.9)
     sparsity_step: float = 0.05
     bits: tuple[int, ...] = (4, 6, 8)  # 32 keeps a layer in fp32
+    act_bits: tuple[int, ...] = (32,)  # input-activation bits of searched layers; 32 keeps them fp32
     keep_first_last: bool = True
 
 
@@ -97,10 +105,12 @@ class StudyConfig:
             "min_ratio": self.study.min_ratio,
             "model": dataclasses.asdict(self.model) | {"weights": _file_digest(self.weights_path)},
             "synthetic": dataclasses.asdict(self.synthetic),
-            "space": dataclasses.asdict(self.space),
-            "recovery": dataclasses.asdict(self.recovery),
+            "space": self._section("space"),
+            "recovery": self._section("recovery"),
             "size": SIZE_RULE,  # how the size objective is counted: trials counted otherwise are not comparable
         }
+        if self.study.max_bops is not None:
+            keep["max_bops"] = self.study.max_bops
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     @property
@@ -109,15 +119,35 @@ class StudyConfig:
 
     def comparable(self) -> dict[str, Any]:
         """The fingerprinted sections as plain data, to say which one changed."""
-        return {
-            "study.objectives": list(self.study.objectives),
-            "study.min_ratio": self.study.min_ratio,
-            "model": json.loads(json.dumps(dataclasses.asdict(self.model), default=list)),
-            "synthetic": dataclasses.asdict(self.synthetic),
-            "space": json.loads(json.dumps(dataclasses.asdict(self.space), default=list)),
-            "recovery": json.loads(json.dumps(dataclasses.asdict(self.recovery), default=list)),
+        study = {"study.objectives": list(self.study.objectives), "study.min_ratio": self.study.min_ratio}
+        if self.study.max_bops is not None:
+            study["study.max_bops"] = self.study.max_bops
+        return study | {
+            "model": _plain(self.model),
+            "synthetic": _plain(self.synthetic),
+            "space": self._section("space"),
+            "recovery": self._section("recovery"),
             "size accounting": SIZE_RULE,
         }
+
+    @property
+    def quantizes_activations(self) -> bool:
+        """Whether any layer may get quantized activations: searched act_bits, or a fixed entry naming act_bits."""
+        fixed = self.space.fixed.values()
+        return self.space.act_bits != (32,) or any(isinstance(v, dict) and "act_bits" in v for v in fixed)
+
+    def _section(self, name: str) -> dict[str, Any]:
+        """A fingerprinted section as plain data; without its activation keys when no activation is quantized."""
+        data = _plain(getattr(self, name))
+        if not self.quantizes_activations:
+            for key in ACTIVATION_KEYS.get(name, ()):
+                del data[key]
+        return data
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    """A section as JSON-ready data."""
+    return json.loads(json.dumps(dataclasses.asdict(section), default=list))
 
 
 def _file_digest(path: Path) -> str:
@@ -208,13 +238,20 @@ def _validate(cfg: StudyConfig) -> None:
         or any(o not in OBJECTIVES for o in s.objectives)
         or len(set(s.objectives)) < len(s.objectives)
     ):
-        raise ConfigError(f'study.objectives {list(s.objectives)} is invalid; use ["od", "size"] or ["od"]')
+        raise ConfigError(
+            f'study.objectives {list(s.objectives)} is invalid; use ["od", "size"], ["od", "bops"], '
+            '["od", "size", "bops"] or ["od"]'
+        )
     if s.objectives[0] != "od":
         raise ConfigError('study.objectives must start with "od" (the label-free accuracy proxy)')
-    if s.objectives == ("od",) and s.min_ratio is None:
-        raise ConfigError('study.objectives = ["od"] needs a size budget: set study.min_ratio (e.g. 2.0)')
+    if s.objectives == ("od",) and s.min_ratio is None and s.max_bops is None:
+        raise ConfigError(
+            'study.objectives = ["od"] needs a budget: set study.min_ratio (e.g. 2.0) or study.max_bops'
+        )
     if s.min_ratio is not None and s.min_ratio < 1:
         raise ConfigError(f"study.min_ratio must be >= 1, got {s.min_ratio}")
+    if s.max_bops is not None and s.max_bops <= 0:
+        raise ConfigError(f"study.max_bops must be > 0 (bit operations, e.g. 2.5e9), got {s.max_bops}")
     if s.n_trials < 1:
         raise ConfigError(f"study.n_trials must be >= 1, got {s.n_trials}")
     lo, hi = (sp.sparsity + (None, None))[:2] if len(sp.sparsity) == 2 else (None, None)
@@ -224,11 +261,12 @@ def _validate(cfg: StudyConfig) -> None:
         )
     if not 0 < sp.sparsity_step < 1:
         raise ConfigError(f"space.sparsity_step must be in (0, 1), got {sp.sparsity_step}")
-    if not sp.bits:
-        raise ConfigError("space.bits must list at least one bit-width (2..8, or 32 for fp32)")
-    for b in sp.bits:
-        if not (2 <= b <= 8 or b == 32):
-            raise ConfigError(f"space.bits has {b}, not a weight bit-width; use 2..8, or 32 to keep fp32")
+    for key, choices in (("bits", sp.bits), ("act_bits", sp.act_bits)):
+        if not choices:
+            raise ConfigError(f"space.{key} must list at least one bit-width (2..8, or 32 for fp32)")
+        for b in choices:
+            if not (2 <= b <= 8 or b == 32):
+                raise ConfigError(f"space.{key} has {b}, not a bit-width; use 2..8, or 32 to keep fp32")
     for level in s.baselines:
         if not 0 <= level < 1:
             raise ConfigError(f"study.baselines has sparsity {level}, outside [0, 1)")

@@ -1,4 +1,4 @@
-"""Reading a study back: the Pareto front of (OD, size), status counts, rows for tables, JSON and CSV."""
+"""Reading a study back: the Pareto front of (OD, size[, BOPs]), status counts, rows for tables, JSON and CSV."""
 
 from __future__ import annotations
 
@@ -12,37 +12,44 @@ from optuna.trial import FrozenTrial, TrialState
 
 from frandi_core import Policy
 
+from ._study import METRICS
+
 PACKED = "frandi:packed_bytes"  # study user attribute: trial number -> bytes of its last packed export
 
 
 def feasible(t: FrozenTrial) -> bool:
-    """Meets every Optuna constraint of the trial (min_ratio - ratio <= 0); trials without one are feasible."""
+    """Meets every Optuna constraint of the trial (min_ratio - ratio <= 0, bops over max_bops <= 0); trials
+    without one are feasible."""
     return all(v <= 0 for v in t.constraints.values())
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete, feasible trials that no other trial beats on both OD and size; sorted by size."""
+    """Complete, feasible trials that no other trial beats on OD, size and (in a study with a BOPs objective)
+    bit operations; sorted by size."""
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
+    with_bops = METRICS["bops"] in (study.metric_names or [])
 
-    def key(t: FrozenTrial) -> tuple[float, float]:
-        return (t.values[0], float(t.user_attrs["size_bits"]))
+    def key(t: FrozenTrial) -> tuple[float, ...]:
+        k = (t.values[0], float(t.user_attrs["size_bits"]))
+        return (*k, float(t.user_attrs["bops"])) if with_bops else k
 
-    front = [
-        t
-        for t in trials
-        if not any(key(o)[0] <= key(t)[0] and key(o)[1] <= key(t)[1] and key(o) != key(t) for o in trials)
-    ]
+    def beats(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return a != b and all(x <= y for x, y in zip(a, b, strict=True))
+
+    front = [t for t in trials if not any(beats(key(o), key(t)) for o in trials)]
     return sorted(front, key=lambda t: (key(t)[1], key(t)[0], t.number))
 
 
-def bits_summary(policy: Policy) -> str:
-    used = sorted({s.bits or 32 for _, s in policy.layers})
+def bits_summary(policy: Policy, activations: bool = False) -> str:
+    """The bit-widths a policy uses (weights, or input activations), e.g. '4/8/fp32'."""
+    used = sorted({(s.act_bits if activations else s.bits) or 32 for _, s in policy.layers})
     return "/".join("fp32" if b == 32 else str(b) for b in used)
 
 
 def row(t: FrozenTrial, packed_bytes: int | None = None) -> dict[str, Any]:
     """One trial as a table row; ``packed_kib`` is the real size of its packed export, if it was exported."""
     policy = Policy.from_json(t.user_attrs["policy"])
+    bops = t.user_attrs.get("bops")  # trials run before BOPs were recorded have none
     return {
         "trial": t.number,
         "od": round(t.values[0], 5),
@@ -52,6 +59,8 @@ def row(t: FrozenTrial, packed_bytes: int | None = None) -> dict[str, Any]:
         "ratio": round(float(t.user_attrs["ratio"]), 2),
         "density": round(float(t.user_attrs["density"]), 3),
         "bits": bits_summary(policy),
+        "act_bits": bits_summary(policy, activations=True),
+        "gbops": None if bops is None else round(float(bops) / 1e9, 4),
         "baseline": bool(t.user_attrs.get("baseline", False)),
     }
 

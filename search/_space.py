@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 
-from frandi_core import LayerInfo, LayerSetting, Policy
+from frandi_core import FrandiError, LayerInfo, LayerSetting, Policy
 
 from ._config import ConfigError, SpaceSection
 
@@ -21,13 +21,20 @@ def _matches(pattern: str, name: str) -> bool:
     return pattern == name
 
 
+def _bits(b: Any) -> int | None:
+    return None if b == FP32 else b
+
+
 def _setting(value: Any, key: str) -> LayerSetting:
-    if not isinstance(value, dict) or set(value) - {"sparsity", "bits"}:
-        raise ConfigError(f"'{key}' must be a table like {{sparsity = 0.5, bits = 8}}, got {value!r}")
-    bits = value.get("bits", FP32)
+    if not isinstance(value, dict) or set(value) - {"sparsity", "bits", "act_bits"}:
+        raise ConfigError(
+            f"'{key}' must be a table like {{sparsity = 0.5, bits = 8, act_bits = 8}}, got {value!r}"
+        )
     try:
-        return LayerSetting(float(value.get("sparsity", 0.0)), None if bits == FP32 else bits)
-    except (TypeError, ValueError) as e:
+        return LayerSetting(
+            float(value.get("sparsity", 0.0)), _bits(value.get("bits", FP32)), _bits(value.get("act_bits", FP32))
+        )
+    except (TypeError, ValueError, FrandiError) as e:
         raise ConfigError(f"'{key}': {e}") from None
 
 
@@ -40,6 +47,7 @@ class SearchSpace:
     sparsity: tuple[float, float]
     step: float
     bits: tuple[int, ...]
+    act_bits: tuple[int, ...] = (FP32,)
 
     @classmethod
     def build(cls, space: SpaceSection, layers: list[LayerInfo]) -> SearchSpace:
@@ -63,9 +71,10 @@ class SearchSpace:
         fixed: dict[str, LayerSetting] = {}
         searched = []
         edge = {names[0], names[-1]} if space.keep_first_last else set()
+        edge_act = 8 if any(b != FP32 for b in space.act_bits) else None  # W8A8 where activations are searched
         for n in names:
             if n in edge:
-                fixed[n] = LayerSetting(0.0, 8)
+                fixed[n] = LayerSetting(0.0, 8, edge_act)
                 continue
             exact = fixed_settings.get(n)
             pattern = next(
@@ -78,23 +87,34 @@ class SearchSpace:
         if not searched:
             raise ConfigError("space.layers leaves no layer to search; widen space.layers or space.fixed")
         lo, hi = space.sparsity
-        return cls(tuple(searched), tuple(sorted(fixed.items())), (lo, hi), space.sparsity_step, space.bits)
+        return cls(
+            tuple(searched), tuple(sorted(fixed.items())), (lo, hi), space.sparsity_step, space.bits, space.act_bits
+        )
 
     def sample(self, trial: optuna.Trial) -> Policy:
-        """Ask the trial for each searched layer's sparsity and bits; return the whole policy."""
+        """Ask the trial for each searched layer's sparsity, bits and activation bits; return the whole policy.
+
+        Activation bits are a trial parameter only when there is a choice: one value (fp32 by default) is set
+        directly, so a space without activation choices samples exactly the parameters it always did.
+        """
         settings = dict(self.fixed)
         for n in self.searched:
             s = trial.suggest_float(f"{n}:sparsity", self.sparsity[0], self.sparsity[1], step=self.step)
             b = trial.suggest_categorical(f"{n}:bits", list(self.bits))
-            settings[n] = LayerSetting(round(s, 6), None if b == FP32 else int(b))
+            a = trial.suggest_categorical(f"{n}:act_bits", list(self.act_bits)) if len(self.act_bits) > 1 else None
+            settings[n] = LayerSetting(round(s, 6), _bits(int(b)), _bits(self.act_bits[0] if a is None else int(a)))
         return Policy.from_dict(settings)
 
-    def uniform_params(self, sparsity: float, bits: int) -> dict[str, Any]:
-        """Trial parameters of the uniform policy (same setting on every searched layer), to enqueue."""
+    def uniform_params(self, sparsity: float, bits: int, act_bits: int | None = None) -> dict[str, Any]:
+        """Trial parameters of the uniform policy (same setting on every searched layer), to enqueue.
+
+        ``act_bits``: the activation bits, when they are searched (default: the largest choice)."""
         lo, hi = self.sparsity
         s = min(max(lo + round((sparsity - lo) / self.step) * self.step, lo), hi)
         params: dict[str, Any] = {}
         for n in self.searched:
             params[f"{n}:sparsity"] = round(s, 6)
             params[f"{n}:bits"] = bits
+            if len(self.act_bits) > 1:
+                params[f"{n}:act_bits"] = max(self.act_bits) if act_bits is None else act_bits
         return params

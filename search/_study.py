@@ -16,7 +16,7 @@ from ._space import SearchSpace
 
 FINGERPRINT = "frandi:fingerprint"
 CONFIG = "frandi:config"
-METRICS = {"od": "OD", "size": "size_kib"}
+METRICS = {"od": "OD", "size": "size_kib", "bops": "GBOPs"}
 
 
 def make_sampler(cfg: StudyConfig, worker_index: int = 0, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:

@@ -14,9 +14,11 @@ from frandi_core import (
     ModelSpec,
     Policy,
     SyntheticData,
+    bops,
     compress,
     compressible_layers,
     feature_regression_,
+    layer_macs,
     load_model,
     model_outputs,
     model_size,
@@ -85,7 +87,7 @@ def cached_batches(
 
 @dataclass(frozen=True)
 class TrialResult:
-    """One evaluated policy: OD after and before recovery, size, and where the time went."""
+    """One evaluated policy: OD after and before recovery, size, bit operations, and where the time went."""
 
     od: float
     od_before: float
@@ -93,6 +95,7 @@ class TrialResult:
     ratio: float
     density: float
     seconds: dict[str, float]
+    bops: int
 
 
 class TrialRunner:
@@ -115,15 +118,17 @@ class TrialRunner:
             self.teacher, self._layout(data.recovery.to(self.device)), cfg.recovery.layers or None
         )
         self.teacher_out = model_outputs(self.teacher, self.heldout)
+        self.macs = layer_macs(self.teacher, cfg.model.input_shape)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         channels_last = self.cfg.run.channels_last and x.dim() == 4
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     def student(self, policy: Policy) -> tuple[torch.nn.Module, TrialResult]:
-        """Compress, recover with FR, measure OD; returns the recovered student (still parametrized)."""
+        """Compress (activation ranges from the recovery batch), recover with FR, measure OD on the held-out batch;
+        returns the recovered student (still parametrized)."""
         t0 = time.perf_counter()
-        student = compress(self.teacher, policy)
+        student = compress(self.teacher, policy, calibration=self.targets.inputs, method=self.cfg.recovery.calibration)
         for p in student.parameters():
             p.requires_grad_(True)
         t1 = time.perf_counter()
@@ -141,7 +146,7 @@ class TrialRunner:
             "od": t4 - t3,
             "total": t4 - t0,
         }
-        result = TrialResult(od, od_before, size.bits, size.ratio, size.density, seconds)
+        result = TrialResult(od, od_before, size.bits, size.ratio, size.density, seconds, bops(self.macs, policy))
         return student, result
 
     def evaluate(self, policy: Policy) -> TrialResult:

@@ -128,6 +128,12 @@ def claim(study: optuna.Study, storage: Storage) -> int | None:
     return trial_id
 
 
+def objective_values(cfg: StudyConfig, r: TrialResult) -> list[float]:
+    """The trial's values in the order of study.objectives: OD, size in KiB, bit operations in G (1e9)."""
+    value = {"od": r.od, "size": r.size_bits / 8192, "bops": r.bops / 1e9}
+    return [value[o] for o in cfg.study.objectives]
+
+
 def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: StudyConfig, worker: str) -> bool:
     """Sample, evaluate and tell one claimed trial; False when it failed (recorded with its reason).
 
@@ -164,6 +170,7 @@ def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg:
         "size_bits": r.size_bits,
         "ratio": r.ratio,
         "density": r.density,
+        "bops": r.bops,
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
         "threads": torch.get_num_threads(),  # CPU results move with the thread count; export reuses it
     }
@@ -171,8 +178,9 @@ def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg:
         trial.set_user_attr(k, v)
     if cfg.study.min_ratio is not None:
         trial.set_constraint("min_ratio", cfg.study.min_ratio - r.ratio)  # feasible when <= 0
-    values = [r.od, r.size_bits / 8192] if len(cfg.study.objectives) == 2 else [r.od]
-    _tell(study, trial, values)
+    if cfg.study.max_bops is not None:
+        trial.set_constraint("max_bops", (r.bops - cfg.study.max_bops) / cfg.study.max_bops)
+    _tell(study, trial, objective_values(cfg, r))
 
 
 def _fail(study: optuna.Study, trial_id: int, reason: str, *, retry: bool = False) -> None:

@@ -109,9 +109,11 @@ class Bench:
     def uniform(self, sparsity: float = 0.0, bits: int | None = None) -> Policy:
         return Policy.uniform(self.teacher, sparsity, bits)
 
-    def compressed(self, policy: Policy) -> nn.Module:
-        """The compressed model with no recovery at all."""
-        return compress(self.teacher, policy)
+    def compressed(self, policy: Policy, calibration: str | None = None) -> nn.Module:
+        """The compressed model with no recovery at all; activation ranges (if the policy quantizes activations)
+        from the synthetic recovery batch by ``calibration`` (default: the study's)."""
+        method = calibration or self.cfg.recovery.calibration
+        return compress(self.teacher, policy, calibration=self.runner.targets.inputs, method=method)
 
     def recovered(self, policy: Policy) -> tuple[nn.Module, TrialResult]:
         """Compress and recover with Feature Regression on the synthetic batch, exactly as a trial does."""
@@ -124,7 +126,7 @@ class Bench:
         frozen BN statistics (eval mode); only the data (real, labeled) and the loss differ.
         """
         rc = self.cfg.recovery
-        student = compress(self.teacher, policy)
+        student = self.compressed(policy)
         params = list(student.parameters())
         for prm in params:
             prm.requires_grad_(True)

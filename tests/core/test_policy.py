@@ -107,3 +107,21 @@ def test_uniform_policy_covers_every_compressible_layer() -> None:
     p = Policy.uniform(model, 0.5, 4)
     assert sorted(p.as_dict()) == sorted(i.name for i in compressible_layers(model))
     assert set(p.as_dict().values()) == {LayerSetting(0.5, 4)}
+
+
+def test_activation_bits_round_trip_and_stay_out_of_old_json() -> None:
+    p = Policy.from_dict({"a": LayerSetting(0.5, 4, 8), "b": LayerSetting(0.0, 8)})
+    assert Policy.from_json(p.to_json()) == p
+    assert json.loads(p.to_json()) == {
+        "a": {"sparsity": 0.5, "bits": 4, "act_bits": 8},
+        "b": {"sparsity": 0.0, "bits": 8},
+    }
+    assert p.act_bits() == {"a": 8}
+    old = '{"a": {"bits": 4, "sparsity": 0.5}}'  # a policy stored before activation bits existed
+    assert Policy.from_json(old).to_json() == old and Policy.from_json(old).act_bits() == {}
+
+
+@pytest.mark.parametrize("act_bits", [1, 9, 16, 32, 4.0, True])
+def test_invalid_activation_bits_raise(act_bits: object) -> None:
+    with pytest.raises(FrandiError, match="act_bits must be an integer in 2..8"):
+        LayerSetting(act_bits=act_bits)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from search._evaluate import ACCURACY, labeled_set, stored_accuracy
 from search._launch import open_for
 from search._study import open_study
 from studies import data as datasets
-from studies.experiments import fr_vs_finetune, od_accuracy, pruning, quantization, search_pays
+from studies.experiments import act_quantization, fr_vs_finetune, od_accuracy, pruning, quantization, search_pays
 
 
 def _outputs(out: Path, stem: str) -> list[dict[str, str]]:
@@ -79,6 +79,16 @@ def test_quantization(quick: Callable[..., list], tmp_path: Path) -> None:
     sizes = [float(r["size_kib"]) for r in rows[:2]]
     assert sizes[0] > sizes[1]
     _accuracies(rows, "no_recovery", "fr_synthetic")
+
+
+def test_act_quantization(quick: Callable[..., list], tmp_path: Path) -> None:
+    quick(act_quantization)
+    rows = _outputs(tmp_path, "act_quantization_digits")
+    uniform = [r for r in rows if not r["role"]]
+    assert [r["policy"] for r in uniform] == ["uniform W8A8", "uniform W4A4"]
+    assert float(uniform[0]["gbops"]) > float(uniform[1]["gbops"])
+    assert [r["role"] for r in rows[len(uniform) :]][-1] == "uniform"  # the budget's uniform policy closes the table
+    _accuracies(rows, "no_recovery", "fr", "fr_lsq")
 
 
 def test_search_pays(quick: Callable[..., list], tmp_path: Path) -> None:

@@ -1,0 +1,135 @@
+"""Activation bits and BOPs in a study: keys, fingerprint of old studies, sampling, trials, reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from frandi_core import SIZE_RULE, LayerSetting, Policy, compressible_layers, load_model
+from search import SearchSpace, StudyConfig, TrialRunner, create_or_resume, load_config
+from search._config import _file_digest, replace
+from search._launch import open_for
+from search._study import FINGERPRINT, open_study
+from search._trial import model_spec
+
+ACT_SPACE = 'bits = [4, 8, 32]\nact_bits = [4, 8]'
+
+
+def fingerprint_before_activation_bits(cfg: StudyConfig) -> str:
+    """The fingerprint exactly as the code computed it before activation bits and BOPs existed (once the size rule
+    was part of it: that change alone refuses older studies, on purpose, see test_cli)."""
+    keep = {
+        "objectives": cfg.study.objectives,
+        "min_ratio": cfg.study.min_ratio,
+        "model": dataclasses.asdict(cfg.model) | {"weights": _file_digest(cfg.weights_path)},
+        "synthetic": dataclasses.asdict(cfg.synthetic),
+        "space": {k: v for k, v in dataclasses.asdict(cfg.space).items() if k != "act_bits"},
+        "recovery": {
+            k: v for k, v in dataclasses.asdict(cfg.recovery).items() if k not in ("calibration", "learn_act_steps")
+        },
+        "size": SIZE_RULE,
+    }
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def edit(path: Path, old: str, new: str) -> Path:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def test_study_files_without_the_new_keys_keep_their_fingerprint(study_file) -> None:
+    studies = Path(__file__).resolve().parents[2] / "studies"
+    for path in [study_file(), studies / "quickstart.toml", *sorted((studies / "experiments").glob("*.toml"))]:
+        cfg = load_config(path)
+        assert cfg.fingerprint() == fingerprint_before_activation_bits(cfg), path
+
+
+@pytest.mark.parametrize(
+    "section, change",
+    [
+        ("space", {"act_bits": (4, 8)}),
+        ("space", {"fixed": {"layer1.0.conv1": {"act_bits": 8}}}),
+        ("study", {"max_bops": 1e9}),
+    ],
+)
+def test_each_new_key_changes_the_fingerprint(study_file, section: str, change: dict) -> None:
+    cfg = load_config(study_file())
+    assert replace(cfg, section, **change).fingerprint() != cfg.fingerprint()
+
+
+@pytest.mark.parametrize("change", [{"calibration": "minmax"}, {"learn_act_steps": False}])
+def test_activation_recovery_keys_count_only_where_activations_are_quantized(study_file, change: dict) -> None:
+    cfg = load_config(study_file())
+    assert replace(cfg, "recovery", **change).fingerprint() == cfg.fingerprint()  # they change nothing here
+    quantized = replace(cfg, "space", act_bits=(4, 8))
+    assert replace(quantized, "recovery", **change).fingerprint() != quantized.fingerprint()
+
+
+def test_an_old_study_resumes_unchanged(study_file) -> None:
+    cfg = load_config(study_file())
+    with open_for(cfg) as st:
+        space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+        study = create_or_resume(cfg, st, space)
+        study.set_user_attr(FINGERPRINT, fingerprint_before_activation_bits(cfg))  # as the old code stored it
+        create_or_resume(cfg, st, space)  # no ConfigError: the same study file still matches
+        assert open_study(cfg, st).user_attrs[FINGERPRINT] == fingerprint_before_activation_bits(cfg)
+
+
+def test_default_space_samples_the_parameters_it_always_did(study_file) -> None:
+    cfg = load_config(study_file())
+    space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    policy = space.sample(trial)
+    assert set(trial.params) == {f"{n}:{k}" for n in space.searched for k in ("sparsity", "bits")}
+    assert policy.act_bits() == {}
+
+
+def test_searched_activation_bits_and_edges_at_w8a8(study_file) -> None:
+    cfg = load_config(edit(study_file(), "bits = [4, 8, 32]", ACT_SPACE))
+    space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        policy = space.sample(trial).as_dict()
+        assert all(policy[n].act_bits == trial.params[f"{n}:act_bits"] for n in space.searched)
+        first, *_, last = [layer.name for layer in compressible_layers(load_model(model_spec(cfg)))]
+        assert policy[first] == policy[last] == LayerSetting(0.0, 8, 8)
+    assert space.uniform_params(0.0, 4)[f"{space.searched[0]}:act_bits"] == 8
+
+
+def test_a_bops_study_records_bops_and_reports_them(study_file, frandi) -> None:
+    path = edit(study_file(n_trials=4), "bits = [4, 8, 32]", ACT_SPACE)
+    cfg = load_config(path)
+    with open_for(cfg) as st:
+        runner = TrialRunner(cfg, st)
+        w8a8 = runner.evaluate(Policy.uniform(runner.teacher, 0.0, 8, 8)).bops
+        w4a4 = runner.evaluate(Policy.uniform(runner.teacher, 0.0, 4, 4)).bops
+    assert w8a8 == 4 * w4a4
+    budget = (w8a8 + w4a4) / 2
+    edit(path, "[study]", f'[study]\nobjectives = ["od", "bops"]\nmax_bops = {budget}')
+    code, out, err = frandi("search", path, "--no-progress")
+    assert code == 0, err
+    cfg = load_config(path)
+    with open_for(cfg) as st:
+        study = open_study(cfg, st)
+        trials = study.get_trials(states=(TrialState.COMPLETE,))
+        assert study.metric_names == ["OD", "GBOPs"]
+    assert len(trials) == 4
+    for t in trials:
+        assert t.values[1] == pytest.approx(t.user_attrs["bops"] / 1e9)
+        assert (t.constraints["max_bops"] <= 0) == (t.user_attrs["bops"] <= budget)
+        assert Policy.from_json(t.user_attrs["policy"]).act_bits()  # activations quantized on searched layers
+    code, out, _ = frandi("pareto", path, "--format", "json")
+    rows = json.loads(out)
+    assert code == 0 and rows and {"act_bits", "gbops"} <= set(rows[0])
+    assert all(r["gbops"] <= budget / 1e9 + 1e-4 for r in rows)  # the front holds feasible trials only
+    assert set("/".join(r["act_bits"] for r in rows).split("/")) <= {"4", "8"}
