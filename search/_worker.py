@@ -9,7 +9,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import optuna
 import torch
@@ -134,32 +134,50 @@ def objective_values(cfg: StudyConfig, r: TrialResult) -> list[float]:
     return [value[o] for o in cfg.study.objectives]
 
 
+@contextmanager
+def claimed(study: optuna.Study, storage: Storage) -> Iterator[int | None]:
+    """Claim the next trial (None when there is none) and beat for it while the block runs.
+
+    A Ctrl-C / SIGTERM that comes while the trial is claimed and its heartbeat started is held for the block
+    (run_trial raises it once it can fail the trial and queue it again; with no trial, work() raises it), so a
+    claimed trial is never left RUNNING until it goes stale.
+    """
+    with ExitStack() as stack:
+        with deferred_interrupts(release=False):
+            trial_id = claim(study, storage)
+            if trial_id is not None:
+                stack.enter_context(heartbeat(study._storage, trial_id))  # type: ignore[arg-type]
+        yield trial_id
+
+
 def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: StudyConfig, worker: str) -> bool:
-    """Sample, evaluate and tell one claimed trial; False when it failed (recorded with its reason).
+    """Sample, evaluate and tell one claimed trial (its heartbeat kept by ``claimed``); False when it failed
+    (recorded with its reason).
 
     Ctrl-C / SIGTERM while it samples or evaluates fails the trial and queues it again; while its result is
     being recorded, the signal waits until the trial is COMPLETE.
     """
     study._thread_local.cached_all_trials = None  # sample from the trials as they are now (as Study.ask does)
-    with heartbeat(study._storage, trial_id):  # type: ignore[arg-type]
-        try:
-            raise_held()  # a Ctrl-C / SIGTERM that came while the trial was claimed
+    try:
+        # Database calls are never cut in two (an interrupted write can leave SQLite locked for the clean-up): a
+        # signal from the claim or from here is raised when the block ends; evaluating is interruptible at once.
+        with deferred_interrupts():
             trial = optuna.trial.Trial(study, trial_id)  # samples the multivariate parameters
             policy = runner.space.sample(trial)
             trial.set_user_attr("worker", worker)
             trial.set_user_attr("policy", policy.to_json())
-            r = runner.evaluate(policy)
-        except (NonFiniteError, FloatingPointError) as e:
-            _fail(study, trial_id, str(e))
-            log.warning("trial %d failed: %s", trial.number, e)
-            return False
-        except (StorageError, optuna.exceptions.StorageInternalError):
-            raise  # the storage is gone: the trial's heartbeat stops, it goes stale and is retried as it was
-        except BaseException as e:  # Ctrl-C / SIGTERM: not the policy's fault, so it runs again later
-            _fail(study, trial_id, f"{type(e).__name__}: {e}", retry=isinstance(e, KeyboardInterrupt))
-            raise
-        with deferred_interrupts():
-            _record(study, trial, r, cfg)
+        r = runner.evaluate(policy)
+    except (NonFiniteError, FloatingPointError) as e:
+        _fail(study, trial_id, str(e))
+        log.warning("trial %d failed: %s", trial.number, e)
+        return False
+    except (StorageError, optuna.exceptions.StorageInternalError):
+        raise  # the storage is gone: the trial's heartbeat stops, it goes stale and is retried as it was
+    except BaseException as e:  # Ctrl-C / SIGTERM: not the policy's fault, so it runs again later
+        _fail(study, trial_id, f"{type(e).__name__}: {e}", retry=isinstance(e, KeyboardInterrupt))
+        raise
+    with deferred_interrupts():
+        _record(study, trial, r, cfg)
     return True
 
 
@@ -232,23 +250,21 @@ def work(
     while True:
         if storage.optuna.get_heartbeat_interval():
             fail_stale_trials(study)
-        with deferred_interrupts(release=False):  # a signal now is raised in run_trial, which re-queues the trial
-            trial_id = claim(study, storage)
-        if trial_id is None:
-            raise_held()
-        else:
-            try:
-                ok = run_trial(study, runner, trial_id, cfg, worker)
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-                if not study._storage.get_trial(trial_id).state.is_finished():
-                    raise
-                log.warning("trial %d went stale while it ran (no heartbeat within the grace period)", trial_id)
-                continue
-            except optuna.exceptions.StorageInternalError as e:
-                if not connection_lost(e):
-                    raise
-                log.warning("trial %d: %s; it goes stale and is retried", trial_id, lost_storage(e).split(";")[0])
-                continue  # the next calls wait for the server (see storage.open_storage)
+        with claimed(study, storage) as trial_id:
+            if trial_id is not None:
+                try:
+                    ok = run_trial(study, runner, trial_id, cfg, worker)
+                except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                    if not study._storage.get_trial(trial_id).state.is_finished():
+                        raise
+                    log.warning("trial %d went stale while it ran (no heartbeat within the grace period)", trial_id)
+                    continue
+                except optuna.exceptions.StorageInternalError as e:
+                    if not connection_lost(e):
+                        raise
+                    log.warning("trial %d: %s; it goes stale and is retried", trial_id, lost_storage(e).split(";")[0])
+                    continue  # the next calls wait for the server (see storage.open_storage)
+        if trial_id is not None:
             if ok:
                 done += 1
             else:
@@ -258,6 +274,7 @@ def work(
             if on_trial:
                 on_trial(counts(study)[TrialState.COMPLETE])
             continue
+        raise_held()
         c = counts(study)
         if c[TrialState.COMPLETE] >= cfg.study.n_trials or c[TrialState.RUNNING] == 0:
             return done

@@ -122,7 +122,7 @@ def test_stopped_search_requeues_its_trials_leaves_no_process_and_rerun_finishes
     if stop == "kill-9-all":  # left RUNNING; the rerun's workers all see them go stale and reap them together
         assert states(trials).get("RUNNING", 0) >= 1
     else:
-        assert states(trials).get("RUNNING", 0) == 0  # the interrupted trials were told FAIL...
+        assert states(trials).get("RUNNING", 0) == 0, err[-3000:]  # the interrupted trials were told FAIL...
         failed = [t for t in trials if t.state == TrialState.FAIL]
         if orphans:  # they stopped on their own, long before the study was done (between trials, failing none)
             assert states(trials).get("COMPLETE", 0) < n
