@@ -131,7 +131,9 @@ def test_stopped_search_requeues_its_trials_leaves_no_process_and_rerun_finishes
         for t in failed:  # ...and put back in the pool as they were, to run on the next start
             assert t.user_attrs["fail_reason"].startswith(("KeyboardInterrupt", "Terminated"))
             (retry,) = [r for r in trials if retried_from(r) == t.number]
-            assert retry.state == TrialState.WAITING and params_of(retry) == params_of(t)
+            assert params_of(retry) == params_of(t)
+            # an orphan's retry may already have been run by another orphan that had not yet noticed
+            assert retry.state == TrialState.WAITING or (orphans and retry.state == TrialState.COMPLETE)
 
     code, _, err = frandi(*args)  # the same command again; it would hang on a trial left RUNNING for ever
     assert code == 0, err
