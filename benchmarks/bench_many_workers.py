@@ -30,7 +30,6 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -74,11 +73,17 @@ def _prepared(folder: Path, url: str, n_trials: int, sampler: str) -> Path:
     return folder / "study.toml"
 
 
-def _forked_worker(path: Path, index: int) -> None:
+def _forked_worker(path: Path, index: int, log: Path) -> None:
+    """Run search.work as `frandi worker` does; an error is one line in ``log`` and exit code 1."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = load_config(path)
-    with open_for(cfg, mode="write") as st:
-        work(cfg, st, worker_index=index, threads=1)
+    try:
+        with open_for(cfg, mode="write") as st:
+            work(cfg, st, worker_index=index, threads=1)
+    except Exception as e:  # noqa: BLE001 - counted and shown by the benchmark
+        with log.open("a") as f:
+            f.write(f"fork worker {index}: error: {str(e).splitlines()[0]}\n")
+        raise SystemExit(1) from None
 
 
 def _pss_mib(pid: int) -> float:
@@ -117,41 +122,45 @@ def _mem_available_mib() -> float:
     return 0.0
 
 
-@dataclass
 class Watch:
-    """Samples the study database's frandi connections, the workers' PSS and free memory while a run lasts."""
+    """Samples the study database's frandi connections, the workers' PSS and free memory while a run lasts.
 
-    server: PgServer
-    database: str
-    pids: list[int]
-    connections: list[int] = field(default_factory=list)
-    pss: float = 0.0
-    min_available: float = float("inf")
-    _stop: threading.Event = field(default_factory=threading.Event)
+    Connects before the workers start, so that a server full of their connections cannot lock it out.
+    """
 
-    def run(self) -> None:
+    QUERY = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'frandi' AND datname = %s"
+
+    def __init__(self, server: PgServer, database: str) -> None:
         import psycopg
 
-        dsn = f"host=127.0.0.1 port={self.server.port} user={self.server.user} dbname=postgres"
-        query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'frandi' AND datname = %s"
-        with psycopg.connect(dsn, autocommit=True, application_name="bench") as conn:
-            tick = 0
-            while not self._stop.wait(0.25):
-                row = conn.execute(query, (self.database,)).fetchone()
-                self.connections.append(int(row[0]) if row else 0)
-                if tick % 8 == 0:  # every 2 s
-                    self.pss = max(self.pss, sum(_pss_mib(p) for p in self.pids))
-                    self.min_available = min(self.min_available, _mem_available_mib())
-                tick += 1
+        dsn = f"host=127.0.0.1 port={server.port} user={server.user} dbname=postgres"
+        self._conn = psycopg.connect(dsn, autocommit=True, application_name="bench")
+        self.database = database
+        self.pids: list[int] = []
+        self.connections: list[int] = []
+        self.pss = 0.0
+        self.min_available = float("inf")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Watch:
-        self._thread = threading.Thread(target=self.run, daemon=True)
+    def _run(self) -> None:
+        tick = 0
+        while not self._stop.wait(0.25):
+            row = self._conn.execute(self.QUERY, (self.database,)).fetchone()
+            self.connections.append(int(row[0]) if row else 0)
+            if tick % 8 == 0:  # every 2 s
+                self.pss = max(self.pss, sum(_pss_mib(p) for p in self.pids))
+                self.min_available = min(self.min_available, _mem_available_mib())
+            tick += 1
+
+    def start(self, pids: list[int]) -> None:
+        self.pids = pids
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self._conn.close()
 
 
 def _steady_rate(trials: list[FrozenTrial]) -> float:
@@ -177,7 +186,7 @@ def _spawn(mode: str, path: Path, n: int, log: Path) -> list:
     """Start ``n`` workers: forked processes running ``search.work``, or ``frandi worker`` processes."""
     if mode == "fork":
         ctx = mp.get_context("fork")
-        procs = [ctx.Process(target=_forked_worker, args=(path, i)) for i in range(n)]
+        procs = [ctx.Process(target=_forked_worker, args=(path, i, log)) for i in range(n)]
         for p in procs:
             p.start()
         return procs
@@ -218,9 +227,13 @@ def scale_run(server: PgServer, tmp: Path, mode: str, n: int, per_worker: int, t
     n_trials = per_worker * n
     path = _prepared(folder, url, n_trials, "random")
     t0, cpu0, clients0 = time.monotonic(), _server_cpu_s(server), os.times()
-    procs = _spawn(mode, path, n, folder / "workers.log")
-    with Watch(server, database, [p.pid for p in procs]) as watch:
+    watch = Watch(server, database)
+    try:
+        procs = _spawn(mode, path, n, folder / "workers.log")
+        watch.start([p.pid for p in procs])
         codes = _wait(procs, t0 + timeout)
+    finally:
+        watch.stop()
     wall = time.monotonic() - t0
     server_cpu = _server_cpu_s(server) - cpu0
     clients = os.times()
@@ -229,7 +242,7 @@ def scale_run(server: PgServer, tmp: Path, mode: str, n: int, per_worker: int, t
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     policies = [t.user_attrs.get("policy") for t in complete]
     log = folder / "workers.log"
-    errors = [line for line in log.read_text().splitlines() if "error" in line] if log.exists() else []
+    errors = [line for line in log.read_text().splitlines() if "error:" in line] if log.exists() else []
     return {
         "mode": mode,
         "workers": n,
@@ -247,7 +260,8 @@ def scale_run(server: PgServer, tmp: Path, mode: str, n: int, per_worker: int, t
         "pss": watch.pss,
         "available": watch.min_available,
         "load": os.getloadavg()[0],
-        "first_error": errors[0][:160] if errors else "",
+        "errors": len(errors),
+        "first_error": errors[0][:200] if errors else "",
     }
 
 
@@ -299,8 +313,9 @@ def growth_run(server: PgServer, tmp: Path, n: int, sizes: list[int], per_size: 
                 f.start()
             _wait(fillers, time.monotonic() + timeout)
             path = _prepared(folder, url, size + per_size, "random")  # top the trials to start up again
-        launched = datetime.now()
+        launched, cpu0 = datetime.now(), _server_cpu_s(server)
         _wait(_spawn("fork", path, n, folder / "workers.log"), time.monotonic() + timeout)
+        server_cpu = _server_cpu_s(server) - cpu0
         trials = [t for t in _trials(path) if t.state == TrialState.COMPLETE]
         complete = len(trials)
         mine = [t for t in trials if t.datetime_start and t.datetime_start >= launched]
@@ -313,7 +328,8 @@ def growth_run(server: PgServer, tmp: Path, n: int, sizes: list[int], per_size: 
             firsts.append((ts[0].datetime_start - launched).total_seconds())
             cycles += [(b.datetime_start - a.datetime_start).total_seconds() for a, b in zip(ts, ts[1:], strict=False)]
         rows.append({"size": complete - len(mine), "trials": len(mine), "cycle": statistics.median(cycles),
-                     "start": statistics.median(firsts), "load": os.getloadavg()[0]})  # fmt: skip
+                     "server_ms": 1000 * server_cpu / max(len(mine), 1), "start": statistics.median(firsts),
+                     "load": os.getloadavg()[0]})  # fmt: skip
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -336,7 +352,7 @@ def _print_scale(rows: list[dict]) -> None:
     for r in rows:
         print(" ".join(f"{r[k]:>{len(h)}{f}}" for h, k, f in COLUMNS))
         if r["first_error"]:
-            print(f"      first worker error: {r['first_error']}")
+            print(f"      {r['errors']} worker error(s), the first: {r['first_error']}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -371,11 +387,11 @@ def main(argv: list[str] | None = None) -> None:
                 grow = growth_run(server, Path(tmp), a.grow_workers, sizes, a.grow_trials, a.timeout)
                 print(f"\nstudy growth: {a.grow_workers} fork workers run {a.grow_trials} trials on a study of each "
                       "size (random sampler); median seconds")
-                print(f"{'study size':>10} {'trials run':>10} {'per trial (claim to claim)':>26} "
-                      f"{'launch to first trial':>21} {'load':>5}")
+                print(f"{'study size':>10} {'trials run':>10} {'s per trial (claim to claim)':>28} "
+                      f"{'server ms per trial':>19} {'s launch to first trial':>23} {'load':>5}")
                 for r in grow:
-                    print(f"{r['size']:>10} {r['trials']:>10} {r['cycle']:>26.3f} {r['start']:>21.1f} "
-                          f"{r['load']:>5.1f}")
+                    print(f"{r['size']:>10} {r['trials']:>10} {r['cycle']:>28.3f} {r['server_ms']:>19.1f} "
+                          f"{r['start']:>23.1f} {r['load']:>5.1f}")
                 figures["growth"] = grow
     finally:
         server.destroy()
