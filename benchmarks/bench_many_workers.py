@@ -1,6 +1,6 @@
 """Many workers on one PostgreSQL study, simulated on this machine with trivial trials (tiny model, 0 FR steps).
 
-    python -m benchmarks.bench_many_workers [--workers 8,16,32,64] [--real 8,16] [--grow 10000]
+    python -m benchmarks.bench_many_workers [--workers 8,16,32,64] [--real 8,16] [--grow 0,1000,10000]
 
 Starts its own throwaway PostgreSQL server on 127.0.0.1 (stock ``max_connections = 100``, no fsync) and stops it.
 
@@ -10,8 +10,10 @@ Starts its own throwaway PostgreSQL server on 127.0.0.1 (stock ``max_connections
   processes, each importing torch itself. Per run: trials per second while every worker was running, the
   frandi connections PostgreSQL held (pg_stat_activity, peak and mean), the workers' summed PSS, and the
   checks: exactly n_trials COMPLETE, no policy twice, every worker exited 0.
-- growth: ``--grow-workers`` fork workers run one study to ``--grow`` trials; the time a worker spends per trial
-  (claim to claim, median) by study size, so a cost that grows with the study shows.
+- growth: at each study size of ``--grow`` (the study filled with COMPLETE trials between sizes), ``--grow-workers``
+  fork workers run ``--grow-trials`` more: the time a worker spends per trial (claim to claim, median), the
+  server's CPU per trial and the time from launch to a worker's first trial, so a cost that grows with the
+  study shows.
 
 Bounded: each run is stopped after ``--timeout`` s. The load average is printed beside each measurement.
 """
