@@ -141,6 +141,7 @@ def export(
             "od": r.od,
             "od_stored": stored,
             "od_before": r.od_before,
+            "kept": r.kept,
             "size_bits": r.size_bits,
             "ratio": r.ratio,
             "density": r.density,

@@ -85,7 +85,8 @@ def cached_batches(
 
 @dataclass(frozen=True)
 class TrialResult:
-    """One evaluated policy: OD after and before recovery, size, and where the time went."""
+    """One evaluated policy: its OD (the better of before and after recovery), OD before recovery, size, which
+    weights were kept ("recovered", or "compressed" when FR raised the held-out OD), and where the time went."""
 
     od: float
     od_before: float
@@ -93,6 +94,7 @@ class TrialResult:
     ratio: float
     density: float
     seconds: dict[str, float]
+    kept: str = "recovered"
 
 
 class TrialRunner:
@@ -121,7 +123,10 @@ class TrialRunner:
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     def student(self, policy: Policy) -> tuple[torch.nn.Module, TrialResult]:
-        """Compress, recover with FR, measure OD; returns the recovered student (still parametrized)."""
+        """Compress, recover with FR, measure OD; returns the student (still parametrized).
+
+        Never worse than no recovery: when FR raises the held-out OD, the weights before FR are put back.
+        """
         t0 = time.perf_counter()
         student = compress(self.teacher, policy)
         for p in student.parameters():
@@ -129,9 +134,14 @@ class TrialRunner:
         t1 = time.perf_counter()
         od_before = output_discrepancy(student, self.heldout, self.teacher_out)
         t2 = time.perf_counter()
+        before = {k: v.detach().clone() for k, v in student.state_dict().items()}
         feature_regression_(student, self.targets, self.cfg.recovery, compile_loss=self.cfg.run.compile)
         t3 = time.perf_counter()
         od = output_discrepancy(student, self.heldout, self.teacher_out)
+        kept = "recovered"
+        if od > od_before:
+            student.load_state_dict(before)
+            od, kept = od_before, "compressed"
         t4 = time.perf_counter()
         size = model_size(self.teacher, policy)
         seconds = {
@@ -141,7 +151,7 @@ class TrialRunner:
             "od": t4 - t3,
             "total": t4 - t0,
         }
-        result = TrialResult(od, od_before, size.bits, size.ratio, size.density, seconds)
+        result = TrialResult(od, od_before, size.bits, size.ratio, size.density, seconds, kept)
         return student, result
 
     def evaluate(self, policy: Policy) -> TrialResult:

@@ -161,6 +161,7 @@ def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg:
     """Store the trial's measurements and tell its objective values."""
     attrs: dict[str, object] = {
         "od_before": r.od_before,
+        "kept": r.kept,
         "size_bits": r.size_bits,
         "ratio": r.ratio,
         "density": r.density,
