@@ -26,7 +26,7 @@ from ._recover import (
     output_discrepancy,
     teacher_targets,
 )
-from ._size import SizeReport, model_size
+from ._size import SizeReport, WeightLayout, model_size, weight_layout
 from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, synthesize
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "SynthConfig",
     "SyntheticData",
     "TeacherTargets",
+    "WeightLayout",
     "batch_stats",
     "bn_kl",
     "bn_kl_loss",
@@ -78,6 +79,7 @@ __all__ = [
     "total_variation",
     "unpack",
     "unpack_bits",
+    "weight_layout",
     "weights_digest",
     "write_atomic",
 ]

@@ -20,6 +20,8 @@ class ConfigError(FrandiError):
 
 
 SAMPLERS = ("tpe", "nsga2", "random")
+MODES = ("layerwise", "allocated")
+RULES = ("uniform", "global", "lamp", "erk", "sensitivity")
 OBJECTIVES = ("od", "size")
 
 
@@ -55,6 +57,10 @@ class SpaceSection:
     Each compressible layer gets, in this order of precedence: dense 8-bit if it is the first or last
     layer and ``keep_first_last``; the setting of the first ``fixed`` entry naming it (exact name before
     ``re:`` pattern); a searched setting if it matches ``layers``; otherwise it stays dense fp32.
+
+    ``mode = "layerwise"`` searches each layer's setting on its own; ``"allocated"`` searches one global
+    (sparsity, bits) level spread over the searched layers by a searched ``rules`` entry, plus small searched
+    offsets for the ``offsets`` most sensitive layers, and starts with ``warm_starts`` knapsack policies.
     """
 
     layers: tuple[str, ...] = ("re:.*",)
@@ -63,6 +69,13 @@ class SpaceSection:
     sparsity_step: float = 0.05
     bits: tuple[int, ...] = (4, 6, 8)  # 32 keeps a layer in fp32
     keep_first_last: bool = True
+    mode: str = "layerwise"  # or "allocated": a global level spread over layers by a rule (see search/_allocate.py)
+    rules: tuple[str, ...] = RULES  # allocated: the allocation rules the search chooses from
+    offsets: int = 0  # allocated: the most sensitive layers that get searched per-layer offsets
+    warm_starts: int = 4  # allocated: knapsack policies over the measured sensitivities, enqueued first
+
+
+ALLOCATED_ONLY = ("rules", "offsets", "warm_starts")  # keys a layerwise study ignores (and does not fingerprint)
 
 
 @dataclass(frozen=True)
@@ -97,7 +110,7 @@ class StudyConfig:
             "min_ratio": self.study.min_ratio,
             "model": dataclasses.asdict(self.model) | {"weights": _file_digest(self.weights_path)},
             "synthetic": dataclasses.asdict(self.synthetic),
-            "space": dataclasses.asdict(self.space),
+            "space": self.space_data(),
             "recovery": dataclasses.asdict(self.recovery),
         }
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -106,6 +119,15 @@ class StudyConfig:
     def weights_path(self) -> Path:
         return (self.base_dir / self.model.weights).resolve()
 
+    def space_data(self) -> dict[str, Any]:
+        """[space] as plain data; a layerwise study leaves out the allocated-only keys and the mode, so
+        studies started before allocated mode existed keep their fingerprint."""
+        data = dataclasses.asdict(self.space)
+        if self.space.mode == "layerwise":
+            for key in ("mode", *ALLOCATED_ONLY):
+                del data[key]
+        return data
+
     def comparable(self) -> dict[str, Any]:
         """The fingerprinted sections as plain data, to say which one changed."""
         return {
@@ -113,7 +135,7 @@ class StudyConfig:
             "study.min_ratio": self.study.min_ratio,
             "model": json.loads(json.dumps(dataclasses.asdict(self.model), default=list)),
             "synthetic": dataclasses.asdict(self.synthetic),
-            "space": json.loads(json.dumps(dataclasses.asdict(self.space), default=list)),
+            "space": json.loads(json.dumps(self.space_data(), default=list)),
             "recovery": json.loads(json.dumps(dataclasses.asdict(self.recovery), default=list)),
         }
 
@@ -227,6 +249,16 @@ def _validate(cfg: StudyConfig) -> None:
     for b in sp.bits:
         if not (2 <= b <= 8 or b == 32):
             raise ConfigError(f"space.bits has {b}, not a weight bit-width; use 2..8, or 32 to keep fp32")
+    if sp.mode not in MODES:
+        raise ConfigError(f"space.mode '{sp.mode}' is unknown; use one of {', '.join(MODES)}")
+    if not sp.rules or any(r not in RULES for r in sp.rules) or len(set(sp.rules)) < len(sp.rules):
+        raise ConfigError(f"space.rules {list(sp.rules)} is invalid; choose from {list(RULES)}, each once")
+    if sp.offsets < 0 or sp.warm_starts < 0:
+        raise ConfigError(
+            f"space.offsets and space.warm_starts must be >= 0, got {sp.offsets} and {sp.warm_starts}"
+        )
+    if sp.mode == "layerwise" and sp.offsets:
+        raise ConfigError('space.offsets needs space.mode = "allocated"; set it, or remove space.offsets')
     for level in s.baselines:
         if not 0 <= level < 1:
             raise ConfigError(f"study.baselines has sparsity {level}, outside [0, 1)")

@@ -98,3 +98,13 @@ class SearchSpace:
             params[f"{n}:sparsity"] = round(s, 6)
             params[f"{n}:bits"] = bits
         return params
+
+    def smallest(self) -> Policy:
+        """The smallest policy in the space: every searched layer at the top sparsity and the fewest bits."""
+        b = min(self.bits)
+        top = LayerSetting(self.sparsity[1], None if b == FP32 else b)
+        return Policy.from_dict(dict(self.fixed) | {n: top for n in self.searched})
+
+    def warm_starts(self, n: int) -> list[dict[str, Any]]:
+        """Parameters to enqueue after the baselines: none in a per-layer space (see AllocatedSpace)."""
+        return []

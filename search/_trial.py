@@ -27,6 +27,7 @@ from frandi_core import (
 )
 from storage import Storage
 
+from ._allocate import AllocatedSpace, study_space
 from ._config import StudyConfig
 from ._space import SearchSpace
 
@@ -110,13 +111,16 @@ class TrialRunner:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.space = SearchSpace.build(cfg.space, compressible_layers(self.teacher))
+        base = SearchSpace.build(cfg.space, compressible_layers(self.teacher))
         self.batch_key, data = cached_batches(cfg, storage, self.teacher, device=device, progress=progress)
         self.heldout = self._layout(data.heldout.to(self.device))
         self.targets = teacher_targets(
             self.teacher, self._layout(data.recovery.to(self.device)), cfg.recovery.layers or None
         )
         self.teacher_out = model_outputs(self.teacher, self.heldout)
+        self.space: SearchSpace | AllocatedSpace = study_space(
+            cfg.space, storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out
+        )
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         channels_last = self.cfg.run.channels_last and x.dim() == 4
