@@ -167,3 +167,15 @@ def test_an_impossible_size_budget_is_one_line_exit_2(tmp_path: Path, frandi) ->
     code, _, err = frandi("search", p, "--no-progress")
     assert code == 2 and "study.min_ratio 1000" in err and err.count("\n") == 1
     assert not (tmp_path / "alloc.db").exists()
+
+
+def test_sensitivity_command_prints_the_table_stores_it_once_and_draws_it(tmp_path: Path, frandi) -> None:
+    p = _allocated_study(tmp_path, 4)
+    code, out, err = frandi("sensitivity", p, "--png", tmp_path / "heat.png")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["0.00/4", "0.00/8"] and lines[1].startswith("layer1.0.conv1")
+    assert (tmp_path / "heat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, again, _ = frandi("sensitivity", p)
+    assert code == 0 and again.splitlines()[-1] == out.splitlines()[-2]  # read back, not measured again
+    assert frandi("sensitivity", p, "--png", tmp_path / "heat.jpg")[0] == 2
