@@ -15,6 +15,7 @@ from ._onnx import run_onnx, to_onnx
 from ._optim import adam
 from ._pack import load_packed, pack, pack_bits, save_packed, unpack, unpack_bits
 from ._policy import LayerInfo, LayerSetting, Policy, compressible_layers
+from ._proxies import disagreement, feature_discrepancy, softmax_kl
 from ._recover import (
     OUTPUT,
     NonFiniteError,
@@ -55,7 +56,9 @@ __all__ = [
     "compress",
     "compressible_layers",
     "default_feature_layers",
+    "disagreement",
     "fake_quantize",
+    "feature_discrepancy",
     "feature_regression_",
     "invert",
     "load_model",
@@ -72,6 +75,7 @@ __all__ = [
     "read_state_dict",
     "run_onnx",
     "save_packed",
+    "softmax_kl",
     "strip_",
     "synthesize",
     "teacher_targets",
