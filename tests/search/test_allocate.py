@@ -179,3 +179,12 @@ def test_sensitivity_command_prints_the_table_stores_it_once_and_draws_it(tmp_pa
     code, again, _ = frandi("sensitivity", p)
     assert code == 0 and again.splitlines()[-1] == out.splitlines()[-2]  # read back, not measured again
     assert frandi("sensitivity", p, "--png", tmp_path / "heat.jpg")[0] == 2
+
+
+def test_a_layerwise_study_keeps_the_fingerprint_it_had_before_allocated_mode(tmp_path: Path) -> None:
+    p = _allocated_study(tmp_path, 4)
+    allocated = load_config(p)
+    p.write_text(p.read_text().replace('mode = "allocated"\noffsets = 1\n', ""))
+    layerwise = load_config(p)
+    assert set(layerwise.space_data()) == {"layers", "fixed", "sparsity", "sparsity_step", "bits", "keep_first_last"}
+    assert layerwise.fingerprint() != allocated.fingerprint()
