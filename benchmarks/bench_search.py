@@ -115,11 +115,10 @@ def level_policy(space: AllocatedSpace, rule: str, sparsity: float, bits: int) -
 
 def cheapest_levels(space: AllocatedSpace, teacher: torch.nn.Module, rule: str, ratio: float, n: int) -> list[Policy]:
     """Per bit width, the ``n`` smallest grid sparsities whose policy under ``rule`` reaches ``ratio``."""
-    lo, hi = space.base.sparsity
-    grid = [round(lo + i * space.base.step, 6) for i in range(round((hi - lo) / space.base.step) + 1)]
     out = []
     for bits in space.bits:
-        fits = [p for s in grid if model_size(teacher, p := level_policy(space, rule, s, bits)).ratio >= ratio]
+        policies = [level_policy(space, rule, s, bits) for s in space.base.grid()]
+        fits = [p for p in policies if model_size(teacher, p).ratio >= ratio]
         out += fits[:n]
     return out
 

@@ -189,9 +189,7 @@ class AllocatedSpace:
 
     def uniform_params(self, sparsity: float, bits: int, rule: str = "uniform") -> dict[str, Any]:
         """Trial parameters of a level under a rule (uniform: the baselines), no offsets, to enqueue."""
-        lo, hi = self.base.sparsity
-        s = min(max(lo + round((sparsity - lo) / self.base.step) * self.base.step, lo), hi)
-        params: dict[str, Any] = {"sparsity": round(s, 6), "bits": bits, "rule": rule}
+        params: dict[str, Any] = {"sparsity": self.base.snap(sparsity), "bits": bits, "rule": rule}
         for i in range(self.offsets):
             params |= {f"offset{i}:sparsity": 0, f"offset{i}:bits": 0}
         return params
@@ -200,9 +198,7 @@ class AllocatedSpace:
         """Parameters of ``n`` knapsack policies at size budgets spread evenly (in log size) over the space."""
         if n == 0 or "sensitivity" not in self.rules:
             return []
-        lo, hi = self.base.sparsity
-        grid = [round(lo + i * self.base.step, 6) for i in range(round((hi - lo) / self.base.step) + 1)]
-        levels = [(s, b) for s in grid for b in self.base.bits]
+        levels = [(s, b) for s in self.base.grid() for b in self.base.bits]
         size = {
             lv: sum(self.layer_bytes(m, LayerSetting(lv[0], None if lv[1] == FP32 else lv[1])) for m in self.searched)
             for lv in levels

@@ -56,10 +56,8 @@ class Sensitivity:
 
 def candidates(space: SearchSpace) -> list[LayerSetting]:
     """The settings measured per layer: LEVELS sparsities on the space's step grid times every bit choice."""
-    lo, hi = space.sparsity
-    n = round((hi - lo) / space.step)
-    idx = sorted({round(i * n / (LEVELS - 1)) for i in range(LEVELS)}) if n else [0]
-    levels = [round(lo + i * space.step, 6) for i in idx]
+    grid = space.grid()
+    levels = [grid[i] for i in sorted({round(k * (len(grid) - 1) / (LEVELS - 1)) for k in range(LEVELS)})]
     return [LayerSetting(s, None if b == FP32 else b) for s in levels for b in sorted(space.bits)]
 
 

@@ -89,10 +89,18 @@ class SearchSpace:
             settings[n] = LayerSetting(round(s, 6), None if b == FP32 else int(b))
         return Policy.from_dict(settings)
 
+    def grid(self) -> list[float]:
+        """The sparsities a trial can draw: low to high by the step."""
+        lo, hi = self.sparsity
+        return [round(lo + i * self.step, 6) for i in range(round((hi - lo) / self.step) + 1)]
+
+    def snap(self, sparsity: float) -> float:
+        """The grid sparsity nearest to ``sparsity``."""
+        return min(self.grid(), key=lambda s: abs(s - sparsity))
+
     def uniform_params(self, sparsity: float, bits: int) -> dict[str, Any]:
         """Trial parameters of the uniform policy (same setting on every searched layer), to enqueue."""
-        lo, hi = self.sparsity
-        s = min(max(lo + round((sparsity - lo) / self.step) * self.step, lo), hi)
+        s = self.snap(sparsity)
         params: dict[str, Any] = {}
         for n in self.searched:
             params[f"{n}:sparsity"] = round(s, 6)
