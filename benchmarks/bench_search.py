@@ -44,7 +44,9 @@ from studies.experiments._searches import policy_of, run_search, variant
 METHODS = ("random", "tpe", "nsga2", "allocated")
 OFFSETS = 2  # allocated: per-layer offsets for the two most sensitive layers
 WARM_STARTS = 4
-RATIOS = {"digits": (12.0, 14.0, 16.0), "resnet_fashion": (12.0, 14.0, 16.0), "separable_fashion": (6.5, 7.0, 7.5)}
+# the space's smallest policy (90% sparse, 3 bits, first and last layers dense 8-bit) reaches 15.6 on both
+# ResNets and 6.9 on the separable net: three budgets below it where uniform policies start to lose accuracy
+RATIOS = {"digits": (13.0, 14.0, 15.0), "resnet_fashion": (12.0, 13.5, 15.0), "separable_fashion": (6.0, 6.4, 6.8)}
 PROXIES = ("od", "disagreement", "kl", "feature_od", "od+feature_od")
 
 
