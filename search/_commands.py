@@ -133,9 +133,9 @@ def export(
         runner = TrialRunner(cfg, st, device=device)
         student, r = runner.student(policy)
         stored = t.values[0]
-        if abs(r.od - stored) > tolerance:
+        if abs(r.score - stored) > tolerance:
             raise ConfigError(
-                f"trial {trial} re-ran to OD {r.od:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
+                f"trial {trial} re-ran to {cfg.study.score} {r.score:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
                 "the model, batches or code changed since; nothing written"
             )
         metrics = {

@@ -23,6 +23,7 @@ SAMPLERS = ("tpe", "nsga2", "random")
 MODES = ("layerwise", "allocated")
 RULES = ("uniform", "global", "lamp", "erk", "sensitivity")
 OBJECTIVES = ("od", "size")
+SCORES = ("od", "od+feature_od")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class StudySection:
     min_ratio: float | None = None  # constraint: compression ratio >= min_ratio
     baselines: tuple[float, ...] = (0.25, 0.5, 0.75)  # uniform sparsities enqueued first, at the top bits
     artifacts: str | None = None  # folder for files export --attach stores (default: beside the SQLite database)
+    score: str = "od"  # the first objective: OD (eq. 3), or "od+feature_od" (plus OD on the FR feature layers)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class StudyConfig:
         keep = {
             "objectives": self.study.objectives,
             "min_ratio": self.study.min_ratio,
+            **({"score": self.study.score} if self.study.score != "od" else {}),  # older studies keep their hash
             "model": dataclasses.asdict(self.model) | {"weights": _file_digest(self.weights_path)},
             "synthetic": dataclasses.asdict(self.synthetic),
             "space": self.space_data(),
@@ -133,6 +136,7 @@ class StudyConfig:
         return {
             "study.objectives": list(self.study.objectives),
             "study.min_ratio": self.study.min_ratio,
+            **({"study.score": self.study.score} if self.study.score != "od" else {}),
             "model": json.loads(json.dumps(dataclasses.asdict(self.model), default=list)),
             "synthetic": dataclasses.asdict(self.synthetic),
             "space": json.loads(json.dumps(self.space_data(), default=list)),
@@ -229,6 +233,8 @@ def _validate(cfg: StudyConfig) -> None:
         or len(set(s.objectives)) < len(s.objectives)
     ):
         raise ConfigError(f'study.objectives {list(s.objectives)} is invalid; use ["od", "size"] or ["od"]')
+    if s.score not in SCORES:
+        raise ConfigError(f"study.score '{s.score}' is unknown; use one of {', '.join(SCORES)}")
     if s.objectives[0] != "od":
         raise ConfigError('study.objectives must start with "od" (the label-free accuracy proxy)')
     if s.objectives == ("od",) and s.min_ratio is None:

@@ -11,11 +11,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from frandi_core import (
+    OUTPUT,
     ModelSpec,
     Policy,
     SyntheticData,
     compress,
     compressible_layers,
+    feature_discrepancy,
     feature_regression_,
     load_model,
     model_outputs,
@@ -86,8 +88,9 @@ def cached_batches(
 
 @dataclass(frozen=True)
 class TrialResult:
-    """One evaluated policy: its OD (the better of before and after recovery), OD before recovery, size, which
-    weights were kept ("recovered", or "compressed" when FR raised the held-out OD), and where the time went."""
+    """One evaluated policy: the study's score (the first objective) and OD of the weights kept, OD before
+    recovery, size, which weights were kept ("recovered", or "compressed" when FR raised the held-out score),
+    and where the time went."""
 
     od: float
     od_before: float
@@ -95,6 +98,7 @@ class TrialResult:
     ratio: float
     density: float
     seconds: dict[str, float]
+    score: float
     kept: str = "recovered"
 
 
@@ -129,7 +133,7 @@ class TrialRunner:
     def student(self, policy: Policy) -> tuple[torch.nn.Module, TrialResult]:
         """Compress, recover with FR, measure OD; returns the student (still parametrized).
 
-        Never worse than no recovery: when FR raises the held-out OD, the weights before FR are put back.
+        Never worse than no recovery: when FR raises the held-out score, the weights before FR are put back.
         """
         t0 = time.perf_counter()
         student = compress(self.teacher, policy)
@@ -137,15 +141,16 @@ class TrialRunner:
             p.requires_grad_(True)
         t1 = time.perf_counter()
         od_before = output_discrepancy(student, self.heldout, self.teacher_out)
+        score_before = self.score(student, od_before)
         t2 = time.perf_counter()
         before = {k: v.detach().clone() for k, v in student.state_dict().items()}
         feature_regression_(student, self.targets, self.cfg.recovery, compile_loss=self.cfg.run.compile)
         t3 = time.perf_counter()
         od = output_discrepancy(student, self.heldout, self.teacher_out)
-        kept = "recovered"
-        if od > od_before:
+        score, kept = self.score(student, od), "recovered"
+        if score > score_before:
             student.load_state_dict(before)
-            od, kept = od_before, "compressed"
+            od, score, kept = od_before, score_before, "compressed"
         t4 = time.perf_counter()
         size = model_size(self.teacher, policy)
         seconds = {
@@ -155,8 +160,15 @@ class TrialRunner:
             "od": t4 - t3,
             "total": t4 - t0,
         }
-        result = TrialResult(od, od_before, size.bits, size.ratio, size.density, seconds, kept)
+        result = TrialResult(od, od_before, size.bits, size.ratio, size.density, seconds, score, kept)
         return student, result
+
+    def score(self, student: torch.nn.Module, od: float) -> float:
+        """The study's score of a student whose OD is ``od``: OD, or OD plus OD on the FR feature layers."""
+        if self.cfg.study.score == "od":
+            return od
+        layers = [n for n in self.targets.layers if n != OUTPUT]
+        return od + feature_discrepancy(self.teacher, student, self.heldout, layers)
 
     def evaluate(self, policy: Policy) -> TrialResult:
         return self.student(policy)[1]

@@ -160,6 +160,7 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
 def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg: StudyConfig) -> None:
     """Store the trial's measurements and tell its objective values."""
     attrs: dict[str, object] = {
+        "od": r.od,
         "od_before": r.od_before,
         "kept": r.kept,
         "size_bits": r.size_bits,
@@ -172,7 +173,7 @@ def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg:
         trial.set_user_attr(k, v)
     if cfg.study.min_ratio is not None:
         trial.set_constraint("min_ratio", cfg.study.min_ratio - r.ratio)  # feasible when <= 0
-    values = [r.od, r.size_bits / 8192] if len(cfg.study.objectives) == 2 else [r.od]
+    values = [r.score, r.size_bits / 8192] if len(cfg.study.objectives) == 2 else [r.score]
     _tell(study, trial, values)
 
 
