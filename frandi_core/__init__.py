@@ -24,6 +24,7 @@ from ._onnx import run_onnx, to_onnx
 from ._optim import adam
 from ._pack import load_packed, pack, pack_bits, save_packed, unpack, unpack_bits
 from ._policy import LayerInfo, LayerSetting, Policy, compressible_layers
+from ._proxies import disagreement, feature_discrepancy, softmax_kl
 from ._recover import (
     OUTPUT,
     NonFiniteError,
@@ -35,7 +36,7 @@ from ._recover import (
     output_discrepancy,
     teacher_targets,
 )
-from ._size import SIZE_RULE, SizeReport, model_size
+from ._size import SIZE_RULE, SizeReport, WeightLayout, model_size, weight_layout
 from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, synthesize
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "SyntheticData",
     "TeacherTargets",
     "activation_quantizers",
+    "WeightLayout",
     "batch_stats",
     "bn_kl",
     "bn_kl_loss",
@@ -68,8 +70,10 @@ __all__ = [
     "compress",
     "compressible_layers",
     "default_feature_layers",
+    "disagreement",
     "fake_quantize",
     "fake_quantize_act",
+    "feature_discrepancy",
     "feature_regression_",
     "invert",
     "layer_macs",
@@ -89,6 +93,7 @@ __all__ = [
     "remove_activation_quantizers_",
     "run_onnx",
     "save_packed",
+    "softmax_kl",
     "strip_",
     "synthesize",
     "teacher_targets",
@@ -96,6 +101,7 @@ __all__ = [
     "total_variation",
     "unpack",
     "unpack_bits",
+    "weight_layout",
     "weights_digest",
     "write_atomic",
 ]

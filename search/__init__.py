@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._allocate import AllocatedSpace
 from ._artifacts import artifact_dir
 from ._config import ConfigError, StudyConfig, load_config, parse_config
 from ._launch import launch, open_for, prepare
@@ -12,6 +13,7 @@ from ._trial import TrialResult, TrialRunner, batch_key, cached_batches
 from ._worker import work
 
 __all__ = [
+    "AllocatedSpace",
     "ConfigError",
     "SearchSpace",
     "StudyConfig",

@@ -18,9 +18,10 @@ from frandi_core import Policy, bn_kl_loss, load_model, model_outputs, pack, run
 
 from ._artifacts import artifact_dir, artifact_store, attach
 from ._config import ConfigError, StudyConfig
-from ._launch import launch, open_for
+from ._launch import check_model, launch, open_for
 from ._report import PACKED, format_rows, front_rows
 from ._report import status as status_of
+from ._sensitivity import cached_sensitivity, format_table, heatmap
 from ._study import open_study, to_start_key
 from ._trial import TrialRunner, cached_batches, model_spec
 from ._worker import check_device, set_threads, stale_trials, work
@@ -132,15 +133,16 @@ def export(
         runner = TrialRunner(cfg, st, device=device)
         student, r = runner.student(policy)
         stored = t.values[0]
-        if abs(r.od - stored) > tolerance:
+        if abs(r.score - stored) > tolerance:
             raise ConfigError(
-                f"trial {trial} re-ran to OD {r.od:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
+                f"trial {trial} re-ran to {cfg.study.score} {r.score:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
                 "the model, batches or code changed since; nothing written"
             )
         metrics = {
             "od": r.od,
             "od_stored": stored,
             "od_before": r.od_before,
+            "kept": r.kept,
             "size_bits": r.size_bits,
             "ratio": r.ratio,
             "density": r.density,
@@ -209,4 +211,20 @@ def synth(cfg: StudyConfig, storage: str | None, *, png: Path | None, device: st
         hi = x.amax(dim=(1, 2, 3), keepdim=True)
         save_image((x - lo) / (hi - lo + 1e-8), png, nrow=8, padding=1)
         print(f"image grid -> {png}")
+    return 0
+
+
+def sensitivity(cfg: StudyConfig, storage: str | None, *, png: Path | None, device: str) -> int:
+    """Measure (once per study) or read the per-layer sensitivity table; print it, optionally as a heatmap."""
+    check_device(device)
+    teacher, space = check_model(cfg, device)  # before the storage is opened (and maybe created)
+    with open_for(cfg, storage) as st:
+        key, data = cached_batches(cfg, st, teacher, device=device, progress=True)
+        heldout = data.heldout.to(device)
+        table = cached_sensitivity(st, key, teacher, space, heldout, model_outputs(teacher, heldout))
+    print(format_table(table))
+    print(f"{len(table.layers)} layers x {len(table.settings)} settings, measured in {table.seconds:.1f} s")
+    if png is not None:
+        heatmap(table, str(png))
+        print(f"heatmap -> {png}")
     return 0

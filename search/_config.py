@@ -27,6 +27,9 @@ ACTIVATION_KEYS: dict[str, tuple[str, ...]] = {
     "space": ("act_bits",),
     "recovery": ("calibration", "learn_act_steps"),
 }
+MODES = ("layerwise", "allocated")
+RULES = ("uniform", "global", "lamp", "erk", "sensitivity")
+SCORES = ("od", "od+feature_od")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class StudySection:
     max_bops: float | None = None  # constraint: bit operations (MACs x weight bits x activation bits) <= max_bops
     baselines: tuple[float, ...] = (0.25, 0.5, 0.75)  # uniform sparsities enqueued first, at the top bits
     artifacts: str | None = None  # folder for files export --attach stores (default: beside the SQLite database)
+    score: str = "od"  # the first objective: OD (eq. 3), or "od+feature_od" (plus OD on the FR feature layers)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,10 @@ class SpaceSection:
     Each compressible layer gets, in this order of precedence: dense 8-bit if it is the first or last
     layer and ``keep_first_last``; the setting of the first ``fixed`` entry naming it (exact name before
     ``re:`` pattern); a searched setting if it matches ``layers``; otherwise it stays dense fp32.
+
+    ``mode = "layerwise"`` searches each layer's setting on its own; ``"allocated"`` searches one global
+    (sparsity, bits) level spread over the searched layers by a searched ``rules`` entry, plus small searched
+    offsets for the ``offsets`` most sensitive layers, and starts with ``warm_starts`` knapsack policies.
     """
 
     layers: tuple[str, ...] = ("re:.*",)
@@ -71,6 +79,13 @@ class SpaceSection:
     bits: tuple[int, ...] = (4, 6, 8)  # 32 keeps a layer in fp32
     act_bits: tuple[int, ...] = (32,)  # input-activation bits of searched layers; 32 keeps them fp32
     keep_first_last: bool = True
+    mode: str = "layerwise"  # or "allocated": a global level spread over layers by a rule (see search/_allocate.py)
+    rules: tuple[str, ...] = RULES  # allocated: the allocation rules the search chooses from
+    offsets: int = 0  # allocated: the most sensitive layers that get searched per-layer offsets
+    warm_starts: int = 4  # allocated: knapsack policies over the measured sensitivities, enqueued first
+
+
+ALLOCATED_ONLY = ("rules", "offsets", "warm_starts")  # keys a layerwise study ignores (and does not fingerprint)
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,7 @@ class StudyConfig:
         keep = {
             "objectives": self.study.objectives,
             "min_ratio": self.study.min_ratio,
+            **({"score": self.study.score} if self.study.score != "od" else {}),  # older studies keep their hash
             "model": dataclasses.asdict(self.model) | {"weights": _file_digest(self.weights_path)},
             "synthetic": dataclasses.asdict(self.synthetic),
             "space": self._section("space"),
@@ -117,11 +133,22 @@ class StudyConfig:
     def weights_path(self) -> Path:
         return (self.base_dir / self.model.weights).resolve()
 
+    def space_data(self) -> dict[str, Any]:
+        """[space] as plain data; a layerwise study leaves out the allocated-only keys and the mode, so
+        studies started before allocated mode existed keep their fingerprint."""
+        data = dataclasses.asdict(self.space)
+        if self.space.mode == "layerwise":
+            for key in ("mode", *ALLOCATED_ONLY):
+                del data[key]
+        return data
+
     def comparable(self) -> dict[str, Any]:
         """The fingerprinted sections as plain data, to say which one changed."""
-        study = {"study.objectives": list(self.study.objectives), "study.min_ratio": self.study.min_ratio}
+        study: dict[str, Any] = {"study.objectives": list(self.study.objectives), "study.min_ratio": self.study.min_ratio}
         if self.study.max_bops is not None:
             study["study.max_bops"] = self.study.max_bops
+        if self.study.score != "od":
+            study["study.score"] = self.study.score
         return study | {
             "model": _plain(self.model),
             "synthetic": _plain(self.synthetic),
@@ -138,7 +165,7 @@ class StudyConfig:
 
     def _section(self, name: str) -> dict[str, Any]:
         """A fingerprinted section as plain data; without its activation keys when no activation is quantized."""
-        data = _plain(getattr(self, name))
+        data = _json(self.space_data()) if name == "space" else _plain(getattr(self, name))
         if not self.quantizes_activations:
             for key in ACTIVATION_KEYS.get(name, ()):
                 del data[key]
@@ -147,7 +174,11 @@ class StudyConfig:
 
 def _plain(section: Any) -> dict[str, Any]:
     """A section as JSON-ready data."""
-    return json.loads(json.dumps(dataclasses.asdict(section), default=list))
+    return _json(dataclasses.asdict(section))
+
+
+def _json(data: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(data, default=list))
 
 
 def _file_digest(path: Path) -> str:
@@ -242,6 +273,8 @@ def _validate(cfg: StudyConfig) -> None:
             f'study.objectives {list(s.objectives)} is invalid; use ["od", "size"], ["od", "bops"], '
             '["od", "size", "bops"] or ["od"]'
         )
+    if s.score not in SCORES:
+        raise ConfigError(f"study.score '{s.score}' is unknown; use one of {', '.join(SCORES)}")
     if s.objectives[0] != "od":
         raise ConfigError('study.objectives must start with "od" (the label-free accuracy proxy)')
     if s.objectives == ("od",) and s.min_ratio is None and s.max_bops is None:
@@ -267,6 +300,16 @@ def _validate(cfg: StudyConfig) -> None:
         for b in choices:
             if not (2 <= b <= 8 or b == 32):
                 raise ConfigError(f"space.{key} has {b}, not a bit-width; use 2..8, or 32 to keep fp32")
+    if sp.mode not in MODES:
+        raise ConfigError(f"space.mode '{sp.mode}' is unknown; use one of {', '.join(MODES)}")
+    if not sp.rules or any(r not in RULES for r in sp.rules) or len(set(sp.rules)) < len(sp.rules):
+        raise ConfigError(f"space.rules {list(sp.rules)} is invalid; choose from {list(RULES)}, each once")
+    if sp.offsets < 0 or sp.warm_starts < 0:
+        raise ConfigError(
+            f"space.offsets and space.warm_starts must be >= 0, got {sp.offsets} and {sp.warm_starts}"
+        )
+    if sp.mode == "layerwise" and sp.offsets:
+        raise ConfigError('space.offsets needs space.mode = "allocated"; set it, or remove space.offsets')
     for level in s.baselines:
         if not 0 <= level < 1:
             raise ConfigError(f"study.baselines has sparsity {level}, outside [0, 1)")

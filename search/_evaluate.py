@@ -259,11 +259,11 @@ def evaluate(
             student, r = runner.student(Policy.from_json(t.user_attrs["policy"]))
             acc = accuracy(student, labeled)
             store_accuracy(study, t.number, {"accuracy": acc, "data": data, "samples": len(labeled)})
-            if abs(r.od - t.values[0]) > OD_TOLERANCE:
+            if abs(r.score - t.values[0]) > OD_TOLERANCE:
                 print(
-                    f"frandi: note: trial {t.number} re-ran to OD {r.od:.6f}, stored {t.values[0]:.6f}: a "
-                    "different torch thread count (run.threads, --threads) or changed code; the table shows the "
-                    "stored OD",
+                    f"frandi: note: trial {t.number} re-ran to {cfg.study.score} {r.score:.6f}, stored "
+                    f"{t.values[0]:.6f}: a different torch thread count (run.threads, --threads) or changed code; "
+                    "the table shows the stored value",
                     file=sys.stderr,
                 )
             rows.append(

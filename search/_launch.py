@@ -14,10 +14,11 @@ import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from frandi_core import FrandiError, compressible_layers, load_model
+from frandi_core import FrandiError, compressible_layers, load_model, model_outputs, model_size
 from storage import OpenMode, Storage, normalize_url, open_storage
 
-from ._config import StudyConfig
+from ._allocate import study_space
+from ._config import ConfigError, StudyConfig
 from ._signals import Terminated
 from ._space import SearchSpace
 from ._study import counts, create_or_resume
@@ -45,7 +46,18 @@ def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module,
     """The checks that need no storage: the model loads and runs one forward at input_shape, and the
     search space fits its layers. Returns the teacher and the space."""
     teacher = load_model(model_spec(cfg), device=device)
-    return teacher, SearchSpace.build(cfg.space, compressible_layers(teacher))
+    space = SearchSpace.build(cfg.space, compressible_layers(teacher))
+    if cfg.space.mode == "allocated" and cfg.space.offsets > len(space.searched):
+        raise ConfigError(
+            f"space.offsets is {cfg.space.offsets}, but only {len(space.searched)} layers are searched; lower it"
+        )
+    smallest = model_size(teacher, space.smallest())
+    if cfg.study.min_ratio is not None and smallest.ratio < cfg.study.min_ratio:
+        raise ConfigError(
+            f"study.min_ratio {cfg.study.min_ratio:g} is out of reach: the space's smallest policy compresses "
+            f"{smallest.ratio:.2f}x; lower study.min_ratio, or widen space.sparsity or space.bits"
+        )
+    return teacher, space
 
 
 def prepare(
@@ -60,9 +72,16 @@ def prepare(
     """Check the model and space (``checked``: check_model's result, if the caller has it), and only then
     create or resume the study (a changed fingerprint is rewritten here, with --force) and its batches."""
     teacher, space = checked or check_model(cfg, device)
-    study = create_or_resume(cfg, storage, space, force=force)
-    cached_batches(cfg, storage, teacher, device=device, progress=progress)
-    return study
+    if cfg.space.mode == "layerwise":
+        study = create_or_resume(cfg, storage, space, force=force)
+        cached_batches(cfg, storage, teacher, device=device, progress=progress)
+        return study
+    # allocated: baselines and warm starts are parameters of the allocated space, which needs the batches
+    # and the sensitivity table first
+    key, data = cached_batches(cfg, storage, teacher, device=device, progress=progress)
+    heldout = data.heldout.to(device)
+    allocated = study_space(cfg.space, storage, key, teacher, space, heldout, model_outputs(teacher, heldout))
+    return create_or_resume(cfg, storage, allocated, force=force)
 
 
 def launch(

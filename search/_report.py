@@ -54,6 +54,7 @@ def row(t: FrozenTrial, packed_bytes: int | None = None) -> dict[str, Any]:
         "trial": t.number,
         "od": round(t.values[0], 5),
         "od_before": round(float(t.user_attrs["od_before"]), 5),
+        "kept": t.user_attrs.get("kept", "recovered"),  # "compressed": FR raised the OD, its weights were dropped
         "size_kib": round(float(t.user_attrs["size_bits"]) / 8192, 2),
         "packed_kib": None if packed_bytes is None else round(packed_bytes / 1024, 2),
         "ratio": round(float(t.user_attrs["ratio"]), 2),

@@ -105,12 +105,20 @@ class SearchSpace:
             settings[n] = LayerSetting(round(s, 6), _bits(int(b)), _bits(self.act_bits[0] if a is None else int(a)))
         return Policy.from_dict(settings)
 
+    def grid(self) -> list[float]:
+        """The sparsities a trial can draw: low to high by the step."""
+        lo, hi = self.sparsity
+        return [round(lo + i * self.step, 6) for i in range(round((hi - lo) / self.step) + 1)]
+
+    def snap(self, sparsity: float) -> float:
+        """The grid sparsity nearest to ``sparsity``."""
+        return min(self.grid(), key=lambda s: abs(s - sparsity))
+
     def uniform_params(self, sparsity: float, bits: int, act_bits: int | None = None) -> dict[str, Any]:
         """Trial parameters of the uniform policy (same setting on every searched layer), to enqueue.
 
         ``act_bits``: the activation bits, when they are searched (default: the largest choice)."""
-        lo, hi = self.sparsity
-        s = min(max(lo + round((sparsity - lo) / self.step) * self.step, lo), hi)
+        s = self.snap(sparsity)
         params: dict[str, Any] = {}
         for n in self.searched:
             params[f"{n}:sparsity"] = round(s, 6)
@@ -118,3 +126,13 @@ class SearchSpace:
             if len(self.act_bits) > 1:
                 params[f"{n}:act_bits"] = max(self.act_bits) if act_bits is None else act_bits
         return params
+
+    def smallest(self) -> Policy:
+        """The smallest policy in the space: every searched layer at the top sparsity and the fewest bits."""
+        b = min(self.bits)
+        top = LayerSetting(self.sparsity[1], None if b == FP32 else b)
+        return Policy.from_dict(dict(self.fixed) | {n: top for n in self.searched})
+
+    def warm_starts(self, n: int) -> list[dict[str, Any]]:
+        """Parameters to enqueue after the baselines: none in a per-layer space (see AllocatedSpace)."""
+        return []

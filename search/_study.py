@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -13,6 +13,9 @@ from storage import Storage
 
 from ._config import ConfigError, StudyConfig
 from ._space import SearchSpace
+
+if TYPE_CHECKING:
+    from ._allocate import AllocatedSpace
 
 FINGERPRINT = "frandi:fingerprint"
 CONFIG = "frandi:config"
@@ -52,8 +55,11 @@ def _changed_sections(old: dict, new: dict) -> list[str]:
     return [k for k in new if old.get(k) != new[k]]
 
 
-def create_or_resume(cfg: StudyConfig, storage: Storage, space: SearchSpace, *, force: bool = False) -> optuna.Study:
-    """Create the study or resume it; refuse a changed study file unless ``force``; top up the trials to start."""
+def create_or_resume(
+    cfg: StudyConfig, storage: Storage, space: SearchSpace | AllocatedSpace, *, force: bool = False
+) -> optuna.Study:
+    """Create the study or resume it; refuse a changed study file unless ``force``; enqueue the baselines and
+    warm starts once (not again on resume); top up the trials to start."""
     study = optuna.create_study(
         study_name=cfg.study.name,
         storage=storage.optuna,
@@ -85,11 +91,17 @@ def create_or_resume(cfg: StudyConfig, storage: Storage, space: SearchSpace, *, 
         for params in baselines(cfg, space):
             study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
         study.set_user_attr("frandi:baselines", True)
+    warm = [] if study.user_attrs.get("frandi:warm_starts") else space.warm_starts(cfg.space.warm_starts)
+    if warm:
+        room = max(cfg.study.n_trials - len(study.get_trials(deepcopy=False)), 0)
+        for params in warm[:room]:
+            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+        study.set_user_attr("frandi:warm_starts", True)
     top_up(study, storage, cfg.study.n_trials)
     return study
 
 
-def baselines(cfg: StudyConfig, space: SearchSpace) -> list[dict]:
+def baselines(cfg: StudyConfig, space: SearchSpace | AllocatedSpace) -> list[dict]:
     """Uniform policies: each baseline sparsity at the top bit-width, and the middle one at every other width."""
     top = max(space.bits)
     out = [space.uniform_params(s, top) for s in cfg.study.baselines]

@@ -11,12 +11,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 from frandi_core import (
+    OUTPUT,
     ModelSpec,
     Policy,
     SyntheticData,
     bops,
     compress,
     compressible_layers,
+    feature_discrepancy,
     feature_regression_,
     layer_macs,
     load_model,
@@ -29,6 +31,7 @@ from frandi_core import (
 )
 from storage import Storage
 
+from ._allocate import AllocatedSpace, study_space
 from ._config import StudyConfig
 from ._space import SearchSpace
 
@@ -87,7 +90,9 @@ def cached_batches(
 
 @dataclass(frozen=True)
 class TrialResult:
-    """One evaluated policy: OD after and before recovery, size, bit operations, and where the time went."""
+    """One evaluated policy: the study's score (the first objective) and OD of the weights kept, OD before
+    recovery, size, bit operations, which weights were kept ("recovered", or "compressed" when FR raised the
+    held-out score), and where the time went."""
 
     od: float
     od_before: float
@@ -96,6 +101,8 @@ class TrialResult:
     density: float
     seconds: dict[str, float]
     bops: int
+    score: float
+    kept: str = "recovered"
 
 
 class TrialRunner:
@@ -111,7 +118,7 @@ class TrialRunner:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.space = SearchSpace.build(cfg.space, compressible_layers(self.teacher))
+        base = SearchSpace.build(cfg.space, compressible_layers(self.teacher))
         self.batch_key, data = cached_batches(cfg, storage, self.teacher, device=device, progress=progress)
         self.heldout = self._layout(data.heldout.to(self.device))
         self.targets = teacher_targets(
@@ -119,6 +126,9 @@ class TrialRunner:
         )
         self.teacher_out = model_outputs(self.teacher, self.heldout)
         self.macs = layer_macs(self.teacher, cfg.model.input_shape)
+        self.space: SearchSpace | AllocatedSpace = study_space(
+            cfg.space, storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out
+        )
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         channels_last = self.cfg.run.channels_last and x.dim() == 4
@@ -126,17 +136,26 @@ class TrialRunner:
 
     def student(self, policy: Policy) -> tuple[torch.nn.Module, TrialResult]:
         """Compress (activation ranges from the recovery batch), recover with FR, measure OD on the held-out batch;
-        returns the recovered student (still parametrized)."""
+        returns the student (still parametrized).
+
+        Never worse than no recovery: when FR raises the held-out score, the weights before FR are put back.
+        """
         t0 = time.perf_counter()
         student = compress(self.teacher, policy, calibration=self.targets.inputs, method=self.cfg.recovery.calibration)
         for p in student.parameters():
             p.requires_grad_(True)
         t1 = time.perf_counter()
         od_before = output_discrepancy(student, self.heldout, self.teacher_out)
+        score_before = self.score(student, od_before)
         t2 = time.perf_counter()
+        before = {k: v.detach().clone() for k, v in student.state_dict().items()}
         feature_regression_(student, self.targets, self.cfg.recovery, compile_loss=self.cfg.run.compile)
         t3 = time.perf_counter()
         od = output_discrepancy(student, self.heldout, self.teacher_out)
+        score, kept = self.score(student, od), "recovered"
+        if score > score_before:
+            student.load_state_dict(before)
+            od, score, kept = od_before, score_before, "compressed"
         t4 = time.perf_counter()
         size = model_size(self.teacher, policy)
         seconds = {
@@ -146,8 +165,17 @@ class TrialRunner:
             "od": t4 - t3,
             "total": t4 - t0,
         }
-        result = TrialResult(od, od_before, size.bits, size.ratio, size.density, seconds, bops(self.macs, policy))
+        result = TrialResult(
+            od, od_before, size.bits, size.ratio, size.density, seconds, bops(self.macs, policy), score, kept
+        )
         return student, result
+
+    def score(self, student: torch.nn.Module, od: float) -> float:
+        """The study's score of a student whose OD is ``od``: OD, or OD plus OD on the FR feature layers."""
+        if self.cfg.study.score == "od":
+            return od
+        layers = [n for n in self.targets.layers if n != OUTPUT]
+        return od + feature_discrepancy(self.teacher, student, self.heldout, layers)
 
     def evaluate(self, policy: Policy) -> TrialResult:
         return self.student(policy)[1]

@@ -129,8 +129,8 @@ def claim(study: optuna.Study, storage: Storage) -> int | None:
 
 
 def objective_values(cfg: StudyConfig, r: TrialResult) -> list[float]:
-    """The trial's values in the order of study.objectives: OD, size in KiB, bit operations in G (1e9)."""
-    value = {"od": r.od, "size": r.size_bits / 8192, "bops": r.bops / 1e9}
+    """The trial's values in the order of study.objectives: the score (OD by default), size in KiB, GBOPs."""
+    value = {"od": r.score, "size": r.size_bits / 8192, "bops": r.bops / 1e9}
     return [value[o] for o in cfg.study.objectives]
 
 
@@ -184,7 +184,9 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
 def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg: StudyConfig) -> None:
     """Store the trial's measurements and tell its objective values."""
     attrs: dict[str, object] = {
+        "od": r.od,
         "od_before": r.od_before,
+        "kept": r.kept,
         "size_bits": r.size_bits,
         "ratio": r.ratio,
         "density": r.density,

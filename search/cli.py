@@ -1,4 +1,4 @@
-"""The `frandi` command line: search, worker, status, pareto, export, dashboard, synth."""
+"""The `frandi` command line: search, worker, status, pareto, export, evaluate, dashboard, sensitivity, synth."""
 
 from __future__ import annotations
 
@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     c.add_argument("--port", type=int, default=8080)
 
+    c = cmd("sensitivity", "per-layer OD with only that layer compressed at each setting (stored once per study)")
+    c.add_argument("--png", help="save the table as a heatmap to this PNG file")
+    c.add_argument("--device", default="cpu")
+
     c = cmd("synth", "build (or show) the study's cached synthetic batches")
     c.add_argument("--png", help="save a grid of the synthetic images to this PNG file")
     c.add_argument("--device", default="cpu")
@@ -162,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.command == "dashboard":
         return commands.dashboard(cfg, args.storage, host=args.host, port=args.port)
+    if args.command == "sensitivity":
+        return commands.sensitivity(
+            cfg, args.storage, png=_writable(args.png) if args.png else None, device=args.device
+        )
     if args.command == "synth":
         return commands.synth(
             cfg, args.storage, png=_writable(args.png) if args.png else None, device=args.device

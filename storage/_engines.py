@@ -48,9 +48,12 @@ def engine_kwargs(url: str, connect_timeout: float) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
     return {
-        # Many workers share one server: one connection for the caller, overflow for heartbeat threads.
+        # Many workers share one server: a process keeps one connection (Optuna's tables and ours share the
+        # engine) and opens a second only while its threads overlap (trial and heartbeat; Optuna nests one
+        # call when it opens). A stock server (max_connections 100) then serves ~90 idle-connected workers
+        # instead of ~45 (benchmarks/bench_many_workers.py).
         "pool_size": 1,
-        "max_overflow": 2,
+        "max_overflow": 1,
         "pool_timeout": 60,
         "pool_pre_ping": True,  # a server restarted between calls is reconnected transparently
         "connect_args": {

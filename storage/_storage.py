@@ -44,8 +44,8 @@ OpenMode = Literal["create", "write", "read"]
 class Storage:
     """Optuna's RDB storage plus frandi's blob cache and counters on one database URL.
 
-    Engines are built lazily and dropped when pickled or forked, so a Storage can be handed to workers.
-    ``close()`` disposes them; a closed Storage reconnects if used again. Once opened, PostgreSQL connections
+    One engine (Optuna's, built lazily) serves both, dropped when pickled or forked, so a Storage can be handed
+    to workers. ``close()`` disposes it; a closed Storage reconnects if used again. Once opened, PostgreSQL connections
     wait up to ``reconnect_patience`` s for a server that restarts.
     """
 
@@ -68,29 +68,17 @@ class Storage:
         self._forget_engines()
 
     def _forget_engines(self) -> None:
-        self._engine_obj: Engine | None = None
         self._optuna_obj: optuna.storages.RDBStorage | None = None
+        self._tables_engine: Engine | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def _check_process(self) -> None:
         """After a fork, drop the parent's pooled connections without closing them under its feet."""
         if self._pid != os.getpid():
-            if self._engine_obj is not None:
-                self._engine_obj.dispose(close=False)
             if self._optuna_obj is not None:
                 self._optuna_obj.engine.dispose(close=False)
             self._forget_engines()
-
-    @property
-    def _engine(self) -> Engine:
-        self._check_process()
-        with self._lock:
-            if self._engine_obj is None:
-                self._engine_obj = build_engine(self.url, self._engine_kwargs)
-                if self._opened:
-                    wait_for_server(self._engine_obj, self.url, self.reconnect_patience)
-            return self._engine_obj
 
     @property
     def optuna(self) -> optuna.storages.RDBStorage:
@@ -105,6 +93,11 @@ class Storage:
                 if self._opened:
                     wait_for_server(self._optuna_obj.engine, self.url, self.reconnect_patience)
             return self._optuna_obj
+
+    @property
+    def _engine(self) -> Engine:
+        """Optuna's engine: our tables share its pool, so a process holds one pool of connections, not two."""
+        return self.optuna.engine
 
     @contextmanager
     def _session(self) -> Iterator[Connection]:
@@ -123,7 +116,12 @@ class Storage:
             _check_sqlite_file(Path(database).expanduser(), mode)
         with translate_errors(self.url, self.masked_url, _UNREACHABLE):
             if mode == "create":
-                create_tables(self._engine)  # also checks the server is reachable, before any retrying
+                # Our tables on an engine of their own (Optuna's is built below, with retries); it holds no
+                # connection once done, but lives as long as this Storage: an engine collected by the garbage
+                # collector mid-run runs SQLAlchemy callbacks that a SIGTERM (raised as Terminated) can hit.
+                self._tables_engine = build_engine(self.url, self._engine_kwargs)
+                create_tables(self._tables_engine)  # also checks the server is reachable, before any retrying
+                self._tables_engine.dispose()
             else:
                 self._check_tables()
             rdb = build_optuna(
@@ -132,9 +130,7 @@ class Storage:
         with self._lock:
             self._optuna_obj = rdb
             self._opened = True
-            for engine in (self._engine_obj, rdb.engine):
-                if engine is not None:
-                    wait_for_server(engine, self.url, self.reconnect_patience)
+            wait_for_server(rdb.engine, self.url, self.reconnect_patience)
 
     def _check_tables(self) -> None:
         """Refuse a database without a study's tables, read on a bare engine: nothing is switched or created."""
@@ -202,15 +198,13 @@ class Storage:
         return _counters.take_from_counter(self._session, key)
 
     def close(self) -> None:
-        """Dispose both engines and their pooled connections."""
+        """Dispose the engine and its pooled connections."""
         with self._lock:
             if self._optuna_obj is not None:
                 with contextlib.suppress(DBAPIError):
                     self._optuna_obj.remove_session()
                 self._optuna_obj.engine.dispose()
-            if self._engine_obj is not None:
-                self._engine_obj.dispose()
-            self._engine_obj = self._optuna_obj = None
+            self._optuna_obj = self._tables_engine = None
 
     def __enter__(self) -> Storage:
         return self
@@ -220,7 +214,7 @@ class Storage:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_engine_obj", "_optuna_obj", "_lock", "_pid"):
+        for name in ("_optuna_obj", "_tables_engine", "_lock", "_pid"):
             del state[name]
         return state
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PgServer", "find_pg_bindir", "pg_server", "start_pg_server", "storage_url"]
+__all__ = ["PgNotFound", "PgServer", "find_pg_bindir", "pg_server", "start_pg_server", "storage_url"]
 
 _FALLBACK_USER = "frandi-pg"
 _SETTINGS = {"max_connections": "50", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -97,11 +97,11 @@ class PgServer:
             raise RuntimeError(f"{' '.join(args[:2])} failed: {result.stderr.strip()}\n{log}")
         return result
 
-    def init(self) -> None:
-        """initdb with trust auth, then test-friendly settings (no fsync, bounded connections)."""
+    def init(self, settings: dict[str, str] | None = None) -> None:
+        """initdb with trust auth, then test-friendly settings (no fsync, bounded connections) and ``settings``."""
         self._run("initdb", "-D", str(self.datadir), "-U", self.user, "-A", "trust", "-E", "UTF8",
                   "--locale=C", "--no-sync")  # fmt: skip
-        lines = [f"{key} = {value}" for key, value in _SETTINGS.items()]
+        lines = [f"{key} = {value}" for key, value in (_SETTINGS | (settings or {})).items()]
         lines += ["listen_addresses = '127.0.0.1'", f"unix_socket_directories = '{self.root}'"]
         with open(self.datadir / "postgresql.conf", "a") as conf:
             conf.write("\n" + "\n".join(lines) + "\n")
@@ -120,6 +120,12 @@ class PgServer:
         if self.switch_user:
             command = ["runuser", "-u", self.user, "--", *command]
         return subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+    def destroy(self) -> None:
+        """Stop the server at once and delete its files."""
+        if self.is_running():
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def _admin(self, sql: str, database: str = "postgres") -> None:
         import psycopg
@@ -141,21 +147,23 @@ class PgServer:
         return f"{self.url}?options=-csearch_path%3D{name}"
 
 
-def start_pg_server() -> PgServer:
-    """initdb, start on a free port, create the default database; skip (fail on CI) if no binaries."""
+class PgNotFound(RuntimeError):
+    """No PostgreSQL server binaries on this machine."""
+
+
+def start_pg_server(settings: dict[str, str] | None = None) -> PgServer:
+    """initdb, start on a free port (127.0.0.1 only), create the default database; ``settings`` override the
+    test settings (e.g. ``{"max_connections": "100"}``). Raises PgNotFound without server binaries."""
     bindir = find_pg_bindir()
     if bindir is None:
-        reason = "PostgreSQL server binaries (initdb, pg_ctl) not found; install postgresql"
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        raise PgNotFound("PostgreSQL server binaries (initdb, pg_ctl) not found; install postgresql")
     user, switch_user = _server_user()
     root = Path(tempfile.mkdtemp(prefix="frandi-pg-"))
     if switch_user:
         shutil.chown(root, user=user)
     server = PgServer(bindir=bindir, root=root, user=user, switch_user=switch_user)
     try:
-        server.init()
+        server.init(settings)
         for attempt in range(3):  # a free port can be taken between probing and binding
             server.port = _free_port()
             try:
@@ -173,14 +181,18 @@ def start_pg_server() -> PgServer:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """A PostgreSQL server for the whole session; stopped and deleted at the end."""
-    server = start_pg_server()
+    """A PostgreSQL server for the whole session; stopped and deleted at the end (skipped, or failed on CI,
+    without server binaries)."""
+    try:
+        server = start_pg_server()
+    except PgNotFound as e:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(str(e))
+        pytest.skip(str(e))
     try:
         yield server
     finally:
-        if server.is_running():
-            server.stop("immediate")
-        shutil.rmtree(server.root, ignore_errors=True)
+        server.destroy()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

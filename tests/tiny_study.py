@@ -43,8 +43,8 @@ batch_size = 8
 [run]
 workers = 1
 threads = 1
-heartbeat_interval = 1
-grace_period = 3
+heartbeat_interval = {heartbeat_interval}
+grace_period = {grace_period}
 """
 
 DEFAULTS: dict[str, Any] = {
@@ -62,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
     "bits": "[4, 8, 32]",
     "steps": 2,
     "lr": 1e-3,
+    "heartbeat_interval": 1,
+    "grace_period": 3,
 }
 
 

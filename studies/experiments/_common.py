@@ -242,6 +242,7 @@ class Report:
     title: str
     out: Path
     argv: Sequence[str]
+    module: str | None = None  # what runs it (default studies.experiments.<experiment>)
     start: float = field(default_factory=time.perf_counter)
     parts: list[str] = field(default_factory=list)
 
@@ -264,7 +265,7 @@ class Report:
 
     def write(self) -> Path:
         wall = time.perf_counter() - self.start
-        cmd = " ".join(["python -m studies.experiments." + self.experiment, *self.argv])
+        cmd = " ".join(["python -m " + (self.module or f"studies.experiments.{self.experiment}"), *self.argv])
         footer = (
             f"Command: `{cmd}`. Wall time {wall / 60:.1f} min ({wall:.0f} s) on {platform.machine()} CPU, "
             f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}."

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from frandi_core import SIZE_RULE, LayerSetting, Policy, compressible_layers, load_model
 from search import SearchSpace, StudyConfig, TrialRunner, create_or_resume, load_config
-from search._config import _file_digest, replace
+from search._config import ALLOCATED_ONLY, _file_digest, replace
 from search._launch import open_for
 from search._study import FINGERPRINT, open_study
 from search._trial import model_spec
@@ -29,7 +29,9 @@ def fingerprint_before_activation_bits(cfg: StudyConfig) -> str:
         "min_ratio": cfg.study.min_ratio,
         "model": dataclasses.asdict(cfg.model) | {"weights": _file_digest(cfg.weights_path)},
         "synthetic": dataclasses.asdict(cfg.synthetic),
-        "space": {k: v for k, v in dataclasses.asdict(cfg.space).items() if k != "act_bits"},
+        "space": {  # nor allocated mode (a layerwise study leaves its keys out)
+            k: v for k, v in dataclasses.asdict(cfg.space).items() if k not in ("act_bits", "mode", *ALLOCATED_ONLY)
+        },
         "recovery": {
             k: v for k, v in dataclasses.asdict(cfg.recovery).items() if k not in ("calibration", "learn_act_steps")
         },

@@ -1,0 +1,146 @@
+"""Per-layer sensitivity: OD when only one layer is compressed at each candidate setting, stored once per study.
+
+Forward passes on the held-out batch, no recovery: the table ranks layers for offsets, drives the
+"sensitivity" allocation rule (a knapsack over it) and the warm starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from frandi_core import Compressor, LayerSetting, magnitude_mask, model_outputs, od_from_outputs
+from storage import Storage
+
+from ._space import FP32, SearchSpace
+
+LEVELS = 5  # candidate sparsities measured per layer: evenly over the space's grid, both ends included
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """od[i][j]: held-out OD with only layer ``layers[i]`` compressed at ``settings[j]``; ``seconds`` it took."""
+
+    layers: tuple[str, ...]
+    settings: tuple[LayerSetting, ...]
+    od: tuple[tuple[float, ...], ...]
+    seconds: float
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "layers": list(self.layers),
+                "settings": [[s.sparsity, s.bits] for s in self.settings],
+                "od": [list(r) for r in self.od],
+                "seconds": self.seconds,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Sensitivity:
+        d = json.loads(text)
+        settings = tuple(LayerSetting(float(s), b) for s, b in d["settings"])
+        return cls(tuple(d["layers"]), settings, tuple(tuple(r) for r in d["od"]), float(d["seconds"]))
+
+    def ranked(self) -> list[str]:
+        """Layers, most sensitive first (mean OD over the candidate settings)."""
+        mean = {n: sum(r) / len(r) for n, r in zip(self.layers, self.od, strict=True)}
+        return sorted(self.layers, key=lambda n: -mean[n])
+
+
+def candidates(space: SearchSpace) -> list[LayerSetting]:
+    """The settings measured per layer: LEVELS sparsities on the space's step grid times every bit choice."""
+    grid = space.grid()
+    levels = [grid[i] for i in sorted({round(k * (len(grid) - 1) / (LEVELS - 1)) for k in range(LEVELS)})]
+    return [LayerSetting(s, None if b == FP32 else b) for s in levels for b in sorted(space.bits)]
+
+
+@torch.no_grad()
+def measure(
+    teacher: nn.Module,
+    layers: list[str],
+    settings: list[LayerSetting],
+    heldout: torch.Tensor,
+    teacher_out: torch.Tensor,
+) -> Sensitivity:
+    """Compress one layer at a time (in a copy), at each setting, and measure OD; the teacher is not changed."""
+    t0 = time.perf_counter()
+    model = copy.deepcopy(teacher).eval()
+    modules = dict(model.named_modules())
+    table = []
+    for name in layers:
+        weight = modules[name].weight
+        original = weight.detach().clone()
+        row = []
+        for s in settings:
+            mask = magnitude_mask(original, s.sparsity) if s.sparsity > 0 else None
+            weight.copy_(Compressor(mask, s.bits)(original))
+            row.append(od_from_outputs(teacher_out, model_outputs(model, heldout)))
+        weight.copy_(original)
+        table.append(tuple(row))
+    return Sensitivity(tuple(layers), tuple(settings), tuple(table), time.perf_counter() - t0)
+
+
+def sensitivity_key(batch_key: str, layers: list[str], settings: list[LayerSetting]) -> str:
+    """Content key of a study's table: its batches (model weights and synthetic config) and what is measured."""
+    blob = json.dumps([batch_key, layers, [[s.sparsity, s.bits] for s in settings]])
+    return "sens-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def cached_sensitivity(
+    storage: Storage,
+    batch_key: str,
+    teacher: nn.Module,
+    space: SearchSpace,
+    heldout: torch.Tensor,
+    teacher_out: torch.Tensor,
+) -> Sensitivity:
+    """The study's sensitivity table from the storage; exactly one worker measures a missing one."""
+    layers, settings = list(space.searched), candidates(space)
+    key = sensitivity_key(batch_key, layers, settings)
+
+    def make() -> bytes:
+        return measure(teacher, layers, settings, heldout, teacher_out).to_json().encode()
+
+    raw = storage.get_or_create_blob(key, make, what="the sensitivity table", meta={"kind": "sensitivity"})
+    return Sensitivity.from_json(raw.decode())
+
+
+def _label(s: LayerSetting) -> str:
+    return f"{s.sparsity:.2f}/{'fp32' if s.bits is None else s.bits}"
+
+
+def format_table(table: Sensitivity) -> str:
+    """The table as text: one row per layer, one column per setting (sparsity/bits)."""
+    width = max(len(n) for n in table.layers)
+    head = " " * width + "".join(f"{_label(s):>10}" for s in table.settings)
+    rows = [f"{n:<{width}}" + "".join(f"{v:>10.4f}" for v in r) for n, r in zip(table.layers, table.od, strict=True)]
+    return "\n".join([head, *rows])
+
+
+def heatmap(table: Sensitivity, path: str) -> None:
+    """Save the table as a heatmap PNG: layers down, settings across, OD in color (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    od = [[max(v, 1e-5) for v in r] for r in table.od]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(table.settings), 1.2 + 0.32 * len(table.layers)))
+    norm = LogNorm(vmin=min(min(r) for r in od), vmax=max(max(r) for r in od))
+    image = ax.imshow(od, aspect="auto", cmap="magma_r", norm=norm)
+    ax.set_xticks(range(len(table.settings)), [_label(s) for s in table.settings], rotation=90, fontsize=8)
+    ax.set_yticks(range(len(table.layers)), list(table.layers), fontsize=8)
+    ax.set_xlabel("setting compressing only that layer (sparsity / weight bits)")
+    ax.set_title(f"held-out OD per layer and setting ({table.seconds:.1f} s to measure)", fontsize=9)
+    fig.colorbar(image, ax=ax, label="OD (log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
