@@ -144,7 +144,10 @@ class StudyConfig:
 
     def comparable(self) -> dict[str, Any]:
         """The fingerprinted sections as plain data, to say which one changed."""
-        study: dict[str, Any] = {"study.objectives": list(self.study.objectives), "study.min_ratio": self.study.min_ratio}
+        study: dict[str, Any] = {
+            "study.objectives": list(self.study.objectives),
+            "study.min_ratio": self.study.min_ratio,
+        }
         if self.study.max_bops is not None:
             study["study.max_bops"] = self.study.max_bops
         if self.study.score != "od":
