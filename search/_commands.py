@@ -57,7 +57,7 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
 
 def worker(cfg: StudyConfig, storage: str | None, *, device: str, threads: int | None) -> int:
     check_device(device)
-    index = 1 + secrets.randbelow(2**16)  # a sampler seed of its own: workers joining together draw differently
+    index = 1 + secrets.randbelow(2**31)  # its own sampler seed: 64 joining workers share one about 1 in 270,000
     with open_for(cfg, storage, mode="write") as st:
         n = work(cfg, st, device=device, worker_index=index, threads=threads, progress=True)
     print(f"worker done: ran {n} trial(s)")

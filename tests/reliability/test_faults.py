@@ -99,17 +99,20 @@ def test_stopped_search_requeues_its_trials_leaves_no_process_and_rerun_finishes
     sig, to_group, expected_code, message = STOPS[stop]
     orphans = stop == "kill-9-launcher"  # workers stop by themselves (between trials, maybe): check they stop early
     url, n = _url(backend, tmp_path, request), 12  # more than can finish while we look, and before orphans stop
-    study = write_study(url, n_trials=n, steps=40, baselines="[0.25, 0.5, 0.75]")
+    study = write_study(url, n_trials=n, steps=400, baselines="[0.25, 0.5, 0.75]")
     prepare_study(study)  # batches cached: the command below starts its workers at once
     args = ("search", study, "--workers", workers, "--no-progress")
     search = frandi_proc(*args)
 
     def busy() -> bool:
+        """A finished trial, and one evaluating: sampled (its policy stored), not yet recording its result (a
+        signal then waits for the result, as it does during a claim: that trial is not failed)."""
         assert search.proc.poll() is None, search.err_path.read_text()[-3000:]
-        c = states(read_trials(url))
-        return c.get("COMPLETE", 0) >= 1 and c.get("RUNNING", 0) >= 1
+        trials = read_trials(url)
+        evaluating = [t for t in trials if t.state == TrialState.RUNNING and "policy" in t.user_attrs]
+        return states(trials).get("COMPLETE", 0) >= 1 and bool(evaluating)
 
-    wait_until(busy, 150, "a finished trial and one in flight")
+    wait_until(busy, 150, "a finished trial and one evaluating", poll=0.1)
     t0 = time.monotonic()
     search.signal_group(sig) if to_group else os.kill(search.pid, sig)
     code, _, err = search.wait(60)
