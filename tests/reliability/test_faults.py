@@ -98,8 +98,10 @@ def test_stopped_search_requeues_its_trials_leaves_no_process_and_rerun_finishes
 ) -> None:
     sig, to_group, expected_code, message = STOPS[stop]
     orphans = stop == "kill-9-launcher"  # workers stop by themselves (between trials, maybe): check they stop early
-    url, n = _url(backend, tmp_path, request), 12  # more than can finish while we look, and before orphans stop
-    study = write_study(url, n_trials=n, steps=400, baselines="[0.25, 0.5, 0.75]")
+    url, n = _url(backend, tmp_path, request), 6  # more than can finish while we look, and before orphans stop
+    # long evaluations (2,000 FR steps, seconds each) so that the trial seen evaluating is still evaluating when the
+    # signal lands, a few hundredths of a second later
+    study = write_study(url, n_trials=n, steps=2000, baselines="[0.25, 0.5, 0.75]")
     prepare_study(study)  # batches cached: the command below starts its workers at once
     args = ("search", study, "--workers", workers, "--no-progress")
     search = frandi_proc(*args)
@@ -122,9 +124,9 @@ def test_stopped_search_requeues_its_trials_leaves_no_process_and_rerun_finishes
         assert err.strip().splitlines()[-1] == f"frandi: {message}; run the same command again to resume", err
     wait_until(lambda: not search.group_alive(), 15, "every worker process to exit")
     trials = read_trials(url)
-    if stop == "kill-9-all":
-        pass  # what was in flight is left RUNNING (unless it finished first): the rerun's two workers reap it together
-    else:
+    # after kill -9 of everything, what was in flight stays RUNNING (unless it finished first) and the rerun's two
+    # workers reap it together; otherwise it was told FAIL and queued again
+    if stop != "kill-9-all":
         assert states(trials).get("RUNNING", 0) == 0, err[-3000:]  # the interrupted trials were told FAIL...
         failed = [t for t in trials if t.state == TrialState.FAIL]
         if orphans:  # they stopped on their own, long before the study was done (between trials, failing none)
