@@ -1,7 +1,8 @@
-"""Per-layer sensitivity: OD when only one layer is compressed at each candidate setting, stored once per study.
+"""Per-layer sensitivity: OD when only one layer is compressed at each candidate setting, stored once per study;
+and the probe: OD of a whole policy before recovery.
 
-Forward passes on the held-out batch, no recovery: the table ranks layers for offsets, drives the
-"sensitivity" allocation rule (a knapsack over it) and the warm starts.
+Forward passes on the held-out batch, no recovery: the table ranks layers for offsets and drives the
+"sensitivity" allocation rule (a knapsack over it); the probe screens the candidate warm starts.
 """
 
 from __future__ import annotations
@@ -9,13 +10,25 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from frandi_core import Compressor, LayerSetting, magnitude_mask, model_outputs, od_from_outputs
+from frandi_core import (
+    Compressor,
+    LayerSetting,
+    NonFiniteError,
+    Policy,
+    compress,
+    magnitude_mask,
+    model_outputs,
+    model_size,
+    od_from_outputs,
+    output_discrepancy,
+)
 from storage import Storage
 
 from ._space import FP32, SearchSpace
@@ -85,6 +98,27 @@ def measure(
         weight.copy_(original)
         table.append(tuple(row))
     return Sensitivity(tuple(layers), tuple(settings), tuple(table), time.perf_counter() - t0)
+
+
+@dataclass(frozen=True, eq=False)
+class Probe:
+    """A whole policy's OD before recovery (one forward pass on the held-out batch) and its compression ratio:
+    a screen that costs a small fraction of a trial, to choose which policies are worth a trial first."""
+
+    teacher: nn.Module
+    heldout: torch.Tensor
+    teacher_out: torch.Tensor
+
+    @torch.no_grad()
+    def od(self, policy: Policy) -> float:
+        student = compress(self.teacher, policy, calibration=self.heldout)
+        try:
+            return output_discrepancy(student, self.heldout, self.teacher_out)
+        except NonFiniteError:
+            return math.inf
+
+    def ratio(self, policy: Policy) -> float:
+        return model_size(self.teacher, policy).ratio
 
 
 def sensitivity_key(batch_key: str, layers: list[str], settings: list[LayerSetting]) -> str:

@@ -3,19 +3,21 @@ warm starts are enqueued once, bad allocated-mode input is one line."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
 
-from frandi_core import LayerSetting, compressible_layers, model_outputs
+from frandi_core import LayerSetting, Policy, compressible_layers, model_outputs
 from frandi_core.models import resnet
 from search import AllocatedSpace, SearchSpace, load_config, open_study
 from search._config import RULES, SpaceSection
 from search._knapsack import choose
 from search._launch import open_for
-from search._sensitivity import candidates, measure
+from search._sensitivity import Probe, candidates, measure
 from tests.tiny_study import make_weights, study_text
 
 STEP = 0.05
@@ -28,8 +30,9 @@ def space() -> AllocatedSpace:
     section = SpaceSection(sparsity=(0.0, 0.9), sparsity_step=STEP, bits=(3, 4, 8), mode="allocated", offsets=1)
     base = SearchSpace.build(section, compressible_layers(teacher))
     heldout = torch.randn(16, 1, 8, 8)
-    table = measure(teacher, list(base.searched), candidates(base), heldout, model_outputs(teacher, heldout))
-    return AllocatedSpace.build(base, section, teacher, table)
+    out = model_outputs(teacher, heldout)
+    table = measure(teacher, list(base.searched), candidates(base), heldout, out)
+    return AllocatedSpace.build(base, section, teacher, table, Probe(teacher, heldout, out))
 
 
 def _searched_size(space: AllocatedSpace, settings: dict[str, LayerSetting]) -> int:
@@ -100,13 +103,51 @@ def test_offsets_shift_only_the_most_sensitive_layer(space: AllocatedSpace) -> N
     assert {n: s for n, s in shifted.items() if n != top} == {n: s for n, s in plain.items() if n != top}
 
 
-def test_warm_starts_span_sizes_and_use_the_knapsack(space: AllocatedSpace) -> None:
-    warm = space.warm_starts(4)
-    assert 1 <= len(warm) <= 4 and all(p["rule"] == "sensitivity" for p in warm)
-    sizes = [_searched_size(space, space.allocate("uniform", p["sparsity"], p["bits"])) for p in warm]
-    assert sizes == sorted(sizes, reverse=True) or sizes == sorted(sizes)  # one budget each, spread out
-    assert len(set(sizes)) == len(sizes)
-    assert space.warm_starts(0) == []
+def _level_ratios(space: AllocatedSpace) -> dict[tuple[float, int], float]:
+    levels = [(s, b) for b in space.bits for s in space.base.grid()]
+    return {lv: space.probe.ratio(space.uniform(*lv)) for lv in levels}
+
+
+def test_warm_starts_are_the_probes_best_of_every_rule_at_sizes_spread_over_the_front(space: AllocatedSpace) -> None:
+    warm = space.warm_starts(6)  # 3 size budgets, the best 2 at each
+    assert len(warm) == 6 and len({space.policy(p) for p in warm}) == 6
+    ratios = _level_ratios(space)
+    lo, hi = min(ratios.values()), max(ratios.values())
+    half = (hi - lo) / 8  # 3 budgets at a quarter, half and three quarters of the range, each half a part wide
+    best = warm[:3]  # the best of each budget come first, smallest ratio first
+    for p, target in zip(best, np.linspace(lo, hi, 5)[1:-1], strict=True):
+        assert abs(ratios[p["sparsity"], p["bits"]] - target) <= half
+        nearest = [
+            min((lv for lv in ratios if lv[1] == b), key=lambda lv: abs(ratios[lv] - target)) for b in space.bits
+        ]
+        rivals = [
+            space.policy(space.uniform_params(s, b, rule))
+            for s, b in nearest
+            if abs(ratios[s, b] - target) <= half
+            for rule in space.rules
+        ]  # each bit width's level of about that size, under every rule
+        assert len(rivals) > len(space.rules)
+        od = space.probe.od(space.policy(p))
+        assert all(od <= space.probe.od(q) + 1e-12 for q in rivals)
+    assert space.warm_starts(5) == warm[:5] and space.warm_starts(0) == []  # same 3 budgets, one pick fewer
+
+
+class _FavorOneRule(Probe):
+    """A probe that ranks one rule's policies best, whatever the model."""
+
+    favored: frozenset = frozenset()
+
+    def od(self, policy: Policy) -> float:
+        return 0.0 if policy in self.favored else 1.0
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_warm_starts_follow_the_probe_to_any_rule(space: AllocatedSpace, rule: str) -> None:
+    favored = frozenset(space.policy(space.uniform_params(s, b, rule)) for s in space.base.grid() for b in space.bits)
+    probe = _FavorOneRule(space.probe.teacher, space.probe.heldout, space.probe.teacher_out)
+    object.__setattr__(probe, "favored", favored)
+    warm = dataclasses.replace(space, probe=probe).warm_starts(4)
+    assert all(space.policy(p) in favored for p in warm[:2])  # the best of each budget is the favored rule's
 
 
 def _allocated_study(tmp_path: Path, n_trials: int, extra: str = "") -> Path:
@@ -117,16 +158,19 @@ def _allocated_study(tmp_path: Path, n_trials: int, extra: str = "") -> Path:
     return p
 
 
-def test_warm_starts_are_enqueued_once_also_on_resume(tmp_path: Path, frandi) -> None:
-    p = _allocated_study(tmp_path, 8)
+@pytest.mark.parametrize("rule", RULES)
+def test_warm_starts_are_enqueued_once_also_on_resume(tmp_path: Path, frandi, rule: str) -> None:
+    p = _allocated_study(tmp_path, 8, f'rules = ["{rule}"]\nwarm_starts = 4')
     code, _, err = frandi("search", p, "--no-progress")
     assert code == 0, err
     cfg = load_config(p)
     with open_for(cfg) as st:
         trials = open_study(cfg, st).get_trials()
     warm = [t for t in trials if t.user_attrs.get("warm_start")]
-    assert len(trials) == 8 and len(warm) >= 1
-    assert all(t.params["rule"] == "sensitivity" for t in warm)
+    assert len(trials) == 8 and len(warm) >= 2
+    assert all(t.params["rule"] == rule for t in warm)
+    first = sum(bool(t.user_attrs.get("baseline")) for t in trials)
+    assert [t.number for t in warm] == list(range(first, first + len(warm)))  # right after the baselines
     assert [t.state for t in trials].count(optuna.trial.TrialState.COMPLETE) == 8
     code, _, err = frandi("search", p, "--no-progress", "--n-trials", "11")
     assert code == 0, err
