@@ -214,9 +214,10 @@ class AllocatedSpace:
     def warm_starts(self, n: int) -> list[dict[str, Any]]:
         """Parameters of ``n`` promising policies at size budgets spread evenly in compression ratio over the space.
 
-        Each of ceil(n / PER_SIZE) budgets takes the levels (one per bit width) whose size falls in its share of
-        the ratio range, under every rule; the probe ranks those policies and the best PER_SIZE distinct ones are
-        kept. Ordered best of each budget first, so a study with fewer trials than warm starts keeps those.
+        The ratio range splits into ceil(n / PER_SIZE) equal bins; each takes, per bit width, the level nearest
+        its center (if inside the bin) under every rule; the probe ranks those policies and the best PER_SIZE
+        distinct ones are kept. Ordered best of each bin first, so a study with fewer trials keeps those.
+        Evenly in ratio, not in log size: the front is steepest, and budgets are tightest, at the small end.
         """
         if n == 0:
             return []
@@ -224,9 +225,9 @@ class AllocatedSpace:
         ratio = {lv: self.probe.ratio(self.uniform(*lv)) for lv in levels}
         lo, hi = min(ratio.values()), max(ratio.values())
         sizes = -(-n // PER_SIZE)
-        half = (hi - lo) / (sizes + 1) / 2
+        half = (hi - lo) / sizes / 2  # the budgets split the range into equal bins, each aiming at its center
         ranked: list[list[dict[str, Any]]] = []
-        for target in np.linspace(lo, hi, sizes + 2)[1:-1]:  # inside the range: its ends are lossless or ruined
+        for target in lo + half * (2 * np.arange(sizes) + 1):
             scored: dict[Policy, tuple[float, dict[str, Any]]] = {}
             for b in self.bits:
                 s, _ = min((lv for lv in levels if lv[1] == b), key=lambda lv: abs(ratio[lv] - target))

@@ -13,7 +13,7 @@ from frandi_core import Policy
 from search import ConfigError, StudyConfig, launch, pareto_trials
 from search._config import replace
 from search._launch import open_for
-from search._study import open_study
+from search._study import WARM_SECONDS, open_study
 
 
 def variant(
@@ -26,12 +26,14 @@ def variant(
 
 @dataclass(frozen=True)
 class SearchRun:
-    """A finished search: its complete trials, its Pareto front (feasible trials only) and wall time."""
+    """A finished search: its complete trials, its Pareto front (feasible trials only), wall time, and the
+    seconds spent choosing its warm starts (allocated spaces; 0 otherwise)."""
 
     trials: list[FrozenTrial]
     front: list[FrozenTrial]
     seconds: float
     new_trials: int
+    warm_seconds: float = 0.0
 
     @property
     def trial_seconds(self) -> float:
@@ -59,7 +61,8 @@ def run_search(cfg: StudyConfig, storage: str | None) -> SearchRun:
         study = open_study(cfg, st)
         trials = study.get_trials(deepcopy=True, states=(TrialState.COMPLETE,))
         front = pareto_trials(study)
-    return SearchRun(trials, front, seconds, len(trials) - before)
+        warm_seconds = float(study.user_attrs.get(WARM_SECONDS, 0.0))
+    return SearchRun(trials, front, seconds, len(trials) - before, warm_seconds)
 
 
 def policy_of(t: FrozenTrial) -> Policy:
