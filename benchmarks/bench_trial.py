@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 run_trial(study, runner, tid, cfg, "bench")
                 wall = time.perf_counter() - t0
-                t = study._storage.get_trial(tid)
+                t = st.optuna.get_trial(tid)
                 student = compress(runner.teacher, Policy.from_json(t.user_attrs["policy"]))
                 for q in student.parameters():
                     q.requires_grad_(True)

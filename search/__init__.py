@@ -6,15 +6,17 @@ from ._allocate import AllocatedSpace
 from ._artifacts import artifact_dir
 from ._config import ConfigError, StudyConfig, load_config, parse_config
 from ._launch import launch, open_for, prepare
+from ._optuna import OptunaChanged, check_optuna
 from ._report import pareto_trials, row
 from ._space import SearchSpace
 from ._study import create_or_resume, open_study
 from ._trial import TrialResult, TrialRunner, batch_key, cached_batches
-from ._worker import work
+from ._worker import claim, claim_waiting, fail_stale_trials, run_trial, stale_trials, work
 
 __all__ = [
     "AllocatedSpace",
     "ConfigError",
+    "OptunaChanged",
     "SearchSpace",
     "StudyConfig",
     "TrialResult",
@@ -22,7 +24,11 @@ __all__ = [
     "artifact_dir",
     "batch_key",
     "cached_batches",
+    "check_optuna",
+    "claim",
+    "claim_waiting",
     "create_or_resume",
+    "fail_stale_trials",
     "launch",
     "load_config",
     "open_for",
@@ -31,5 +37,7 @@ __all__ = [
     "parse_config",
     "prepare",
     "row",
+    "run_trial",
+    "stale_trials",
     "work",
 ]

@@ -15,6 +15,7 @@ from sqlalchemy import inspect, update
 from storage import Storage, StorageError, open_storage
 from storage._tables import blobs
 from tests.conftest_pg import PgServer
+from tests.optuna_ids import trial_id
 
 
 def _set_data(url: str, key: str, data: bytes) -> None:
@@ -128,7 +129,8 @@ def test_heartbeat_stale_trial_is_failed_and_reenqueued(storage_url: str) -> Non
     with open_storage(storage_url, heartbeat_interval=1, grace_period=1) as st:
         study = optuna.create_study(storage=st.optuna)
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-        st.optuna.record_heartbeat(trial._trial_id)  # as a worker's heartbeat thread would, then it "dies"
+        # as a worker's heartbeat thread would, then it "dies"
+        st.optuna.record_heartbeat(trial_id(st.optuna, study.study_name, trial.number))
         time.sleep(2.2)
         optuna.storages.fail_stale_trials(study)  # what every worker does before starting a trial
         first, retry = study.get_trials()
