@@ -20,10 +20,7 @@ import optuna
 import torch
 
 from frandi_core import Policy, adam, compress
-from search import TrialRunner, create_or_resume, load_config
-from search._config import replace
-from search._launch import open_for
-from search._worker import claim, run_trial
+from search import TrialRunner, claim, create_or_resume, load_config, open_for, replace, run_trial
 
 
 def floor(runner: TrialRunner, student: torch.nn.Module) -> float:

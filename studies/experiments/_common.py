@@ -24,9 +24,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from frandi_core import Policy, compress, model_size
-from search import StudyConfig, TrialResult, TrialRunner, load_config
-from search._config import replace
-from search._launch import open_for
+from search import StudyConfig, TrialResult, TrialRunner, load_config, open_for, replace
 from storage import Storage
 from studies import data as datasets
 

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from frandi_core import CALIBRATIONS, Policy, bops
-from search._config import replace
-from search._report import feasible
+from search import feasible, replace
 
 from ._common import Bench, Report, bench, figure, parse, parser, save
 from ._searches import SearchRun, policy_of, run_search, variant

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from frandi_core import LayerSetting, Policy, compressible_layers
-from search._evaluate import correlations
+from search import correlations
 
 from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, policy_summary, save, write_csv
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from frandi_core import Policy
-from search._report import feasible
+from search import feasible
 
 from ._common import Bench, Report, bench, figure, parse, parser, policy_summary, save
 from ._searches import SearchRun, policy_of, run_search, variant

@@ -12,13 +12,28 @@ import pytest
 from optuna.trial import TrialState
 
 from frandi_core import SIZE_RULE, LayerSetting, Policy, compressible_layers, load_model
-from search import SearchSpace, StudyConfig, TrialRunner, create_or_resume, load_config
-from search._config import ALLOCATED_ONLY, _file_digest, replace
-from search._launch import open_for
-from search._study import FINGERPRINT, open_study
-from search._trial import model_spec
+from search import (
+    SearchSpace,
+    StudyConfig,
+    TrialRunner,
+    create_or_resume,
+    load_config,
+    model_spec,
+    open_for,
+    open_study,
+    replace,
+)
 
 ACT_SPACE = 'bits = [4, 8, 32]\nact_bits = [4, 8]'
+FINGERPRINT = "frandi:fingerprint"  # the study attribute that holds it, as stored
+# the keys [space] and [recovery] had before activation bits, BOPs and allocated mode existed
+OLD_SPACE_KEYS = ("layers", "fixed", "sparsity", "sparsity_step", "bits", "keep_first_last")
+OLD_RECOVERY_KEYS = ("steps", "lr", "batch_size", "layers", "seed", "precision")
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of the weights file, "missing" when there is none (the experiments' checkpoints are not committed)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
 def fingerprint_before_activation_bits(cfg: StudyConfig) -> str:
@@ -27,14 +42,10 @@ def fingerprint_before_activation_bits(cfg: StudyConfig) -> str:
     keep = {
         "objectives": cfg.study.objectives,
         "min_ratio": cfg.study.min_ratio,
-        "model": dataclasses.asdict(cfg.model) | {"weights": _file_digest(cfg.weights_path)},
+        "model": dataclasses.asdict(cfg.model) | {"weights": weights_digest(cfg.weights_path)},
         "synthetic": dataclasses.asdict(cfg.synthetic),
-        "space": {  # nor allocated mode (a layerwise study leaves its keys out)
-            k: v for k, v in dataclasses.asdict(cfg.space).items() if k not in ("act_bits", "mode", *ALLOCATED_ONLY)
-        },
-        "recovery": {
-            k: v for k, v in dataclasses.asdict(cfg.recovery).items() if k not in ("calibration", "learn_act_steps")
-        },
+        "space": {k: v for k, v in dataclasses.asdict(cfg.space).items() if k in OLD_SPACE_KEYS},
+        "recovery": {k: v for k, v in dataclasses.asdict(cfg.recovery).items() if k in OLD_RECOVERY_KEYS},
         "size": SIZE_RULE,
     }
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]

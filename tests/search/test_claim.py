@@ -9,11 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from frandi_core import compressible_layers, load_model
-from search import SearchSpace, create_or_resume, load_config
-from search._launch import open_for
-from search._study import open_study, to_start_key
-from search._trial import model_spec
-from search._worker import claim
+from search import SearchSpace, claim, create_or_resume, load_config, model_spec, open_for, open_study, to_start_key
 from storage import Storage
 from tests.optuna_ids import trial_id
 
@@ -62,11 +58,17 @@ def test_claims_stop_when_the_study_may_start_no_more(opened) -> None:
 
 
 def test_a_trial_lost_before_creation_is_reported_and_started_by_a_rerun(study_file, frandi, monkeypatch) -> None:
-    import search._study
+    real = Storage.take_from_counter
+    lost: list[str] = []
 
-    real = search._study.top_up
-    with monkeypatch.context() as m:  # one slot taken by a worker killed before it created its trial
-        m.setattr(search._study, "top_up", lambda study, storage, n: real(study, storage, n - 1))
+    def take(self: Storage, key: str) -> bool:
+        if not lost:  # one slot taken by a worker killed before it created its trial
+            lost.append(key)
+            real(self, key)
+        return real(self, key)
+
+    with monkeypatch.context() as m:
+        m.setattr(Storage, "take_from_counter", take)
         code, _, err = frandi("search", study_file(n_trials=5), "--no-progress")
     assert code == 1 and "holds 4 of 5 finished trials" in err and "run the same command again" in err
     code, _, err = frandi("search", study_file(n_trials=5), "--no-progress")

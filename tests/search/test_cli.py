@@ -13,11 +13,17 @@ import torch
 from optuna.trial import TrialState
 
 from frandi_core import Policy, build_architecture, compressible_layers, load_model
-from search import SearchSpace, create_or_resume, load_config
-from search._config import replace
-from search._launch import open_for
-from search._study import open_study, to_start_key
-from search._trial import TrialRunner, model_spec
+from search import (
+    SearchSpace,
+    TrialRunner,
+    create_or_resume,
+    load_config,
+    model_spec,
+    open_for,
+    open_study,
+    replace,
+    to_start_key,
+)
 
 
 def trials_of(study_file: Path) -> list[optuna.trial.FrozenTrial]:
@@ -165,13 +171,15 @@ def test_changed_study_file_is_refused_unless_forced(study_file, frandi) -> None
     assert sum(t.state == TrialState.COMPLETE for t in trials_of(path)) == 4
 
 
-def test_study_sized_by_an_older_rule_is_refused(study_file, frandi, monkeypatch) -> None:
+def test_study_sized_by_an_older_rule_is_refused(study_file, frandi) -> None:
     """Trials whose size was counted another way cannot share a Pareto front with new ones."""
-    import search._config
-
-    with monkeypatch.context() as m:
-        m.setattr(search._config, "SIZE_RULE", "an-older-rule")
-        assert frandi("search", study_file(n_trials=2), "--no-progress")[0] == 0
+    assert frandi("search", study_file(n_trials=2), "--no-progress")[0] == 0
+    cfg = load_config(study_file(n_trials=2))
+    with open_for(cfg) as st:  # as a study sized by an older rule holds it (test_activations checks the hash has it)
+        study = open_study(cfg, st)
+        config = json.loads(study.user_attrs["frandi:config"])
+        study.set_user_attr("frandi:config", json.dumps(config | {"size accounting": "an-older-rule"}))
+        study.set_user_attr("frandi:fingerprint", "fingerprint-of-an-older-rule")
     code, _, err = frandi("search", study_file(n_trials=3), "--no-progress")
     assert code == 2 and "size accounting changed" in err and "--force" in err
     assert len(trials_of(study_file(n_trials=3))) == 2
