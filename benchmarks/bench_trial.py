@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from frandi_core import Policy, adam, compress
+from frandi_core import Policy, compress
 from search import TrialRunner, claim, create_or_resume, load_config, open_for, replace, run_trial
 
 
@@ -28,7 +28,7 @@ def floor(runner: TrialRunner, student: torch.nn.Module) -> float:
     cfg = runner.cfg.recovery
     x = runner.targets.inputs
     target = runner.targets.features["output"]
-    opt = adam(student.parameters(), cfg.lr)
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, fused=True)  # fused, as recovery runs it on CPU
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for _ in range(cfg.steps):
