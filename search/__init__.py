@@ -9,11 +9,13 @@ from __future__ import annotations
 from ._allocate import AllocatedSpace
 from ._artifacts import artifact_dir
 from ._config import ConfigError, SpaceSection, StudyConfig, load_config, parse_config, replace
-from ._evaluate import correlations, labeled_set, stored_accuracy
+from ._data import FASHION_ROOT, labeled_data, labeled_set
 from ._knapsack import choose
-from ._launch import launch, open_for, prepare
+from ._launch import launch, prepare
+from ._open import open_for
 from ._optuna import OptunaChanged, check_optuna
 from ._report import feasible, pareto_trials, row
+from ._scoring import accuracy, correlations, stored_accuracy
 from ._sensitivity import candidates, measure
 from ._space import SearchSpace
 from ._study import create_or_resume, open_study, to_start_key
@@ -21,6 +23,7 @@ from ._trial import TrialResult, TrialRunner, batch_key, cached_batches, model_s
 from ._worker import claim, claim_waiting, fail_stale_trials, run_trial, stale_trials, work
 
 __all__ = [
+    "FASHION_ROOT",
     "AllocatedSpace",
     "ConfigError",
     "OptunaChanged",
@@ -29,6 +32,7 @@ __all__ = [
     "StudyConfig",
     "TrialResult",
     "TrialRunner",
+    "accuracy",
     "artifact_dir",
     "batch_key",
     "cached_batches",
@@ -41,6 +45,7 @@ __all__ = [
     "create_or_resume",
     "fail_stale_trials",
     "feasible",
+    "labeled_data",
     "labeled_set",
     "launch",
     "load_config",

@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import optuna
 import torch
@@ -15,31 +14,16 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from frandi_core import FrandiError, compressible_layers, load_model, model_outputs, model_size
-from storage import OpenMode, Storage, normalize_url, open_storage
+from storage import Storage
 
 from ._allocate import study_space
 from ._config import ConfigError, StudyConfig
+from ._open import open_for
 from ._signals import Terminated
 from ._space import SearchSpace
 from ._study import counts, create_or_resume
 from ._trial import cached_batches, model_spec
-from ._worker import check_device, work, worker_main
-
-
-def storage_url(cfg: StudyConfig, override: str | None = None) -> str:
-    """The study's storage URL: relative SQLite paths against the study file (against the working folder for
-    ``--storage``)."""
-    return normalize_url(override or cfg.study.storage, base_dir=cfg.base_dir if not override else Path.cwd())
-
-
-def open_for(cfg: StudyConfig, override: str | None = None, *, mode: OpenMode = "create") -> Storage:
-    """The study's storage; ``mode`` "write" or "read" for commands that need an existing study (see open_storage)."""
-    return open_storage(
-        storage_url(cfg, override),
-        mode=mode,
-        heartbeat_interval=cfg.run.heartbeat_interval,
-        grace_period=cfg.run.grace_period,
-    )
+from ._worker import check_device, set_threads, work, worker_main
 
 
 def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module, SearchSpace]:
@@ -90,8 +74,7 @@ def launch(
     """Run the study to n_trials finished trials with cfg.run.workers processes; resume when it exists."""
     devices = [check_device(d) for d in cfg.run.devices]
     n = cfg.run.workers
-    threads = cfg.run.threads or max(1, (os.cpu_count() or 1) // n)
-    torch.set_num_threads(threads)  # as many as one worker gets: more threads than cores thrash under load
+    threads = set_threads(cfg.run.threads, n)  # as many as one worker gets: more threads than cores thrash
     checked = check_model(cfg, devices[0])  # before the storage is opened, let alone created
     with open_for(cfg, storage_override) as storage:
         study = prepare(cfg, storage, device=devices[0], force=force, progress=progress, checked=checked)

@@ -16,10 +16,11 @@ import torch
 from optuna.trial import TrialState
 
 from frandi_core import FrandiError, NonFiniteError
-from storage import Storage, StorageError, atomic, connection_lost, lost_storage, open_storage
+from storage import Storage, StorageError, atomic, connection_lost, lost_storage
 
 from . import _optuna
 from ._config import ConfigError, StudyConfig
+from ._open import open_for
 from ._signals import deferred_interrupts, exit_with_parent, interrupts_raise, raise_held
 from ._study import counts, open_study, to_start_key
 from ._trial import TrialResult, TrialRunner
@@ -294,10 +295,7 @@ def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: i
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         with interrupts_raise(sigint=False):
-            storage = open_storage(
-                storage_url, heartbeat_interval=cfg.run.heartbeat_interval, grace_period=cfg.run.grace_period
-            )
-            with storage:
+            with open_for(cfg, storage_url) as storage:  # the launcher's URL, already resolved
                 work(cfg, storage, device=device, worker_index=worker_index, threads=threads)
     except KeyboardInterrupt:
         pass

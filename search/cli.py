@@ -16,6 +16,7 @@ from storage import StorageError, lost_storage
 
 from . import _commands as commands
 from ._config import ConfigError, load_config, replace
+from ._data import FASHION_ROOT
 from ._signals import Terminated, interrupts_raise
 
 
@@ -84,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = cmd("evaluate", "real top-1 accuracy of trials on a labeled held-out set, against their OD")
     c.add_argument("--data", required=True, help="digits, fashion, folder (an image folder), or torchvision:CLASS")
-    c.add_argument("--root", help="folder holding the data set (its test split is used)")
+    c.add_argument("--root", help=f"folder holding the data set (its test split is used); for fashion: {FASHION_ROOT}")
     c.add_argument("--trials", help="comma-separated trial numbers (default: the Pareto front and baselines)")
     c.add_argument("--limit", type=int, help="evaluate on the first N samples only")
     c.add_argument("--mean", help="per-channel normalization mean, e.g. 0.5 or 0.49,0.48,0.45")

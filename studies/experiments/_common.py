@@ -24,9 +24,18 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from frandi_core import Policy, compress, model_size
-from search import StudyConfig, TrialResult, TrialRunner, load_config, open_for, replace
+from search import (
+    FASHION_ROOT,
+    StudyConfig,
+    TrialResult,
+    TrialRunner,
+    accuracy,
+    labeled_data,
+    load_config,
+    open_for,
+    replace,
+)
 from storage import Storage
-from studies import data as datasets
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -62,7 +71,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch threads (the committed results used 1)")
     p.add_argument("--out", default=str(RESULTS), help="folder for the CSV, PNG and markdown")
     p.add_argument("--storage", help="database URL overriding the study file's (the synthetic-batch cache)")
-    p.add_argument("--root", default="data", help="where Fashion-MNIST is unpacked")
+    p.add_argument("--root", help=f"{FASHION_ROOT} (default: that Debian folder)")
     return p
 
 
@@ -81,14 +90,14 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Na
 class Bench:
     """One model under test: the study's TrialRunner plus real labeled data for accuracy and fine-tuning."""
 
-    def __init__(self, name: str, storage: Storage, cfg: StudyConfig, *, root: str, limit: int | None) -> None:
+    def __init__(self, name: str, storage: Storage, cfg: StudyConfig, *, root: str | None, limit: int | None) -> None:
         self.name = name
         self.cfg = cfg
         self.case = CASES[name]
         self.root = root
         self.runner = TrialRunner(cfg, storage)
         self.teacher = self.runner.teacher
-        test = datasets.load(self.case.data, "test", root)
+        test = labeled_data(self.case.data, "test", root)
         if limit is not None and limit < len(test):
             test = TensorDataset(*(t[:limit] for t in test.tensors))
         self.test = test
@@ -98,11 +107,11 @@ class Bench:
     @property
     def train(self) -> TensorDataset:
         if self._train is None:
-            self._train = datasets.load(self.case.data, "train", self.root)
+            self._train = labeled_data(self.case.data, "train", self.root)
         return self._train
 
     def accuracy(self, model: nn.Module) -> float:
-        return datasets.accuracy(model, self.test)
+        return accuracy(model, self.test)
 
     def uniform(self, sparsity: float = 0.0, bits: int | None = None) -> Policy:
         return Policy.uniform(self.teacher, sparsity, bits)

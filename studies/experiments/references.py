@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from studies import data as datasets
+from search import FASHION_ROOT
 from studies.reference import train
 
 from ._common import RESULTS
@@ -42,11 +42,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=sorted(MODELS), action="append", help="train only this model")
     p.add_argument("--out-dir", default="runs/models")
-    p.add_argument("--root", default="data", help="where Fashion-MNIST is unpacked")
+    p.add_argument("--root", help=f"{FASHION_ROOT} (default: that Debian folder)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    datasets.prepare_fashion(a.root)  # unpack once, before any training reads it
     rows = []
     for name in a.only or sorted(MODELS):
         m = MODELS[name]

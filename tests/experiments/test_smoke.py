@@ -13,8 +13,7 @@ import optuna
 import pytest
 import torch
 
-from search import labeled_set, load_config, open_for, open_study, stored_accuracy
-from studies import data as datasets
+from search import labeled_data, labeled_set, load_config, open_for, open_study, stored_accuracy
 from studies.experiments import act_quantization, fr_vs_finetune, od_accuracy, pruning, quantization, search_pays
 
 
@@ -149,19 +148,13 @@ def test_evaluate_bad_input(
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_digits_preset_matches_the_training_split() -> None:
-    """evaluate's digits preset duplicates studies/data.py's split and normalization: they must agree."""
-    ours = labeled_set("digits", None, (1, 8, 8))
-    theirs = datasets.digits("test")
-    assert torch.equal(ours.tensors[1], theirs.tensors[1])
-    assert torch.allclose(ours.tensors[0], theirs.tensors[0], atol=1e-6)
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist: the files as published
 
 
-@pytest.mark.skipif(not datasets.FASHION_DEB.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
-def test_fashion_preset_matches_the_training_data(tmp_path: Path) -> None:
-    """evaluate reads Fashion-MNIST through torchvision transforms; the result must equal studies/data.py's."""
-    root = datasets.prepare_fashion(tmp_path)
-    ours = labeled_set("fashion", str(root), (1, 28, 28), limit=200)
-    theirs = datasets.fashion("test", root)
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_preset_matches_the_training_data() -> None:
+    """evaluate reads Fashion-MNIST through torchvision transforms; the result must equal the training tensors."""
+    ours = labeled_set("fashion", str(FASHION), (1, 28, 28), limit=200)
+    theirs = labeled_data("fashion", "test", FASHION)
     assert torch.equal(ours.tensors[1], theirs.tensors[1][:200])
     assert torch.allclose(ours.tensors[0], theirs.tensors[0][:200], atol=1e-5)
