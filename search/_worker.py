@@ -241,13 +241,17 @@ def work(
     poll: float = 1.0,
     max_failures: int | None = None,
     on_trial: Callable[[int], None] | None = None,
+    runner: TrialRunner | None = None,
 ) -> int:
-    """Pull and run trials until the study holds n_trials finished ones; returns how many this worker ran."""
+    """Pull and run trials until the study holds n_trials finished ones; returns how many this worker ran.
+
+    ``runner``: one the caller built for this study (``frandi search`` in-process, teacher and batches loaded).
+    """
     set_threads(cfg.run.threads if threads is None else threads, cfg.run.workers)
     worker = f"{os.uname().nodename}:{os.getpid()}:{device}"
     study = open_study(cfg, storage, worker_index=worker_index)
     _optuna.check_optuna(study)  # before any claim: an Optuna that renamed what claims rely on is one line, not a mess
-    runner = TrialRunner(cfg, storage, device=device, progress=progress)
+    runner = runner or TrialRunner(cfg, storage, device=device, progress=progress)
     done = failed = 0
     limit = cfg.study.n_trials if max_failures is None else max_failures
     while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 import wsgiref.util
 from pathlib import Path
@@ -24,12 +25,35 @@ from search import (
     replace,
     to_start_key,
 )
+from search.cli import COMMANDS, main
 
 
 def trials_of(study_file: Path) -> list[optuna.trial.FrozenTrial]:
     cfg = load_config(study_file)
     with open_for(cfg) as st:
         return open_study(cfg, st).get_trials()
+
+
+def test_every_command_in_the_help_has_a_handler(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = re.findall(r"^    (\w+)", capsys.readouterr().out, re.M)
+    assert listed == list(COMMANDS) and len(listed) == 9
+
+
+def test_an_in_process_worker_reuses_the_teacher_and_batches_the_search_loaded(study_file, frandi, monkeypatch):
+    loads: list[object] = []
+    real = torch.load
+
+    def counted(*args: object, **kwargs: object) -> object:
+        loads.append(args[0])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    assert frandi("search", study_file(n_trials=1), "--no-progress")[0] == 0  # batches made and stored
+    monkeypatch.setattr(torch, "load", counted)
+    assert frandi("search", study_file(n_trials=2), "--workers", "1", "--no-progress")[0] == 0
+    files = [x for x in loads if isinstance(x, (str, Path))]
+    assert len(files) == 1 and len(loads) == 2  # the weights file once, the stored batches once
 
 
 def test_search_finishes_n_trials_and_prints_front(study_file, frandi) -> None:
