@@ -1,4 +1,5 @@
-"""Train the Fashion-MNIST reference models the experiments use, and record accuracy and wall time.
+"""The Fashion-MNIST reference models the experiments use: train each (with studies.train), record accuracy and
+wall time.
 
 python -m studies.experiments.references               # both, one after the other (42 + 50 min measured, 1 thread)
 python -m studies.experiments.references --only resnet
@@ -17,14 +18,14 @@ from typing import Any
 import torch
 
 from search import FASHION_ROOT
-from studies.reference import train
+from studies.train import train
 
 from ._common import RESULTS
 
 
 @dataclass(frozen=True)
 class Reference:
-    """A reference model: architecture (as studies.reference names it), its kwargs, training epochs."""
+    """A reference model: architecture (as studies.train names it), its kwargs, training epochs."""
 
     arch: str
     kwargs: dict[str, Any]
@@ -35,7 +36,7 @@ MODELS = {
     "resnet": Reference("resnet", {"widths": [16, 32, 64]}, 5),
     "separable": Reference("separable", {"widths": [32, 64, 128]}, 6),
 }
-LR, BATCH_SIZE = 0.1, 128  # SGD + Nesterov, one-cycle schedule, weight decay 5e-4 (studies.reference.train)
+LR, BATCH_SIZE = 0.1, 128  # SGD + Nesterov, one-cycle schedule, weight decay 5e-4 (studies.train.train)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

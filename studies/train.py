@@ -1,7 +1,7 @@
-"""Train a small reference model with BatchNorm on real data and save its state_dict.
+"""Train a small model with BatchNorm on real data (digits or Fashion-MNIST) and save its state_dict.
 
-python -m studies.reference --data digits --arch resnet --out studies/models/resnet_digits.pt
-python -m studies.reference --data fashion --arch resnet --epochs 8 --out runs/models/resnet_fashion.pt
+python -m studies.train --data digits --arch resnet --out studies/models/resnet_digits.pt
+python -m studies.train --data fashion --arch resnet --epochs 8 --out runs/models/resnet_fashion.pt
 """
 
 from __future__ import annotations
