@@ -11,7 +11,7 @@ from ._artifacts import artifact_dir
 from ._config import ConfigError, SpaceSection, StudyConfig, load_config, parse_config, replace
 from ._data import FASHION_ROOT, labeled_data, labeled_set
 from ._knapsack import choose
-from ._launch import launch, prepare
+from ._launch import check_model, launch, prepare
 from ._open import open_for
 from ._optuna import OptunaChanged, check_optuna
 from ._report import feasible, pareto_trials, row
@@ -37,6 +37,7 @@ __all__ = [
     "batch_key",
     "cached_batches",
     "candidates",
+    "check_model",
     "check_optuna",
     "choose",
     "claim",

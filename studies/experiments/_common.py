@@ -12,7 +12,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +209,25 @@ def bench(name: str, args: argparse.Namespace) -> Iterator[Bench]:
         yield b
 
 
+def each_model(
+    args: argparse.Namespace,
+    experiment: str,
+    title: str,
+    run: Callable[[Bench, Report], list[dict[str, Any]]],
+    *,
+    prefix: str = "",
+) -> list[dict[str, Any]]:
+    """Run one experiment on each of --models: ``run`` fills the model's Report (``title`` with {name} filled in)
+    and returns its rows; the report is written after it. Returns every model's rows."""
+    rows = []
+    for name in args.models:
+        with bench(name, args) as b:
+            report = Report(experiment, prefix + name + args.suffix, title.format(name=name), Path(args.out), args.argv)
+            rows += run(b, report)
+            report.write()
+    return rows
+
+
 def policy_summary(policy: Policy) -> dict[str, Any]:
     """Mean sparsity and the bit-widths a policy uses, for tables."""
     settings = [s for _, s in policy.layers]
@@ -257,6 +276,11 @@ class Report:
     def name(self) -> str:
         """Stem of this report's files: <experiment>_<model>."""
         return f"{self.experiment}_{self.model}"
+
+    @property
+    def png(self) -> Path:
+        """Where this report's plot goes."""
+        return self.out / f"{self.name}.png"
 
     def add(self, text: str) -> None:
         self.parts.append(text)

@@ -11,14 +11,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from frandi_core import SIZE_RULE, LayerSetting, Policy, compressible_layers, load_model
+from frandi_core import SIZE_RULE, LayerSetting, Policy, compressible_layers
 from search import (
-    SearchSpace,
     StudyConfig,
     TrialRunner,
+    check_model,
     create_or_resume,
     load_config,
-    model_spec,
     open_for,
     open_study,
     replace,
@@ -89,7 +88,7 @@ def test_activation_recovery_keys_count_only_where_activations_are_quantized(stu
 def test_an_old_study_resumes_unchanged(study_file) -> None:
     cfg = load_config(study_file())
     with open_for(cfg) as st:
-        space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+        space = check_model(cfg)[1]
         study = create_or_resume(cfg, st, space)
         study.set_user_attr(FINGERPRINT, fingerprint_before_activation_bits(cfg))  # as the old code stored it
         create_or_resume(cfg, st, space)  # no ConfigError: the same study file still matches
@@ -98,7 +97,7 @@ def test_an_old_study_resumes_unchanged(study_file) -> None:
 
 def test_default_space_samples_the_parameters_it_always_did(study_file) -> None:
     cfg = load_config(study_file())
-    space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+    space = check_model(cfg)[1]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
     policy = space.sample(trial)
@@ -108,13 +107,13 @@ def test_default_space_samples_the_parameters_it_always_did(study_file) -> None:
 
 def test_searched_activation_bits_and_edges_at_w8a8(study_file) -> None:
     cfg = load_config(edit(study_file(), "bits = [4, 8, 32]", ACT_SPACE))
-    space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+    space = check_model(cfg)[1]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
         trial = study.ask()
         policy = space.sample(trial).as_dict()
         assert all(policy[n].act_bits == trial.params[f"{n}:act_bits"] for n in space.searched)
-        first, *_, last = [layer.name for layer in compressible_layers(load_model(model_spec(cfg)))]
+        first, *_, last = [layer.name for layer in compressible_layers(check_model(cfg)[0])]
         assert policy[first] == policy[last] == LayerSetting(0.0, 8, 8)
     assert space.uniform_params(0.0, 4)[f"{space.searched[0]}:act_bits"] == 8
 

@@ -8,8 +8,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from frandi_core import compressible_layers, load_model
-from search import SearchSpace, claim, create_or_resume, load_config, model_spec, open_for, open_study, to_start_key
+from search import (
+    check_model,
+    claim,
+    create_or_resume,
+    load_config,
+    open_for,
+    open_study,
+    to_start_key,
+)
 from storage import Storage
 from tests.optuna_ids import trial_id
 
@@ -22,7 +29,7 @@ class Died(BaseException):
 def opened(study_file) -> Iterator[tuple[optuna.Study, Storage]]:
     cfg = load_config(study_file(n_trials=4))
     with open_for(cfg) as st:
-        space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+        space = check_model(cfg)[1]
         study = create_or_resume(cfg, st, space)
         for t in study.get_trials(states=(TrialState.WAITING,)):  # leave only new trials to claim
             st.optuna.set_trial_state_values(trial_id(st.optuna, study.study_name, t.number), state=TrialState.FAIL)

@@ -13,13 +13,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from frandi_core import Policy, build_architecture, compressible_layers, load_model
+from frandi_core import Policy, build_architecture
 from search import (
-    SearchSpace,
     TrialRunner,
+    check_model,
     create_or_resume,
     load_config,
-    model_spec,
     open_for,
     open_study,
     replace,
@@ -99,7 +98,7 @@ def test_a_large_study_keeps_only_baselines_waiting(study_file, frandi) -> None:
     # hundreds of WAITING trials would make every claim and every sampling re-read them all
     cfg = load_config(study_file(n_trials=500))
     with open_for(cfg) as st:
-        space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+        space = check_model(cfg)[1]
         study = create_or_resume(cfg, st, space)
         waiting = study.get_trials(states=(TrialState.WAITING,))
         assert len(waiting) == 3 and all(t.user_attrs["baseline"] for t in waiting)  # 0.5 at 32, 8 and 4 bits
