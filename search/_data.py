@@ -192,11 +192,11 @@ def _image_set(
     cls = getattr(torchvision.datasets, name, None) if data.startswith("torchvision:") else None
     if data.startswith("torchvision:") and not isinstance(cls, type):
         raise ConfigError(f"--data '{data}': torchvision.datasets has no data set class '{name}'")
+    expects = f"; it expects {FASHION_ROOT}" if data == "fashion" else ""
     if root is None:
-        raise ConfigError(f"--data {data} needs --root, " + (FASHION_ROOT if data == "fashion" else
-                                                              "the folder holding the data set"))
+        raise ConfigError(f"--data {data} needs --root, the folder holding the data set{expects}")
     if not Path(root).is_dir():
-        raise ConfigError(f"--root '{root}' is not a folder")
+        raise ConfigError(f"--root '{root}' is not a folder{expects}")
     if preset is not None:
         mean, std = mean or preset.mean, std or preset.std
     if len(input_shape) != 3:

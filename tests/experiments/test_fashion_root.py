@@ -83,7 +83,7 @@ def test_evaluate_reads_either_layout_and_writes_nothing_there(
     assert _listing(root) == before
 
 
-@pytest.mark.parametrize("bad", ["empty", "other files", "only the train split", "not gzip", "not idx"])
+@pytest.mark.parametrize("bad", ["empty", "other files", "only the train split", "not gzip", "not idx", "a file"])
 def test_anything_else_is_one_line_saying_what_root_expects(
     tiny_study: Callable[..., Path], frandi: Callable[..., tuple[int, str, str]], published: Path, bad: str
 ) -> None:
@@ -96,6 +96,8 @@ def test_anything_else_is_one_line_saying_what_root_expects(
     elif bad == "only the train split":
         for f in published.glob("t10k-*"):
             f.unlink()
+    elif bad == "a file":
+        published = published / (FILES["images"][0] + ".gz")
     else:
         target = published / (FILES["images"][0] + ".gz")
         target.write_bytes(b"plain bytes" if bad == "not gzip" else gzip.compress(b"\x00\x00\x0d\x03 not IDX"))
