@@ -2,7 +2,6 @@
 
 python -m studies.experiments.references               # both, one after the other
 python -m studies.experiments.references --only resnet # 5.4 min measured (separable: 8.2), 1 thread, 2026-11-29
-python -m studies.experiments.references --only resnet
 Checkpoints go to runs/models/ (gitignored); the study files in this folder point at them.
 """
 
