@@ -39,8 +39,19 @@ from frandi_core import (
     softmax_kl,
 )
 from search import AllocatedSpace, TrialRunner, open_for
-from studies.experiments._common import Bench, Report, bench, figure, markdown_table, parse, parser, save
-from studies.experiments._searches import policy_of, run_search, variant
+from studies.experiments import (
+    Bench,
+    Report,
+    bench,
+    figure,
+    markdown_table,
+    parse,
+    parser,
+    policy_of,
+    run_search,
+    save,
+    variant,
+)
 
 METHODS = ("random", "tpe", "nsga2", "allocated")
 OFFSETS = 2  # allocated: per-layer offsets for the two most sensitive layers
@@ -168,9 +179,9 @@ def run(b: Bench, args: Any, report: Report) -> None:
     report.add(
         f"Search efficiency ({n} trials each, seed {b.cfg.study.seed}, no uniform baselines; allocated: TPE over "
         f"level, rule and offsets of the {OFFSETS} most sensitive layers, {WARM_STARTS} warm starts: the 2 best "
-        "policies of any rule by OD before recovery at each of 6 sizes spread evenly in ratio). Hypervolume of "
-        "(OD, size / original size) up to (1, 1); s@N: seconds of the first N trials (allocated includes the "
-        f"sensitivity pass and the warm-start probes). Sensitivity pass: {sens_seconds:.1f} s = "
+        f"policies of any rule by OD before recovery at each of {WARM_STARTS // 2} sizes spread evenly in ratio). "
+        "Hypervolume of (OD, size / original size) up to (1, 1); s@N: seconds of the first N trials (allocated "
+        f"includes the sensitivity pass and the warm-start probes). Sensitivity pass: {sens_seconds:.1f} s = "
         f"{sens_seconds / median:.2f} median {ref} trials ({median:.2f} s); warm-start probes: {warm_seconds:.1f} s "
         f"= {warm_seconds / median:.2f} median trials.\n\n" + markdown_table(rows)
     )

@@ -106,6 +106,11 @@ def create_or_resume(
     return study
 
 
+def warm_start_seconds(study: optuna.Study) -> float:
+    """Seconds the study spent choosing its warm starts (probing them), 0 when it has none."""
+    return float(study.user_attrs.get(WARM_SECONDS, 0.0))
+
+
 def baselines(cfg: StudyConfig, space: SearchSpace | AllocatedSpace) -> list[dict]:
     """Uniform policies: each baseline sparsity at the top bit-width, and the middle one at every other width."""
     top = max(space.bits)

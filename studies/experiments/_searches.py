@@ -10,10 +10,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from frandi_core import Policy
-from search import ConfigError, StudyConfig, launch, pareto_trials
-from search._config import replace
-from search._launch import open_for
-from search._study import WARM_SECONDS, open_study
+from search import (
+    ConfigError,
+    StudyConfig,
+    launch,
+    open_for,
+    open_study,
+    pareto_trials,
+    replace,
+    warm_start_seconds,
+)
 
 
 def variant(
@@ -61,7 +67,7 @@ def run_search(cfg: StudyConfig, storage: str | None) -> SearchRun:
         study = open_study(cfg, st)
         trials = study.get_trials(deepcopy=True, states=(TrialState.COMPLETE,))
         front = pareto_trials(study)
-        warm_seconds = float(study.user_attrs.get(WARM_SECONDS, 0.0))
+        warm_seconds = warm_start_seconds(study)
     return SearchRun(trials, front, seconds, len(trials) - before, warm_seconds)
 
 

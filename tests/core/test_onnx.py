@@ -18,7 +18,7 @@ from frandi_core import (
     teacher_targets,
     to_onnx,
 )
-from studies.data import accuracy, digits
+from search import accuracy, labeled_data
 
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| relative to max |PyTorch|, as frandi export checks
 
@@ -59,7 +59,7 @@ def test_onnx_outputs_match_on_the_heldout_batch(
 
 def test_onnx_real_accuracy_matches_within_a_tenth_of_a_point(student_and_onnx: tuple[nn.Module, bytes]) -> None:
     student, data = student_and_onnx
-    test = digits("test")
+    test = labeled_data("digits", "test")
     torch_acc = accuracy(student, test)
     x, y = test.tensors
     onnx_acc = 100.0 * float((run_onnx(data, x).argmax(1) == y).float().mean())

@@ -12,11 +12,18 @@ import torch
 
 from frandi_core import LayerSetting, Policy, compressible_layers, model_outputs
 from frandi_core.models import resnet
-from search import AllocatedSpace, SearchSpace, load_config, open_study
-from search._config import RULES, SpaceSection
-from search._knapsack import choose
-from search._launch import open_for
-from search._sensitivity import Probe, candidates, measure
+from search import (
+    AllocatedSpace,
+    Probe,
+    SearchSpace,
+    SpaceSection,
+    candidates,
+    choose,
+    load_config,
+    measure,
+    open_for,
+    open_study,
+)
 from tests.tiny_study import make_weights, study_text
 
 STEP = 0.05
@@ -38,7 +45,7 @@ def _searched_size(space: AllocatedSpace, settings: dict[str, LayerSetting]) -> 
     return sum(space.layer_bytes(n, settings[n]) for n in space.searched)
 
 
-@pytest.mark.parametrize("rule", [r for r in RULES if r != "sensitivity"])
+@pytest.mark.parametrize("rule", [r for r in SpaceSection().rules if r != "sensitivity"])
 @pytest.mark.parametrize("level", [0.3, 0.6, 0.85])
 def test_each_rule_prunes_its_global_level(space: AllocatedSpace, rule: str, level: float) -> None:
     settings = space.allocate(rule, level, 4)
@@ -140,7 +147,7 @@ class _FavorOneRule(Probe):
         return 0.0 if policy in self.favored else 1.0
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", SpaceSection().rules)
 def test_warm_starts_follow_the_probe_to_any_rule(space: AllocatedSpace, rule: str) -> None:
     favored = frozenset(space.policy(space.uniform_params(s, b, rule)) for s in space.base.grid() for b in space.bits)
     probe = _FavorOneRule(space.probe.teacher, space.probe.heldout, space.probe.teacher_out)
@@ -157,7 +164,7 @@ def _allocated_study(tmp_path: Path, n_trials: int, extra: str = "") -> Path:
     return p
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", SpaceSection().rules)
 def test_warm_starts_are_enqueued_once_also_on_resume(tmp_path: Path, frandi, rule: str) -> None:
     p = _allocated_study(tmp_path, 8, f'rules = ["{rule}"]\nwarm_starts = 4')
     code, _, err = frandi("search", p, "--no-progress")
