@@ -211,8 +211,9 @@ class AllocatedSpace:
             params |= {f"offset{i}:sparsity": 0, f"offset{i}:bits": 0}
         return params
 
-    def warm_starts(self, n: int) -> list[dict[str, Any]]:
-        """Parameters of ``n`` promising policies at size budgets spread evenly in compression ratio over the space.
+    def warm_starts(self, n: int, *, min_ratio: float | None = None) -> list[dict[str, Any]]:
+        """Parameters of ``n`` promising policies at size budgets spread evenly in compression ratio over the space
+        (over the part that meets ``min_ratio``, when the study has that constraint).
 
         The ratio range splits into ceil(n / PER_SIZE) equal bins; each takes, per bit width, the level nearest
         its center (if inside the bin) under every rule; the probe ranks those policies and the best PER_SIZE
@@ -223,7 +224,7 @@ class AllocatedSpace:
             return []
         levels = [(s, b) for b in self.bits for s in self.base.grid()]
         ratio = {lv: self.probe.ratio(self.uniform(*lv)) for lv in levels}
-        lo, hi = min(ratio.values()), max(ratio.values())
+        lo, hi = max(min(ratio.values()), min_ratio or 0.0), max(ratio.values())
         sizes = -(-n // PER_SIZE)
         half = (hi - lo) / sizes / 2  # the budgets split the range into equal bins, each aiming at its center
         ranked: list[list[dict[str, Any]]] = []

@@ -95,7 +95,7 @@ def create_or_resume(
         study.set_user_attr("frandi:baselines", True)
     if not study.user_attrs.get("frandi:warm_starts"):
         t0 = time.perf_counter()
-        warm = space.warm_starts(cfg.space.warm_starts)
+        warm = space.warm_starts(cfg.space.warm_starts, min_ratio=cfg.study.min_ratio)
         if warm:
             room = max(cfg.study.n_trials - len(study.get_trials(deepcopy=False)), 0)
             for params in warm[:room]:

@@ -249,3 +249,12 @@ def test_warm_starts_leave_an_allocated_studys_fingerprint_alone(tmp_path: Path)
     assert after.space.warm_starts == 2 and after.fingerprint() == before.fingerprint()
     p.write_text(p.read_text().replace("offsets = 1\n", "offsets = 0\n"))  # offsets decide trial results
     assert load_config(p).fingerprint() != before.fingerprint()
+
+
+def test_warm_starts_spread_over_the_sizes_that_meet_min_ratio(space: AllocatedSpace) -> None:
+    ratios = _level_ratios(space)
+    lo, hi = min(ratios.values()), max(ratios.values())
+    floor = lo + (hi - lo) / 2
+    everywhere, budgeted = space.warm_starts(6), space.warm_starts(6, min_ratio=floor)
+    assert min(ratios[p["sparsity"], p["bits"]] for p in everywhere) < floor
+    assert len(budgeted) >= 3 and all(ratios[p["sparsity"], p["bits"]] >= floor for p in budgeted)
