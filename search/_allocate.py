@@ -38,7 +38,6 @@ from ._sensitivity import Probe, Sensitivity, cached_sensitivity
 from ._space import FP32, SearchSpace
 
 SHIFT_STEPS = 2  # an offset moves a layer's sparsity by up to this many grid steps, its bits by one choice
-PER_SIZE = 2  # warm starts per size budget: the probe's best two (its ranking is close, not exact, after FR)
 
 
 def _scaled(sizes: np.ndarray, weights: np.ndarray, total: float, lo: float, hi: float) -> np.ndarray:
@@ -212,23 +211,22 @@ class AllocatedSpace:
         return params
 
     def warm_starts(self, n: int, *, min_ratio: float | None = None) -> list[dict[str, Any]]:
-        """Parameters of ``n`` promising policies at size budgets spread evenly in compression ratio over the space
-        (over the part that meets ``min_ratio``, when the study has that constraint).
+        """Parameters of ``n`` promising policies at sizes spread evenly in compression ratio over the space (over
+        the part that meets ``min_ratio``, when the study has that constraint).
 
-        The ratio range splits into ceil(n / PER_SIZE) equal bins; each takes, per bit width, the level nearest
-        its center (if inside the bin) under every rule; the probe ranks those policies and the best PER_SIZE
-        distinct ones are kept. Ordered best of each bin first, so a study with fewer trials keeps those.
-        Evenly in ratio, not in log size: the front is steepest, and budgets are tightest, at the small end.
+        The ratio range splits into ``n`` equal bins; each takes, per bit width, the level nearest its center (if
+        inside the bin) under every rule, and keeps the policy the probe ranks best. Evenly in ratio, not in log
+        size: the front is steepest, and budgets are tightest, at the small end.
         """
         if n == 0:
             return []
         levels = [(s, b) for b in self.bits for s in self.base.grid()]
         ratio = {lv: self.probe.ratio(self.uniform(*lv)) for lv in levels}
         lo, hi = max(min(ratio.values()), min_ratio or 0.0), max(ratio.values())
-        sizes = -(-n // PER_SIZE)
-        half = (hi - lo) / sizes / 2  # the budgets split the range into equal bins, each aiming at its center
-        ranked: list[list[dict[str, Any]]] = []
-        for target in lo + half * (2 * np.arange(sizes) + 1):
+        half = (hi - lo) / n / 2
+        out: list[dict[str, Any]] = []
+        seen: set[Policy] = set()
+        for target in lo + half * (2 * np.arange(n) + 1):
             scored: dict[Policy, tuple[float, dict[str, Any]]] = {}
             for b in self.bits:
                 s, _ = min((lv for lv in levels if lv[1] == b), key=lambda lv: abs(ratio[lv] - target))
@@ -237,17 +235,13 @@ class AllocatedSpace:
                 for rule in self.rules:
                     params = self.uniform_params(s, b, rule)
                     policy = self.policy(params)
-                    if policy not in scored:
+                    if policy not in scored and policy not in seen:
                         scored[policy] = (self.probe.od(policy), params)
-            ranked.append([params for _, params in sorted(scored.values(), key=lambda v: v[0])])
-        out: list[dict[str, Any]] = []
-        seen: set[Policy] = set()
-        for rank in range(PER_SIZE):
-            for best in ranked:
-                if rank < len(best) and (policy := self.policy(best[rank])) not in seen:
-                    seen.add(policy)
-                    out.append(best[rank])
-        return out[:n]
+            if scored:
+                best = min(scored, key=lambda q: scored[q][0])
+                seen.add(best)
+                out.append(scored[best][1])
+        return out
 
 
 def study_space(

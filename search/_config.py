@@ -71,7 +71,7 @@ class SpaceSection:
     ``mode = "layerwise"`` searches each layer's setting on its own; ``"allocated"`` searches one global
     (sparsity, bits) level spread over the searched layers by a searched ``rules`` entry, plus small searched
     offsets for the ``offsets`` most sensitive layers, and starts with ``warm_starts`` trials: the most promising
-    policies of any rule (by OD before recovery) at sizes spread over the whole range, two per size.
+    policy of any rule (by OD before recovery) at each of that many sizes spread over the whole range.
     """
 
     layers: tuple[str, ...] = ("re:.*",)
@@ -84,7 +84,7 @@ class SpaceSection:
     mode: str = "layerwise"  # or "allocated": a global level spread over layers by a rule (see search/_allocate.py)
     rules: tuple[str, ...] = RULES  # allocated: the allocation rules the search chooses from
     offsets: int = 0  # allocated: the most sensitive layers that get searched per-layer offsets
-    warm_starts: int = 12  # allocated: trials enqueued first, two per size budget (see search/_allocate.py)
+    warm_starts: int = 12  # allocated: trials enqueued first, one per size bin (see search/_allocate.py)
 
 
 ALLOCATED_ONLY = ("rules", "offsets", "warm_starts")  # keys a layerwise study ignores (and does not fingerprint)

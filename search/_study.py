@@ -95,10 +95,10 @@ def create_or_resume(
         study.set_user_attr("frandi:baselines", True)
     if not study.user_attrs.get("frandi:warm_starts"):
         t0 = time.perf_counter()
-        warm = space.warm_starts(cfg.space.warm_starts, min_ratio=cfg.study.min_ratio)
+        room = max(cfg.study.n_trials - len(study.get_trials(deepcopy=False)), 0)  # fewer trials: fewer, wider bins
+        warm = space.warm_starts(min(cfg.space.warm_starts, room), min_ratio=cfg.study.min_ratio)
         if warm:
-            room = max(cfg.study.n_trials - len(study.get_trials(deepcopy=False)), 0)
-            for params in warm[:room]:
+            for params in warm:
                 study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
             study.set_user_attr(WARM_SECONDS, round(time.perf_counter() - t0, 3))  # what choosing them cost
             study.set_user_attr("frandi:warm_starts", True)
