@@ -20,14 +20,12 @@ from torch import nn
 from frandi_core import (
     Compressor,
     LayerSetting,
-    NonFiniteError,
     Policy,
-    compress,
+    compressible_layers,
     magnitude_mask,
     model_outputs,
     model_size,
     od_from_outputs,
-    output_discrepancy,
 )
 from storage import Storage
 
@@ -74,6 +72,12 @@ def candidates(space: SearchSpace) -> list[LayerSetting]:
     return [LayerSetting(s, None if b == FP32 else b) for s in levels for b in sorted(space.bits)]
 
 
+def _compressed(original: torch.Tensor, s: LayerSetting) -> torch.Tensor:
+    """A weight as compressed at a setting (magnitude mask, then fake quantization), computed from its original."""
+    mask = magnitude_mask(original, s.sparsity) if s.sparsity > 0 else None
+    return Compressor(mask, s.bits)(original)
+
+
 @torch.no_grad()
 def measure(
     teacher: nn.Module,
@@ -92,30 +96,35 @@ def measure(
         original = weight.detach().clone()
         row = []
         for s in settings:
-            mask = magnitude_mask(original, s.sparsity) if s.sparsity > 0 else None
-            weight.copy_(Compressor(mask, s.bits)(original))
+            weight.copy_(_compressed(original, s))
             row.append(od_from_outputs(teacher_out, model_outputs(model, heldout)))
         weight.copy_(original)
         table.append(tuple(row))
     return Sensitivity(tuple(layers), tuple(settings), tuple(table), time.perf_counter() - t0)
 
 
-@dataclass(frozen=True, eq=False)
 class Probe:
     """A whole policy's OD before recovery (one forward pass on the held-out batch) and its compression ratio:
-    a screen that costs a small fraction of a trial, to choose which policies are worth a trial first."""
+    a screen that costs a small fraction of a trial, to choose which policies are worth a trial first.
 
-    teacher: nn.Module
-    heldout: torch.Tensor
-    teacher_out: torch.Tensor
+    Weights only, as the sensitivity pass (activations stay fp32), written into one working copy of the teacher
+    rather than a compressed copy per policy: copies cost more than the forward pass on small models.
+    """
+
+    def __init__(self, teacher: nn.Module, heldout: torch.Tensor, teacher_out: torch.Tensor) -> None:
+        self.teacher, self.heldout, self.teacher_out = teacher, heldout, teacher_out
+        self._model = copy.deepcopy(teacher).eval()
+        modules = dict(self._model.named_modules())
+        self._weights = {layer.name: modules[layer.name].weight for layer in compressible_layers(self._model)}
+        self._originals = {n: w.detach().clone() for n, w in self._weights.items()}
 
     @torch.no_grad()
     def od(self, policy: Policy) -> float:
-        student = compress(self.teacher, policy, calibration=self.heldout)
-        try:
-            return output_discrepancy(student, self.heldout, self.teacher_out)
-        except NonFiniteError:
-            return math.inf
+        for name, s in policy.layers:
+            original = self._originals[name]
+            self._weights[name].copy_(original if s.sparsity == 0 and s.bits is None else _compressed(original, s))
+        od = od_from_outputs(self.teacher_out, model_outputs(self._model, self.heldout))
+        return od if math.isfinite(od) else math.inf
 
     def ratio(self, policy: Policy) -> float:
         return model_size(self.teacher, policy).ratio

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from frandi_core import LayerSetting, Policy, compressible_layers, model_outputs
+from frandi_core import LayerSetting, Policy, compress, compressible_layers, model_outputs, output_discrepancy
 from frandi_core.models import resnet
 from search import (
     AllocatedSpace,
@@ -142,7 +142,7 @@ def test_warm_starts_are_the_probes_best_of_every_rule_at_sizes_spread_over_the_
 class _FavorOneRule(Probe):
     """A probe that ranks one rule's policies best, whatever the model."""
 
-    favored: frozenset = frozenset()
+    favored: frozenset[Policy] = frozenset()
 
     def od(self, policy: Policy) -> float:
         return 0.0 if policy in self.favored else 1.0
@@ -152,7 +152,7 @@ class _FavorOneRule(Probe):
 def test_warm_starts_follow_the_probe_to_any_rule(space: AllocatedSpace, rule: str) -> None:
     favored = frozenset(space.policy(space.uniform_params(s, b, rule)) for s in space.base.grid() for b in space.bits)
     probe = _FavorOneRule(space.probe.teacher, space.probe.heldout, space.probe.teacher_out)
-    object.__setattr__(probe, "favored", favored)
+    probe.favored = favored
     warm = dataclasses.replace(space, probe=probe).warm_starts(4)
     assert len(warm) == 4 and all(space.policy(p) in favored for p in warm)  # each bin's best: the favored rule's
 
@@ -270,3 +270,13 @@ def test_a_short_study_gets_as_many_warm_starts_as_it_has_trials_left(tmp_path: 
         trials = open_study(cfg, st).get_trials()
     baselines = sum(bool(t.user_attrs.get("baseline")) for t in trials)
     assert len(trials) == 5 and sum(bool(t.user_attrs.get("warm_start")) for t in trials) == 5 - baselines
+
+
+def test_the_probe_measures_what_a_compressed_copy_measures(space: AllocatedSpace) -> None:
+    probe = space.probe
+    for rule, level, bits in (("global", 0.6, 3), ("uniform", 0.3, 8), ("sensitivity", 0.8, 4)):
+        policy = space.policy(space.uniform_params(level, bits, rule))
+        direct = output_discrepancy(compress(probe.teacher, policy), probe.heldout, probe.teacher_out)
+        assert probe.od(policy) == pytest.approx(direct, rel=1e-5, abs=1e-6)
+    dense = Policy.from_dict({layer.name: LayerSetting(0.0, None) for layer in compressible_layers(probe.teacher)})
+    assert probe.od(dense) == pytest.approx(0.0, abs=1e-6)  # every weight written back
