@@ -252,10 +252,12 @@ def study_space(
     base: SearchSpace,
     heldout: torch.Tensor,
     teacher_out: torch.Tensor,
+    recovery: torch.Tensor,
 ) -> SearchSpace | AllocatedSpace:
     """The space a study samples from: ``base`` itself in layerwise mode; in allocated mode, ``base`` through
-    rules, with the study's sensitivity table (measured once, by whichever process needs it first)."""
+    rules, with the study's sensitivity table (measured once, by whichever process needs it first) and a probe
+    on the study's batches."""
     if section.mode != "allocated":
         return base
     table = cached_sensitivity(storage, batch_key, teacher, base, heldout, teacher_out)
-    return AllocatedSpace.build(base, section, teacher, table, Probe(teacher, heldout, teacher_out))
+    return AllocatedSpace.build(base, section, teacher, table, Probe(teacher, heldout, teacher_out, recovery))

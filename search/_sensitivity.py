@@ -103,16 +103,24 @@ def measure(
     return Sensitivity(tuple(layers), tuple(settings), tuple(table), time.perf_counter() - t0)
 
 
-class Probe:
-    """A whole policy's OD before recovery (one forward pass on the held-out batch) and its compression ratio:
-    a screen that costs a small fraction of a trial, to choose which policies are worth a trial first.
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
-    Weights only, as the sensitivity pass (activations stay fp32), written into one working copy of the teacher
-    rather than a compressed copy per policy: copies cost more than the forward pass on small models.
+
+class Probe:
+    """A whole policy's OD before recovery and its compression ratio: a screen that costs a fraction of a trial,
+    to choose which policies are worth a trial first.
+
+    The compressed weights' BN statistics are re-estimated on the synthetic recovery batch first (EagleEye's
+    adaptive BN, Li et al. 2020): measured on the three bench models, that ranks policies as their OD after
+    FR does far better than their raw OD (Spearman 0.986 / 0.986 / 0.877 against 0.972 / 0.960 / 0.756 on
+    the Fashion-MNIST ResNet, digits and the separable net). Weights only, as the sensitivity pass (activations
+    stay fp32), written into one working copy of the teacher: a copy per policy costs more than its forwards.
     """
 
-    def __init__(self, teacher: nn.Module, heldout: torch.Tensor, teacher_out: torch.Tensor) -> None:
-        self.teacher, self.heldout, self.teacher_out = teacher, heldout, teacher_out
+    def __init__(
+        self, teacher: nn.Module, heldout: torch.Tensor, teacher_out: torch.Tensor, recovery: torch.Tensor
+    ) -> None:
+        self.teacher, self.heldout, self.teacher_out, self.recovery = teacher, heldout, teacher_out, recovery
         self._model = copy.deepcopy(teacher).eval()
         modules = dict(self._model.named_modules())
         self._weights = {layer.name: modules[layer.name].weight for layer in compressible_layers(self._model)}
@@ -123,11 +131,26 @@ class Probe:
         for name, s in policy.layers:
             original = self._originals[name]
             self._weights[name].copy_(original if s.sparsity == 0 and s.bits is None else _compressed(original, s))
+        recalibrate_(self._model, self.recovery)
         od = od_from_outputs(self.teacher_out, model_outputs(self._model, self.heldout))
         return od if math.isfinite(od) else math.inf
 
     def ratio(self, policy: Policy) -> float:
         return model_size(self.teacher, policy).ratio
+
+
+@torch.no_grad()
+def recalibrate_(model: nn.Module, inputs: torch.Tensor, *, chunk: int = 256) -> nn.Module:
+    """Re-estimate every BN layer's running statistics on ``inputs`` (their plain average over the chunks), in
+    place; the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, NORMS)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for i in range(0, len(inputs), chunk) if norms else ():
+        model(inputs[i : i + chunk])
+    return model.eval()
 
 
 def sensitivity_key(batch_key: str, layers: list[str], settings: list[LayerSetting]) -> str:

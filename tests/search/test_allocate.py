@@ -35,10 +35,10 @@ def space() -> AllocatedSpace:
     teacher = resnet(widths=(4, 8)).eval()
     section = SpaceSection(sparsity=(0.0, 0.9), sparsity_step=STEP, bits=(3, 4, 8), mode="allocated", offsets=1)
     base = SearchSpace.build(section, compressible_layers(teacher))
-    heldout = torch.randn(16, 1, 8, 8)
+    heldout, recovery = torch.randn(16, 1, 8, 8), torch.randn(32, 1, 8, 8)
     out = model_outputs(teacher, heldout)
     table = measure(teacher, list(base.searched), candidates(base), heldout, out)
-    return AllocatedSpace.build(base, section, teacher, table, Probe(teacher, heldout, out))
+    return AllocatedSpace.build(base, section, teacher, table, Probe(teacher, heldout, out, recovery))
 
 
 def _searched_size(space: AllocatedSpace, settings: dict[str, LayerSetting]) -> int:
@@ -151,7 +151,7 @@ class _FavorOneRule(Probe):
 @pytest.mark.parametrize("rule", SpaceSection().rules)
 def test_warm_starts_follow_the_probe_to_any_rule(space: AllocatedSpace, rule: str) -> None:
     favored = frozenset(space.policy(space.uniform_params(s, b, rule)) for s in space.base.grid() for b in space.bits)
-    probe = _FavorOneRule(space.probe.teacher, space.probe.heldout, space.probe.teacher_out)
+    probe = _FavorOneRule(space.probe.teacher, space.probe.heldout, space.probe.teacher_out, space.probe.recovery)
     probe.favored = favored
     warm = dataclasses.replace(space, probe=probe).warm_starts(4)
     assert len(warm) == 4 and all(space.policy(p) in favored for p in warm)  # each bin's best: the favored rule's
@@ -272,11 +272,23 @@ def test_a_short_study_gets_as_many_warm_starts_as_it_has_trials_left(tmp_path: 
     assert len(trials) == 5 and sum(bool(t.user_attrs.get("warm_start")) for t in trials) == 5 - baselines
 
 
-def test_the_probe_measures_what_a_compressed_copy_measures(space: AllocatedSpace) -> None:
+def test_the_probe_measures_a_compressed_copy_after_its_bn_statistics_are_re_estimated(space: AllocatedSpace) -> None:
     probe = space.probe
+    teacher = {k: v.clone() for k, v in probe.teacher.state_dict().items()}
     for rule, level, bits in (("global", 0.6, 3), ("uniform", 0.3, 8), ("sensitivity", 0.8, 4)):
         policy = space.policy(space.uniform_params(level, bits, rule))
-        direct = output_discrepancy(compress(probe.teacher, policy), probe.heldout, probe.teacher_out)
-        assert probe.od(policy) == pytest.approx(direct, rel=1e-5, abs=1e-6)
+        student = compress(probe.teacher, policy)
+        raw = output_discrepancy(student, probe.heldout, probe.teacher_out)
+        with torch.no_grad():  # BN statistics of the compressed weights, on the recovery batch
+            for m in student.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.reset_running_stats()
+                    m.momentum = None
+            student.train()(probe.recovery)
+        adapted = output_discrepancy(student.eval(), probe.heldout, probe.teacher_out)
+        assert abs(adapted - raw) > 1e-4  # re-estimating moved it
+        assert probe.od(policy) == pytest.approx(adapted, rel=1e-4, abs=1e-6)
     dense = Policy.from_dict({layer.name: LayerSetting(0.0, None) for layer in compressible_layers(probe.teacher)})
-    assert probe.od(dense) == pytest.approx(0.0, abs=1e-6)  # every weight written back
+    dense_od = output_discrepancy(compress(probe.teacher, dense), probe.heldout, probe.teacher_out)
+    assert dense_od == 0.0 and probe.od(dense) > 0.0  # dense weights too get statistics of the recovery batch
+    assert all(torch.equal(v, probe.teacher.state_dict()[k]) for k, v in teacher.items())  # the teacher untouched
