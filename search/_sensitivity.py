@@ -104,6 +104,7 @@ def measure(
 
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+PROBE_SAMPLES = 64  # recovery images the probe re-estimates BN statistics on (32 to 256 ranked alike, measured)
 
 
 class Probe:
@@ -120,7 +121,8 @@ class Probe:
     def __init__(
         self, teacher: nn.Module, heldout: torch.Tensor, teacher_out: torch.Tensor, recovery: torch.Tensor
     ) -> None:
-        self.teacher, self.heldout, self.teacher_out, self.recovery = teacher, heldout, teacher_out, recovery
+        self.teacher, self.heldout, self.teacher_out = teacher, heldout, teacher_out
+        self.recovery = recovery[:PROBE_SAMPLES]
         self._model = copy.deepcopy(teacher).eval()
         modules = dict(self._model.named_modules())
         self._weights = {layer.name: modules[layer.name].weight for layer in compressible_layers(self._model)}
