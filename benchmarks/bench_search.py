@@ -180,7 +180,8 @@ def run(b: Bench, args: Any, report: Report) -> None:
     report.add(
         f"Search efficiency ({n} trials each, seed {b.cfg.study.seed}, no uniform baselines; allocated: TPE over "
         f"level, rule and offsets of the {OFFSETS} most sensitive layers, {WARM_STARTS} warm starts: the best "
-        f"policy of any rule by OD before recovery at each of {WARM_STARTS} sizes spread evenly in ratio). "
+        f"policy of any rule by OD before recovery (BN statistics re-estimated) at each of {WARM_STARTS} sizes "
+        "spread evenly in ratio). "
         "Hypervolume of (OD, size / original size) up to (1, 1); s@N: seconds of the first N trials (allocated "
         f"includes the sensitivity pass and the warm-start probes). Sensitivity pass: {sens_seconds:.1f} s = "
         f"{sens_seconds / median:.2f} median {ref} trials ({median:.2f} s); warm-start probes: {warm_seconds:.1f} s "
