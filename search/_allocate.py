@@ -211,27 +211,28 @@ class AllocatedSpace:
         return params
 
     def warm_starts(self, n: int, *, min_ratio: float | None = None) -> list[dict[str, Any]]:
-        """Parameters of ``n`` promising policies at sizes spread evenly in compression ratio over the space (over
-        the part that meets ``min_ratio``, when the study has that constraint).
+        """Parameters of ``n`` promising policies, one per size budget, the budgets spread evenly in compression
+        ratio over the space (over the part that meets ``min_ratio``, when the study has that constraint).
 
-        The ratio range splits into ``n`` equal bins; each takes, per bit width, the level nearest its center (if
-        inside the bin) under every rule, and keeps the policy the probe ranks best. Evenly in ratio, not in log
-        size: the front is steepest, and budgets are tightest, at the small end.
+        Budget i is ratio >= lo + (i + 1/2) w, w = (hi - lo) / n. Its candidates are, per bit width, the least
+        compressed level that meets it (if within w of it) under every rule; the probe's best one is kept. Evenly
+        in ratio, not in log size: the front is steepest, and budgets are tightest, at the small end.
         """
         if n == 0:
             return []
         levels = [(s, b) for b in self.bits for s in self.base.grid()]
         ratio = {lv: self.probe.ratio(self.uniform(*lv)) for lv in levels}
         lo, hi = max(min(ratio.values()), min_ratio or 0.0), max(ratio.values())
-        half = (hi - lo) / n / 2
+        width = (hi - lo) / n
         out: list[dict[str, Any]] = []
         seen: set[Policy] = set()
-        for target in lo + half * (2 * np.arange(n) + 1):
+        for budget in lo + width * (np.arange(n) + 0.5):
             scored: dict[Policy, tuple[float, dict[str, Any]]] = {}
             for b in self.bits:
-                s, _ = min((lv for lv in levels if lv[1] == b), key=lambda lv: abs(ratio[lv] - target))
-                if abs(ratio[s, b] - target) > half:
-                    continue  # this bit width has no level of about this size
+                fits = [lv for lv in levels if lv[1] == b and budget <= ratio[lv] <= budget + width]
+                if not fits:
+                    continue  # this bit width has no level just above the budget
+                s, _ = min(fits, key=lambda lv: ratio[lv])
                 for rule in self.rules:
                     params = self.uniform_params(s, b, rule)
                     policy = self.policy(params)

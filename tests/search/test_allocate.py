@@ -119,20 +119,17 @@ def test_warm_starts_are_the_probes_best_of_every_rule_at_sizes_spread_over_the_
     assert len(warm) == 4 and len({space.policy(p) for p in warm}) == 4
     ratios = _level_ratios(space)
     lo, hi = min(ratios.values()), max(ratios.values())
-    half = (hi - lo) / 8  # 4 equal bins, each aiming at its center
+    width = (hi - lo) / 4  # 4 budgets, evenly in ratio: ratio >= lo + (i + 1/2) width
     for i, p in enumerate(warm):
-        target = lo + (2 * i + 1) * half
-        assert abs(ratios[p["sparsity"], p["bits"]] - target) <= half  # smallest ratio first, one per bin
-        nearest = [
-            min((lv for lv in ratios if lv[1] == b), key=lambda lv: abs(ratios[lv] - target)) for b in space.bits
+        budget = lo + (i + 0.5) * width
+        assert budget <= ratios[p["sparsity"], p["bits"]] <= budget + width  # smallest ratio first, each fits
+        least = [
+            min((lv for lv in ratios if lv[1] == b and budget <= ratios[lv] <= budget + width), key=ratios.get)
+            for b in space.bits
+            if any(lv[1] == b and budget <= ratios[lv] <= budget + width for lv in ratios)
         ]
-        rivals = [
-            space.policy(space.uniform_params(s, b, rule))
-            for s, b in nearest
-            if abs(ratios[s, b] - target) <= half
-            for rule in space.rules
-        ]  # each bit width's level of about that size, under every rule
-        assert len(rivals) >= len(space.rules)
+        rivals = [space.policy(space.uniform_params(s, b, rule)) for s, b in least for rule in space.rules]
+        assert len(rivals) >= len(space.rules)  # each bit width's least compressed level that fits, every rule
         od = space.probe.od(space.policy(p))
         earlier = {space.policy(q) for q in warm[:i]}
         assert all(od <= space.probe.od(q) + 1e-12 for q in rivals if q not in earlier)
