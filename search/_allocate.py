@@ -15,8 +15,9 @@ Every rule prunes the level's fraction of the searched weights (the rules that p
 the space's sparsity range); offsets then shift the few most sensitive layers by a step or a bit width.
 
 Warm starts: no single rule wins everywhere (on the Fashion-MNIST ResNet the knapsack is best at 4-6 bits,
-global magnitude and LAMP at 3 bits), so the study starts from the most promising policy of any rule at
-sizes spread over the whole front, chosen by a probe (OD before recovery) that costs a fraction of a trial.
+global magnitude and LAMP at 3 bits), so the study starts from the most promising policy of any rule at size
+budgets spread over the whole front, chosen by a probe (OD before recovery, BN statistics re-estimated) that
+costs a few trials in all.
 """
 
 from __future__ import annotations
