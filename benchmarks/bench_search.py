@@ -249,7 +249,7 @@ def plot(b: Bench, curves: dict[str, list[tuple[int, float, float]]], evaluated:
         ax1.plot([k for k, _, _ in c], [h for _, _, h in c], label=method)
         ax2.plot([s for _, s, _ in c], [h for _, _, h in c], label=method)
     ax1.set(xlabel="trials", ylabel="hypervolume (OD, size)", title=f"{b.name}: front against trials")
-    ax2.set(xlabel="seconds (trials + sensitivity pass)", title="against time")
+    ax2.set(xlabel="seconds (trials; allocated: + sensitivity pass and probes)", title="against time")
     ax1.legend(fontsize=8)
     for kind, marker in (("uniform", "o"), ("global magnitude", "s"), ("best OD", "*")):
         rows = [r for r in evaluated if kind in r["policy"]]
