@@ -22,8 +22,6 @@ from ._errors import FrandiError
 from ._pack import packed, step_key, weight_key
 from ._policy import Policy
 
-OPSET = 21  # DequantizeLinear with a per-output-channel ``axis`` (since 13); onnxruntime runs 21
-
 
 def _need(module: str) -> Any:
     try:
@@ -46,12 +44,12 @@ def _stripped_copy(student: nn.Module) -> nn.Module:
     return strip_(plain)
 
 
-def _export(plain: nn.Module, example: torch.Tensor) -> Any:
+def _export(plain: nn.Module, example: torch.Tensor, opset: int) -> Any:
     """torch's ONNX model of a plain model, batch dimension dynamic."""
     batch = torch.export.Dim("batch", min=1)
     try:
         program = torch.onnx.export(
-            plain, (example.detach().cpu(),), dynamo=True, optimize=False, opset_version=OPSET, verbose=False,
+            plain, (example.detach().cpu(),), dynamo=True, optimize=False, opset_version=opset, verbose=False,
             input_names=["input"], output_names=["output"], dynamic_shapes=({0: batch},),
         )
     except Exception as e:  # torch.export raises many kinds; one line naming the cause is what the user needs
@@ -78,11 +76,11 @@ def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> bytes:
     quantized with its step."""
     onnx = _need("onnx")
     _need("onnxscript")
-    from ._onnx_graph import Builder, add_weight, layer_node, quantize_input
+    from ._onnx_graph import DOMAIN, OPSET, Builder, add_weight, layer_node, quantize_input
 
     content = packed(student, policy)  # refuses a student the policy did not make
     plain = _stripped_copy(student).cpu().eval()
-    model = _export(plain, example)
+    model = _export(plain, example, OPSET)
     graph = model.graph
     state = plain.state_dict()
     exported = {init.name: init for init in graph.initializer}
@@ -105,6 +103,9 @@ def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> bytes:
     for i, node in enumerate(b.nodes):  # constants only: before every other node is a topological order
         graph.node.insert(i, node)
     graph.initializer.extend(b.initializers.values())
+    if b.functions:
+        model.functions.extend(b.functions.values())
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -112,9 +113,17 @@ def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> bytes:
     return bytes(model.SerializeToString())
 
 
+def session(data: bytes, threads: int = 0) -> Any:
+    """An onnxruntime CPU session of an ONNX model (bytes); ``threads`` intra-op threads (0: onnxruntime's)."""
+    ort = _need("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: not its notes on initializers it drops
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
 def run_onnx(data: bytes, x: torch.Tensor) -> torch.Tensor:
     """The (first) output of an ONNX model (bytes) on ``x``, run by onnxruntime on CPU."""
-    ort = _need("onnxruntime")
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return torch.from_numpy(np.asarray(session.run(None, {name: x.detach().cpu().numpy()})[0]))
+    s = session(data)
+    name = s.get_inputs()[0].name
+    return torch.from_numpy(np.asarray(s.run(None, {name: x.detach().cpu().numpy()})[0]))
