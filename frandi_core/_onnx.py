@@ -102,7 +102,7 @@ def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> bytes:
     _strip(graph)
     for i, node in enumerate(b.nodes):  # constants only: before every other node is a topological order
         graph.node.insert(i, node)
-    graph.initializer.extend(b.initializers.values())
+    graph.initializer.extend(b.all_initializers())
     if b.functions:
         model.functions.extend(b.functions.values())
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))

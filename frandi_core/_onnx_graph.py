@@ -48,6 +48,12 @@ class Builder:
         self._fixed[name] = np.asarray(value, dtype=dtype)
         return name
 
+    def all_initializers(self) -> list[TensorProto]:
+        """The initializers, and the fixed constants that nodes outside any function read."""
+        used = {i for n in self.nodes for i in n.input}
+        fixed = [numpy_helper.from_array(v, k) for k, v in self._fixed.items() if k in used]
+        return [*self.initializers.values(), *fixed]
+
     def tensor(self, name: str, t: torch.Tensor, shape: tuple[int, ...] | None = None) -> str:
         """An initializer ``name`` holding the bytes of ``t`` (viewed as ``shape``)."""
         array = t.detach().cpu().numpy()
