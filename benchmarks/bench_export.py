@@ -35,9 +35,7 @@ from frandi_core import (
     run_onnx,
     to_onnx,
 )
-from frandi_core._onnx import session
-from search import TrialRunner, load_config, open_for
-from studies.data import accuracy, digits
+from search import TrialRunner, accuracy, labeled_data, load_config, open_for
 
 
 def policies(model: torch.nn.Module) -> dict[str, Policy]:
@@ -50,6 +48,14 @@ def policies(model: torch.nn.Module) -> dict[str, Policy]:
 
     return {"W8A8": uniform(0.0, 8, 8), "W4A8": uniform(0.0, 4, 8), "W4A4": uniform(0.0, 4, 4),
             "W4A8 70% sparse": uniform(0.7, 4, 8)}
+
+
+def session(data: bytes, threads: int) -> onnxruntime.InferenceSession:
+    """A CPU session with ``threads`` intra-op threads (and one inter-op thread)."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def timings(data: bytes, x: torch.Tensor, threads: int, repeats: int) -> tuple[float, float]:
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=300)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    test = digits("test")
+    test = labeled_data("digits", "test")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(a.study)
         cfg = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, storage=f"sqlite:///{Path(tmp) / 'b.db'}"))

@@ -36,10 +36,20 @@ from frandi_core import (
     model_size,
     softmax_kl,
 )
-from search import AllocatedSpace, TrialRunner
-from search._launch import open_for
-from studies.experiments._common import Bench, Report, bench, figure, markdown_table, parse, parser, save
-from studies.experiments._searches import policy_of, run_search, variant
+from search import AllocatedSpace, TrialRunner, open_for
+from studies.experiments import (
+    Bench,
+    Report,
+    bench,
+    figure,
+    markdown_table,
+    parse,
+    parser,
+    policy_of,
+    run_search,
+    save,
+    variant,
+)
 
 METHODS = ("random", "tpe", "nsga2", "allocated")
 OFFSETS = 2  # allocated: per-layer offsets for the two most sensitive layers

@@ -19,11 +19,8 @@ from pathlib import Path
 import optuna
 import torch
 
-from frandi_core import Policy, adam, compress
-from search import TrialRunner, create_or_resume, load_config
-from search._config import replace
-from search._launch import open_for
-from search._worker import claim, run_trial
+from frandi_core import Policy, compress
+from search import TrialRunner, claim, create_or_resume, load_config, open_for, replace, run_trial
 
 
 def floor(runner: TrialRunner, student: torch.nn.Module) -> float:
@@ -31,7 +28,7 @@ def floor(runner: TrialRunner, student: torch.nn.Module) -> float:
     cfg = runner.cfg.recovery
     x = runner.targets.inputs
     target = runner.targets.features["output"]
-    opt = adam(student.parameters(), cfg.lr)
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, fused=True)  # fused, as recovery runs it on CPU
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for _ in range(cfg.steps):
@@ -71,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 run_trial(study, runner, tid, cfg, "bench")
                 wall = time.perf_counter() - t0
-                t = study._storage.get_trial(tid)
+                t = st.optuna.get_trial(tid)
                 student = compress(runner.teacher, Policy.from_json(t.user_attrs["policy"]))
                 for q in student.parameters():
                     q.requires_grad_(True)

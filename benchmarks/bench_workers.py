@@ -22,9 +22,7 @@ from pathlib import Path
 
 import optuna
 
-from search import load_config
-from search._launch import open_for
-from search._study import open_study
+from search import load_config, open_for, open_study
 
 FRANDI = [sys.executable, "-m", "search.cli"]  # the frandi command of this interpreter
 

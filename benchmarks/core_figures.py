@@ -25,7 +25,7 @@ from frandi_core import (
     synthesize,
     teacher_targets,
 )
-from studies import data
+from search import accuracy, labeled_data
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     teacher = load_model(ModelSpec("frandi_core.models:resnet", "studies/models/resnet_digits.pt", {}, (1, 8, 8)))
-    test = data.digits("test")
+    test = labeled_data("digits", "test")
     cfg = SynthConfig(batch_size=128, heldout_size=128, iterations=200, seed=0)
     t0 = time.perf_counter()
     syn = synthesize(teacher, (1, 8, 8), cfg)
@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     student = compress(teacher, policy)
     targets = teacher_targets(teacher, syn.recovery)
     out = model_outputs(teacher, syn.heldout)
-    od0, acc0 = output_discrepancy(student, syn.heldout, out), data.accuracy(student, test)
+    od0, acc0 = output_discrepancy(student, syn.heldout, out), accuracy(student, test)
     t0 = time.perf_counter()
     feature_regression_(student, targets, RecoveryConfig(steps=a.steps, lr=1e-3, batch_size=64, seed=0))
     fr = time.perf_counter() - t0
-    od1, acc1 = output_discrepancy(student, syn.heldout, out), data.accuracy(student, test)
-    print(f"original model: {data.accuracy(teacher, test):.2f}% on {len(test)} held-out digits")
+    od1, acc1 = output_discrepancy(student, syn.heldout, out), accuracy(student, test)
+    print(f"original model: {accuracy(teacher, test):.2f}% on {len(test)} held-out digits")
     print(
         f"{a.sparsity:.0%} uniform sparsity: OD {od0:.4f} -> {od1:.4f} after FR ({od0 / od1:.1f}x lower), "
         f"accuracy {acc0:.2f}% -> {acc1:.2f}%  (FR {a.steps} steps, {fr:.1f} s)"

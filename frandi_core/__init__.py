@@ -1,6 +1,16 @@
 """FRanDI, the method: synthetic data from BN statistics, compression, Feature Regression, Output Discrepancy.
 
-Usable on its own from Python; knows nothing of Optuna or databases.
+The paper's equations (FRanDI: Sobolev, Ermilov, Kozyrskiy, Phan), one short function each:
+
+- eq. 1, KL of a BN layer's batch statistics against its running ones: ``bn_kl``; summed over a model's BN
+  layers by ``bn_kl_loss``; ``synthesize`` makes the synthetic batches by minimizing it over the inputs.
+- eq. 2, the Feature Regression loss (student features against the teacher's, each L2-normalized):
+  ``feature_loss``; ``feature_regression_`` minimizes it over a compressed student's weights.
+- eq. 3, Output Discrepancy (normalized outputs, the label-free score): ``od_from_outputs``; of a model on the
+  held-out batch: ``output_discrepancy``.
+
+A whole policy in a few lines: ``synthesize`` -> ``compress`` -> ``teacher_targets`` + ``feature_regression_``
+-> ``output_discrepancy``. Usable on its own from Python; knows nothing of Optuna or databases.
 """
 
 from __future__ import annotations
@@ -20,11 +30,10 @@ from ._compress import Compressor, compress, fake_quantize, magnitude_mask, quan
 from ._errors import FrandiError
 from ._files import write_atomic
 from ._hooks import capture
-from ._losses import batch_stats, bn_kl, normalized_distance, od_from_outputs, total_variation
+from ._losses import batch_stats, bn_kl, feature_loss, normalized_distance, od_from_outputs, total_variation
 from ._model import ModelSpec, build_architecture, check_input_shape, load_model, read_state_dict, weights_digest
 from ._onnx import run_onnx, to_onnx
 from ._onnx_check import OnnxParity, onnx_parity
-from ._optim import adam
 from ._pack import Packed, load_packed, pack, pack_bits, packed, save_packed, unpack, unpack_bits
 from ._policy import LayerInfo, LayerSetting, Policy, compressible_layers
 from ._proxies import disagreement, feature_discrepancy, softmax_kl
@@ -45,7 +54,6 @@ from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, sy
 __all__ = [
     "ACT_SIZE_RULE",
     "SIZE_RULE",
-    "adam",
     "CALIBRATIONS",
     "OUTPUT",
     "ActQuantizer",
@@ -81,6 +89,7 @@ __all__ = [
     "fake_quantize",
     "fake_quantize_act",
     "feature_discrepancy",
+    "feature_loss",
     "feature_regression_",
     "invert",
     "layer_macs",

@@ -1,6 +1,10 @@
-"""The paper's formulas on tensors: BN-statistics KL (eq. 1), normalized feature distance (eq. 2, 3)."""
+"""The paper's formulas on tensors (FRanDI: Sobolev, Ermilov, Kozyrskiy, Phan), one public function each:
+``bn_kl`` (eq. 1), ``feature_loss`` (eq. 2) and ``od_from_outputs`` (eq. 3), all built on ``normalized_distance``.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -8,7 +12,8 @@ import torch
 def bn_kl(
     mean: torch.Tensor, var: torch.Tensor, run_mean: torch.Tensor, run_var: torch.Tensor
 ) -> torch.Tensor:
-    """Sum over channels of KL(N(mean, var) || N(run_mean, run_var)); zero exactly when they match."""
+    """Eq. 1: sum over channels of KL(N(mean, var) || N(run_mean, run_var)), a BN layer's batch statistics against
+    its running ones; zero exactly when they match. Synthesis minimizes it summed over the BN layers."""
     return 0.5 * (torch.log(run_var / var) + (var + (mean - run_mean) ** 2) / run_var - 1.0).sum()
 
 
@@ -96,8 +101,19 @@ def distance_to_unit(a: torch.Tensor, unit: torch.Tensor, eps: float = 1e-12) ->
     return _DistanceToUnit.apply(a, unit.detach(), eps)
 
 
+def feature_loss(student: Sequence[torch.Tensor], teacher_units: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Eq. 2, the Feature Regression loss: sum over layers of the mean over samples of || F~/||F~|| - F/||F|| ||,
+    the student's features F~ against the teacher's, whose rows come already divided by their norm (as
+    ``TeacherTargets.features`` holds them, computed once). A float32 scalar; the gradient flows to ``student``."""
+    loss = student[0].new_zeros((), dtype=torch.float32)
+    for f, u in zip(student, teacher_units, strict=True):
+        loss = loss + distance_to_unit(f, u).mean()
+    return loss
+
+
 def od_from_outputs(teacher: torch.Tensor, student: torch.Tensor) -> float:
-    """Output Discrepancy (eq. 3): mean over samples of the normalized output distance."""
+    """Eq. 3, Output Discrepancy: mean over samples of || F/||F|| - F~/||F~|| || of the teacher's outputs F and the
+    student's F~; in [0, 2], 0 when they agree up to a positive scale per sample."""
     return float(normalized_distance(teacher, student).mean())
 
 

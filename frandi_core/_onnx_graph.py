@@ -102,13 +102,13 @@ class Builder:
 
 def unpack_bits(b: Builder, data: str, width: int, count: int) -> str:
     """Graph form of ``_pack.unpack_bits``: the ``count`` integers stored at ``width`` bits (least significant
-    first) in the uint8 initializer ``data`` (shaped [bytes, 1]), as int32 (as uint8 0/1 when ``width`` is 1)."""
+    first) in the uint8 initializer ``data`` (shaped [bytes, 1]), as int32."""
     shifted = b.op("BitShift", [data, b.fixed(SHARED + "shifts", np.arange(8), np.uint8)], direction="RIGHT")
     bits = b.op("BitwiseAnd", [shifted, b.fixed(SHARED + "one", [1], np.uint8)])  # [bytes, 8], low bit first
     flat = b.op("Reshape", [bits, b.fixed(SHARED + "flat", [-1], np.int64)])
     used = b.op("Slice", [flat, b.fixed(SHARED + "start", [0], np.int64), b.const(b.name(), [count * width], np.int64)])
     if width == 1:
-        return used
+        return b.op("Cast", [used], to=TensorProto.INT32)
     rows = b.op("Reshape", [used, b.const(f"{SHARED}rows{width}", [-1, width], np.int64)])
     wide = b.op("Cast", [rows], to=TensorProto.INT32)
     weighted = b.op("Mul", [wide, b.const(f"{SHARED}powers{width}", 1 << np.arange(width), np.int32)])
@@ -122,7 +122,7 @@ def _place(b: Builder, key: str, layout: dict[str, Any], values: str, dtype: np.
     if layout["positions"] == "dense":
         return values
     if layout["positions"] == "mask":  # the k-th kept entry is the k-th value: a running count of the mask
-        kept = b.op("Cast", [unpack_bits(b, f"{key}:mask", 1, numel)], to=TensorProto.INT32)
+        kept = unpack_bits(b, f"{key}:mask", 1, numel)
         count = b.op("CumSum", [kept, b.fixed(SHARED + "axis0", 0, np.int64)])
         where = b.op("Mul", [count, kept])  # 0 where pruned: the zero put in front of the values
         padded = b.op("Concat", [b.fixed(f"{SHARED}pad_{dtype.name}", [0], dtype), values], axis=0)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ._actquant import check_calibration, learn_steps_
 from ._errors import FrandiError
 from ._hooks import capture
-from ._losses import distance_to_unit, normalized_distance
+from ._losses import feature_loss, od_from_outputs
 from ._optim import adam
 
 OUTPUT = "output"  # the name that stands for the model's final output in a list of feature layers
@@ -95,18 +95,10 @@ def teacher_targets(
     return TeacherTargets(inputs, tuple(names), {n: torch.cat(v) for n, v in parts.items()})
 
 
-def _feature_loss(found: list[torch.Tensor], units: list[torch.Tensor]) -> torch.Tensor:
-    """Eq. 2: sum over layers of the mean normalized distance to the teacher's unit-norm features."""
-    loss = found[0].new_zeros((), dtype=torch.float32)
-    for f, u in zip(found, units, strict=True):
-        loss = loss + distance_to_unit(f, u).mean()
-    return loss
-
-
 @functools.cache
 def _compiled_feature_loss() -> Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor]:
     """The loss through torch.compile, built once per process: compiled code is reused by every trial."""
-    return torch.compile(_feature_loss, dynamic=False)  # type: ignore[return-value]
+    return torch.compile(feature_loss, dynamic=False)  # type: ignore[return-value]
 
 
 def feature_regression_(
@@ -134,7 +126,7 @@ def feature_regression_(
     gen = torch.Generator().manual_seed(config.seed)
     n = len(targets.inputs)
     bs = min(config.batch_size, n)
-    loss_of = _compiled_feature_loss() if compile_loss else _feature_loss
+    loss_of = _compiled_feature_loss() if compile_loss else feature_loss
     autocast = torch.autocast(targets.inputs.device.type, torch.bfloat16, enabled=config.precision == "bf16")
     losses: list[torch.Tensor] = []
     with capture(student, hooked) as feats:
@@ -167,8 +159,9 @@ def model_outputs(model: nn.Module, inputs: torch.Tensor, *, chunk: int = 256) -
 
 
 def output_discrepancy(student: nn.Module, heldout: torch.Tensor, teacher_outputs: torch.Tensor) -> float:
-    """OD (eq. 3): mean over held-out samples of || F/||F|| - F~/||F~|| ||; in [0, 2], 0 when identical."""
-    od = float(normalized_distance(teacher_outputs, model_outputs(student, heldout)).mean())
+    """OD (eq. 3, ``od_from_outputs``) of ``student`` on the held-out batch against the teacher's outputs there;
+    NonFiniteError when the student outputs NaN or inf."""
+    od = od_from_outputs(teacher_outputs, model_outputs(student, heldout))
     if not math.isfinite(od):
         raise NonFiniteError(f"output discrepancy is {od}: the compressed model outputs NaN or inf")
     return od

@@ -10,6 +10,11 @@ import torch
 from torch import nn
 
 
+def _stem(in_channels: int, width: int) -> nn.Sequential:
+    """3x3 convolution, BatchNorm, ReLU: the first layers of both networks."""
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 conv-BN pairs and a (projected) shortcut."""
 
@@ -40,11 +45,8 @@ class ResNet(nn.Module):
         blocks: int = 1,
     ) -> None:
         super().__init__()
-        w0 = widths[0]
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, w0, 3, 1, 1, bias=False), nn.BatchNorm2d(w0), nn.ReLU()
-        )
-        cin = w0
+        self.stem = _stem(in_channels, widths[0])
+        cin = widths[0]
         for i, w in enumerate(widths):
             layers = [
                 BasicBlock(cin if j == 0 else w, w, 1 if (i == 0 or j > 0) else 2) for j in range(blocks)
@@ -82,11 +84,8 @@ class SeparableNet(nn.Module):
         self, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128)
     ) -> None:
         super().__init__()
-        w0 = widths[0]
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, w0, 3, 1, 1, bias=False), nn.BatchNorm2d(w0), nn.ReLU()
-        )
-        cin = w0
+        self.stem = _stem(in_channels, widths[0])
+        cin = widths[0]
         for i, w in enumerate(widths):
             self.add_module(f"layer{i + 1}", SeparableBlock(cin, w, 1 if i == 0 else 2))
             cin = w

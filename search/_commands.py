@@ -29,9 +29,11 @@ from frandi_core import (
 
 from ._artifacts import artifact_dir, artifact_store, attach
 from ._config import ConfigError, StudyConfig
-from ._launch import check_model, launch, open_for
+from ._launch import check_model, launch
+from ._open import open_for
 from ._report import PACKED, format_rows, front_rows
 from ._report import status as status_of
+from ._rerun import finished_trials, rerun
 from ._sensitivity import cached_sensitivity, format_table, heatmap
 from ._study import open_study, to_start_key
 from ._trial import TrialRunner, cached_batches, model_spec
@@ -132,20 +134,14 @@ def export(
     set_threads(cfg.run.threads, 1)
     with open_for(cfg, storage, mode="write" if attach_it else "read") as st:  # a read-only study exports too
         study = open_study(cfg, st)
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        t = trials.get(trial)
-        if t is None:
-            raise ConfigError(f"trial {trial} does not exist in study '{cfg.study.name}' (0..{len(trials) - 1})")
-        if t.state != TrialState.COMPLETE:
-            raise ConfigError(f"trial {trial} is {t.state.name}, not COMPLETE; export a finished trial")
+        (t,) = finished_trials(study, [trial], verb="export")
         folder = artifact_dir(cfg, st) if attach_it else None  # before any work: refused if there is none
-        policy = Policy.from_json(t.user_attrs["policy"])
         if "threads" in t.user_attrs and device == "cpu":
             torch.set_num_threads(int(t.user_attrs["threads"]))  # float sums depend on how work was split
         runner = TrialRunner(cfg, st, device=device)
-        student, r = runner.student(policy)
+        student, r, moved = rerun(runner, t)
         stored = t.values[0]
-        if abs(r.score - stored) > tolerance:
+        if moved > tolerance:
             raise ConfigError(
                 f"trial {trial} re-ran to {cfg.study.score} {r.score:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
                 "the model, batches or code changed since; nothing written"
@@ -160,7 +156,7 @@ def export(
             "density": r.density,
             "trial": trial,
         }
-        data = _export_bytes(fmt, student, policy, metrics, runner.heldout)
+        data = _export_bytes(fmt, student, Policy.from_json(t.user_attrs["policy"]), metrics, runner.heldout)
         write_atomic(out, data, overwrite=overwrite)
         unrecorded = fmt == "packed" and not _record_packed(study, trial, len(data))
         attached = attach(st, study, t, folder, out.name, data) if folder else None

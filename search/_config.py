@@ -8,6 +8,7 @@ import json
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,15 @@ def _file_digest(path: Path) -> str:
         return "missing"
 
 
+# scalar type -> (whether a TOML value is one: true is no integer here, an integer is a float), what it must be
+_SCALARS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
 def _check(value: Any, tp: Any, key: str) -> Any:
     """Check (and lightly coerce) one TOML value against a type hint; raise ConfigError naming the key."""
     origin = typing.get_origin(tp)
@@ -224,22 +234,11 @@ def _check(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"'{key}' must be a table, got {type(value).__name__} {value!r}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{key}' must be an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{key}' must be a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"'{key}' must be a string, got {type(value).__name__} {value!r}")
-        return value
+    if tp in _SCALARS:
+        fits, what = _SCALARS[tp]
+        if not fits(value):
+            raise ConfigError(f"'{key}' must be {what}, got {type(value).__name__} {value!r}")
+        return float(value) if tp is float else value
     raise TypeError(f"unsupported config type {tp!r}")
 
 

@@ -7,39 +7,23 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import optuna
 import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from frandi_core import FrandiError, compressible_layers, load_model, model_outputs, model_size
-from storage import OpenMode, Storage, normalize_url, open_storage
+from frandi_core import FrandiError, SyntheticData, compressible_layers, load_model, model_outputs, model_size
+from storage import Storage
 
 from ._allocate import study_space
 from ._config import ConfigError, StudyConfig
+from ._open import open_for
 from ._signals import Terminated
 from ._space import SearchSpace
 from ._study import counts, create_or_resume
-from ._trial import cached_batches, model_spec
-from ._worker import check_device, work, worker_main
-
-
-def storage_url(cfg: StudyConfig, override: str | None = None) -> str:
-    """The study's storage URL: relative SQLite paths against the study file (against the working folder for
-    ``--storage``)."""
-    return normalize_url(override or cfg.study.storage, base_dir=cfg.base_dir if not override else Path.cwd())
-
-
-def open_for(cfg: StudyConfig, override: str | None = None, *, mode: OpenMode = "create") -> Storage:
-    """The study's storage; ``mode`` "write" or "read" for commands that need an existing study (see open_storage)."""
-    return open_storage(
-        storage_url(cfg, override),
-        mode=mode,
-        heartbeat_interval=cfg.run.heartbeat_interval,
-        grace_period=cfg.run.grace_period,
-    )
+from ._trial import TrialRunner, cached_batches, model_spec
+from ._worker import check_device, set_threads, work, worker_main
 
 
 def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module, SearchSpace]:
@@ -71,17 +55,28 @@ def prepare(
 ) -> optuna.Study:
     """Check the model and space (``checked``: check_model's result, if the caller has it), and only then
     create or resume the study (a changed fingerprint is rewritten here, with --force) and its batches."""
-    teacher, space = checked or check_model(cfg, device)
+    return _prepare(cfg, storage, checked or check_model(cfg, device), device, force, progress)[0]
+
+
+def _prepare(
+    cfg: StudyConfig,
+    storage: Storage,
+    checked: tuple[torch.nn.Module, SearchSpace],
+    device: str,
+    force: bool,
+    progress: bool,
+) -> tuple[optuna.Study, tuple[str, SyntheticData]]:
+    """prepare(), also returning the batches (and their key), for a worker in this process to reuse."""
+    teacher, space = checked
     if cfg.space.mode == "layerwise":
         study = create_or_resume(cfg, storage, space, force=force)
-        cached_batches(cfg, storage, teacher, device=device, progress=progress)
-        return study
+        return study, cached_batches(cfg, storage, teacher, device=device, progress=progress)
     # allocated: baselines and warm starts are parameters of the allocated space, which needs the batches
     # and the sensitivity table first
     key, data = cached_batches(cfg, storage, teacher, device=device, progress=progress)
     heldout = data.heldout.to(device)
     allocated = study_space(cfg.space, storage, key, teacher, space, heldout, model_outputs(teacher, heldout))
-    return create_or_resume(cfg, storage, allocated, force=force)
+    return create_or_resume(cfg, storage, allocated, force=force), (key, data)
 
 
 def launch(
@@ -90,17 +85,17 @@ def launch(
     """Run the study to n_trials finished trials with cfg.run.workers processes; resume when it exists."""
     devices = [check_device(d) for d in cfg.run.devices]
     n = cfg.run.workers
-    threads = cfg.run.threads or max(1, (os.cpu_count() or 1) // n)
-    torch.set_num_threads(threads)  # as many as one worker gets: more threads than cores thrash under load
+    threads = set_threads(cfg.run.threads, n)  # as many as one worker gets: more threads than cores thrash
     checked = check_model(cfg, devices[0])  # before the storage is opened, let alone created
     with open_for(cfg, storage_override) as storage:
-        study = prepare(cfg, storage, device=devices[0], force=force, progress=progress, checked=checked)
+        study, batches = _prepare(cfg, storage, checked, devices[0], force, progress)
         if n == 1:  # in this process: no start-up cost, Ctrl-C reaches the trial directly
+            runner = TrialRunner(cfg, storage, device=devices[0], teacher=checked[0], batches=batches)
             done = min(counts(study)[TrialState.COMPLETE], cfg.study.n_trials)
             bar = tqdm(total=cfg.study.n_trials, desc=f"study {study.study_name}", unit="trial",
                        disable=not progress, initial=done)
             with bar:
-                work(cfg, storage, device=devices[0], threads=threads,
+                work(cfg, storage, device=devices[0], threads=threads, runner=runner,
                      on_trial=lambda done: bar.update(min(done, cfg.study.n_trials) - bar.n))
             return study
         ctx = mp.get_context("spawn")

@@ -106,20 +106,31 @@ class TrialResult:
 
 
 class TrialRunner:
-    """Holds the teacher, the cached batches and the teacher's targets; evaluates policies."""
+    """Holds the teacher, the cached batches and the teacher's targets; evaluates policies.
+
+    ``teacher`` and ``batches`` (cached_batches' result): what the caller already loaded for this study, on
+    ``device``, reused instead of loading them again (the teacher's gradients are switched off here).
+    """
 
     def __init__(
-        self, cfg: StudyConfig, storage: Storage, *, device: str = "cpu", progress: bool = False
+        self,
+        cfg: StudyConfig,
+        storage: Storage,
+        *,
+        device: str = "cpu",
+        progress: bool = False,
+        teacher: torch.nn.Module | None = None,
+        batches: tuple[str, SyntheticData] | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
-        self.teacher = load_model(model_spec(cfg), device=self.device)
+        self.teacher = teacher if teacher is not None else load_model(model_spec(cfg), device=self.device)
         if cfg.run.channels_last:  # students are copies of the teacher: they inherit the layout
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         base = SearchSpace.build(cfg.space, compressible_layers(self.teacher))
-        self.batch_key, data = cached_batches(cfg, storage, self.teacher, device=device, progress=progress)
+        self.batch_key, data = batches or cached_batches(cfg, storage, self.teacher, device=device, progress=progress)
         self.heldout = self._layout(data.heldout.to(self.device))
         self.targets = teacher_targets(
             self.teacher, self._layout(data.recovery.to(self.device)), cfg.recovery.layers or None

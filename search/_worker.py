@@ -16,9 +16,11 @@ import torch
 from optuna.trial import TrialState
 
 from frandi_core import FrandiError, NonFiniteError
-from storage import Storage, StorageError, atomic, connection_lost, lost_storage, open_storage
+from storage import Storage, StorageError, atomic, connection_lost, lost_storage
 
+from . import _optuna
 from ._config import ConfigError, StudyConfig
+from ._open import open_for
 from ._signals import deferred_interrupts, exit_with_parent, interrupts_raise, raise_held
 from ._study import counts, open_study, to_start_key
 from ._trial import TrialResult, TrialRunner
@@ -85,10 +87,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 def stale_trials(study: optuna.Study) -> list[int]:
     """Ids of RUNNING trials whose heartbeat is older than the grace period (their worker is gone)."""
-    storage = study._storage
-    if not storage.get_heartbeat_interval():  # type: ignore[attr-defined]
-        return []
-    return storage._get_stale_trial_ids(study._study_id)  # type: ignore[attr-defined]
+    return _optuna.stale_trial_ids(study)
 
 
 def _start(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
@@ -108,9 +107,9 @@ def _start(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
 
 def claim_waiting(study: optuna.Study) -> int | None:
     """Atomically move one WAITING trial (baseline, retry) to RUNNING; None when there is none."""
-    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        if _start(study._storage, t._trial_id):
-            return t._trial_id
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if _start(_optuna.study_storage(study), _optuna.trial_id(t)):
+            return _optuna.trial_id(t)
     return None
 
 
@@ -123,8 +122,9 @@ def claim(study: optuna.Study, storage: Storage) -> int | None:
     """
     trial_id = claim_waiting(study)
     if trial_id is None and storage.take_from_counter(to_start_key(study.study_name)):
-        new = study._storage.create_new_trial(study._study_id, optuna.trial.create_trial(state=TrialState.WAITING))
-        trial_id = new if _start(study._storage, new) else claim_waiting(study)
+        waiting = optuna.trial.create_trial(state=TrialState.WAITING)
+        new = _optuna.study_storage(study).create_new_trial(_optuna.study_id(study), waiting)
+        trial_id = new if _start(_optuna.study_storage(study), new) else claim_waiting(study)
     return trial_id
 
 
@@ -146,7 +146,7 @@ def claimed(study: optuna.Study, storage: Storage) -> Iterator[int | None]:
         with deferred_interrupts(release=False):
             trial_id = claim(study, storage)
             if trial_id is not None:
-                stack.enter_context(heartbeat(study._storage, trial_id))  # type: ignore[arg-type]
+                stack.enter_context(heartbeat(storage.optuna, trial_id))
         yield trial_id
 
 
@@ -157,7 +157,7 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
     Ctrl-C / SIGTERM while it samples or evaluates fails the trial and queues it again; while its result is
     being recorded, the signal waits until the trial is COMPLETE.
     """
-    study._thread_local.cached_all_trials = None  # sample from the trials as they are now (as Study.ask does)
+    _optuna.forget_cached_trials(study)  # sample from the trials as they are now
     try:
         # Database calls are never cut in two (an interrupted write can leave SQLite locked for the clean-up): a
         # signal from the claim or from here is raised when the block ends; evaluating is interruptible at once.
@@ -208,7 +208,7 @@ def _fail(study: optuna.Study, trial_id: int, reason: str, *, retry: bool = Fals
 
     A trial already failed as stale by another worker is left as it is: that worker enqueued its retry.
     """
-    storage = study._storage
+    storage = _optuna.study_storage(study)
     with deferred_interrupts():  # a FAIL without its retry would lose the trial
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", reason[:500])
@@ -241,12 +241,17 @@ def work(
     poll: float = 1.0,
     max_failures: int | None = None,
     on_trial: Callable[[int], None] | None = None,
+    runner: TrialRunner | None = None,
 ) -> int:
-    """Pull and run trials until the study holds n_trials finished ones; returns how many this worker ran."""
+    """Pull and run trials until the study holds n_trials finished ones; returns how many this worker ran.
+
+    ``runner``: one the caller built for this study (``frandi search`` in-process, teacher and batches loaded).
+    """
     set_threads(cfg.run.threads if threads is None else threads, cfg.run.workers)
     worker = f"{os.uname().nodename}:{os.getpid()}:{device}"
     study = open_study(cfg, storage, worker_index=worker_index)
-    runner = TrialRunner(cfg, storage, device=device, progress=progress)
+    _optuna.check_optuna(study)  # before any claim: an Optuna that renamed what claims rely on is one line, not a mess
+    runner = runner or TrialRunner(cfg, storage, device=device, progress=progress)
     done = failed = 0
     limit = cfg.study.n_trials if max_failures is None else max_failures
     while True:
@@ -257,7 +262,7 @@ def work(
                 try:
                     ok = run_trial(study, runner, trial_id, cfg, worker)
                 except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-                    if not study._storage.get_trial(trial_id).state.is_finished():
+                    if not _optuna.study_storage(study).get_trial(trial_id).state.is_finished():
                         raise
                     log.warning("trial %d went stale while it ran (no heartbeat within the grace period)", trial_id)
                     continue
@@ -294,10 +299,7 @@ def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: i
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         with interrupts_raise(sigint=False):
-            storage = open_storage(
-                storage_url, heartbeat_interval=cfg.run.heartbeat_interval, grace_period=cfg.run.grace_period
-            )
-            with storage:
+            with open_for(cfg, storage_url) as storage:  # the launcher's URL, already resolved
                 work(cfg, storage, device=device, worker_index=worker_index, threads=threads)
     except KeyboardInterrupt:
         pass

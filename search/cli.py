@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
@@ -15,7 +15,9 @@ from frandi_core import FrandiError
 from storage import StorageError, lost_storage
 
 from . import _commands as commands
-from ._config import ConfigError, load_config, replace
+from ._config import ConfigError, StudyConfig, load_config, replace
+from ._data import FASHION_ROOT
+from ._evaluate import evaluate
 from ._signals import Terminated, interrupts_raise
 
 
@@ -85,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = cmd("evaluate", "real top-1 accuracy of trials on a labeled held-out set, against their OD")
     c.add_argument("--data", required=True, help="digits, fashion, folder (an image folder), or torchvision:CLASS")
-    c.add_argument("--root", help="folder holding the data set (its test split is used)")
+    c.add_argument("--root", help=f"folder holding the data set (its test split is used); for fashion: {FASHION_ROOT}")
     c.add_argument("--trials", help="comma-separated trial numbers (default: the Pareto front and baselines)")
     c.add_argument("--limit", type=int, help="evaluate on the first N samples only")
     c.add_argument("--mean", help="per-channel normalization mean, e.g. 0.5 or 0.49,0.48,0.45")
@@ -118,64 +120,57 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--png '{args.png}' must name a .png file")
 
 
+def _search(cfg: StudyConfig, a: argparse.Namespace) -> int:
+    if a.workers is not None:
+        if a.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {a.workers}")
+        cfg = replace(cfg, "run", workers=a.workers)
+    if a.devices is not None:
+        devices = tuple(d.strip() for d in a.devices.split(",") if d.strip())
+        if not devices:
+            raise ConfigError(f"--devices '{a.devices}' names no device; write e.g. cpu or cuda:0,cuda:1")
+        cfg = replace(cfg, "run", devices=devices)
+    if a.threads is not None:
+        cfg = replace(cfg, "run", threads=a.threads)
+    if a.n_trials is not None:
+        if a.n_trials < 1:
+            raise ConfigError(f"--n-trials must be >= 1, got {a.n_trials}")
+        cfg = replace(cfg, "study", n_trials=a.n_trials)
+    return commands.search(cfg, a.storage, force=a.force, progress=not a.no_progress, fmt=a.format)
+
+
+def _export(cfg: StudyConfig, a: argparse.Namespace) -> int:
+    out = _writable(a.out, overwrite=a.overwrite)
+    return commands.export(
+        cfg, a.storage, trial=a.trial, out=out, fmt=a.format, overwrite=a.overwrite, attach_it=a.attach,
+        device=a.device, tolerance=a.tolerance,
+    )
+
+
+def _png(a: argparse.Namespace) -> Path | None:
+    return _writable(a.png) if a.png else None
+
+
+# command -> what it does with the study file's config and the parsed options
+COMMANDS: dict[str, Callable[[StudyConfig, argparse.Namespace], int]] = {
+    "search": _search,
+    "worker": lambda cfg, a: commands.worker(cfg, a.storage, device=a.device, threads=a.threads),
+    "status": lambda cfg, a: commands.status(cfg, a.storage, fmt=a.format),
+    "pareto": lambda cfg, a: commands.pareto(cfg, a.storage, fmt=a.format),
+    "export": _export,
+    "evaluate": lambda cfg, a: evaluate(
+        cfg, a.storage, data=a.data, root=a.root, trials=a.trials, limit=a.limit, mean=a.mean, std=a.std,
+        device=a.device,
+    ),
+    "dashboard": lambda cfg, a: commands.dashboard(cfg, a.storage, host=a.host, port=a.port),
+    "sensitivity": lambda cfg, a: commands.sensitivity(cfg, a.storage, png=_png(a), device=a.device),
+    "synth": lambda cfg, a: commands.synth(cfg, a.storage, png=_png(a), device=a.device),
+}
+
+
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
-    cfg = load_config(args.study_file)
-    if args.command == "search":
-        if args.workers is not None:
-            if args.workers < 1:
-                raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-            cfg = replace(cfg, "run", workers=args.workers)
-        if args.devices is not None:
-            devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
-            if not devices:
-                raise ConfigError(f"--devices '{args.devices}' names no device; write e.g. cpu or cuda:0,cuda:1")
-            cfg = replace(cfg, "run", devices=devices)
-        if args.threads is not None:
-            cfg = replace(cfg, "run", threads=args.threads)
-        if args.n_trials is not None:
-            if args.n_trials < 1:
-                raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
-            cfg = replace(cfg, "study", n_trials=args.n_trials)
-        return commands.search(
-            cfg, args.storage, force=args.force, progress=not args.no_progress, fmt=args.format
-        )
-    if args.command == "worker":
-        return commands.worker(cfg, args.storage, device=args.device, threads=args.threads)
-    if args.command == "status":
-        return commands.status(cfg, args.storage, fmt=args.format)
-    if args.command == "pareto":
-        return commands.pareto(cfg, args.storage, fmt=args.format)
-    if args.command == "export":
-        return commands.export(
-            cfg,
-            args.storage,
-            trial=args.trial,
-            out=_writable(args.out, overwrite=args.overwrite),
-            fmt=args.format,
-            overwrite=args.overwrite,
-            attach_it=args.attach,
-            device=args.device,
-            tolerance=args.tolerance,
-        )
-    if args.command == "evaluate":
-        from ._evaluate import evaluate
-
-        return evaluate(
-            cfg, args.storage, data=args.data, root=args.root, trials=args.trials, limit=args.limit,
-            mean=args.mean, std=args.std, device=args.device,
-        )
-    if args.command == "dashboard":
-        return commands.dashboard(cfg, args.storage, host=args.host, port=args.port)
-    if args.command == "sensitivity":
-        return commands.sensitivity(
-            cfg, args.storage, png=_writable(args.png) if args.png else None, device=args.device
-        )
-    if args.command == "synth":
-        return commands.synth(
-            cfg, args.storage, png=_writable(args.png) if args.png else None, device=args.device
-        )
-    raise AssertionError(args.command)
+    return COMMANDS[args.command](load_config(args.study_file), args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,1 +1,24 @@
-"""Experiments reproducing the paper's claims on real data; each is ``python -m studies.experiments.NAME``."""
+"""Experiments reproducing the paper's claims on real data; each is ``python -m studies.experiments.NAME``.
+
+The benchmarks reuse their shared parts from here: one Bench per model, reports, figures and search runs.
+"""
+
+from __future__ import annotations
+
+from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, save
+from ._searches import SearchRun, policy_of, run_search, variant
+
+__all__ = [
+    "Bench",
+    "Report",
+    "SearchRun",
+    "bench",
+    "figure",
+    "markdown_table",
+    "parse",
+    "parser",
+    "policy_of",
+    "run_search",
+    "save",
+    "variant",
+]

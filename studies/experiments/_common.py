@@ -12,7 +12,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +24,18 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from frandi_core import Policy, compress, model_size
-from search import StudyConfig, TrialResult, TrialRunner, load_config
-from search._config import replace
-from search._launch import open_for
+from search import (
+    FASHION_ROOT,
+    StudyConfig,
+    TrialResult,
+    TrialRunner,
+    accuracy,
+    labeled_data,
+    load_config,
+    open_for,
+    replace,
+)
 from storage import Storage
-from studies import data as datasets
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -64,7 +71,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch threads (the committed results used 1)")
     p.add_argument("--out", default=str(RESULTS), help="folder for the CSV, PNG and markdown")
     p.add_argument("--storage", help="database URL overriding the study file's (the synthetic-batch cache)")
-    p.add_argument("--root", default="data", help="where Fashion-MNIST is unpacked")
+    p.add_argument("--root", help=f"{FASHION_ROOT} (default: that Debian folder)")
     return p
 
 
@@ -83,14 +90,14 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Na
 class Bench:
     """One model under test: the study's TrialRunner plus real labeled data for accuracy and fine-tuning."""
 
-    def __init__(self, name: str, storage: Storage, cfg: StudyConfig, *, root: str, limit: int | None) -> None:
+    def __init__(self, name: str, storage: Storage, cfg: StudyConfig, *, root: str | None, limit: int | None) -> None:
         self.name = name
         self.cfg = cfg
         self.case = CASES[name]
         self.root = root
         self.runner = TrialRunner(cfg, storage)
         self.teacher = self.runner.teacher
-        test = datasets.load(self.case.data, "test", root)
+        test = labeled_data(self.case.data, "test", root)
         if limit is not None and limit < len(test):
             test = TensorDataset(*(t[:limit] for t in test.tensors))
         self.test = test
@@ -100,11 +107,11 @@ class Bench:
     @property
     def train(self) -> TensorDataset:
         if self._train is None:
-            self._train = datasets.load(self.case.data, "train", self.root)
+            self._train = labeled_data(self.case.data, "train", self.root)
         return self._train
 
     def accuracy(self, model: nn.Module) -> float:
-        return datasets.accuracy(model, self.test)
+        return accuracy(model, self.test)
 
     def uniform(self, sparsity: float = 0.0, bits: int | None = None) -> Policy:
         return Policy.uniform(self.teacher, sparsity, bits)
@@ -202,6 +209,25 @@ def bench(name: str, args: argparse.Namespace) -> Iterator[Bench]:
         yield b
 
 
+def each_model(
+    args: argparse.Namespace,
+    experiment: str,
+    title: str,
+    run: Callable[[Bench, Report], list[dict[str, Any]]],
+    *,
+    prefix: str = "",
+) -> list[dict[str, Any]]:
+    """Run one experiment on each of --models: ``run`` fills the model's Report (``title`` with {name} filled in)
+    and returns its rows; the report is written after it. Returns every model's rows."""
+    rows = []
+    for name in args.models:
+        with bench(name, args) as b:
+            report = Report(experiment, prefix + name + args.suffix, title.format(name=name), Path(args.out), args.argv)
+            rows += run(b, report)
+            report.write()
+    return rows
+
+
 def policy_summary(policy: Policy) -> dict[str, Any]:
     """Mean sparsity and the bit-widths a policy uses, for tables."""
     settings = [s for _, s in policy.layers]
@@ -250,6 +276,11 @@ class Report:
     def name(self) -> str:
         """Stem of this report's files: <experiment>_<model>."""
         return f"{self.experiment}_{self.model}"
+
+    @property
+    def png(self) -> Path:
+        """Where this report's plot goes."""
+        return self.out / f"{self.name}.png"
 
     def add(self, text: str) -> None:
         self.parts.append(text)

@@ -10,10 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from frandi_core import Policy
-from search import ConfigError, StudyConfig, launch, pareto_trials
-from search._config import replace
-from search._launch import open_for
-from search._study import open_study
+from search import ConfigError, StudyConfig, launch, open_for, open_study, pareto_trials, replace
 
 
 def variant(

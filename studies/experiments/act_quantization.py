@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from frandi_core import CALIBRATIONS, Policy, bops
-from search._config import replace
-from search._report import feasible
+from search import feasible, replace
 
-from ._common import Bench, Report, bench, figure, parse, parser, save
+from ._common import Bench, Report, each_model, figure, parse, parser, save
 from ._searches import SearchRun, policy_of, run_search, variant
 
 SETTINGS = ((8, 8), (6, 6), (4, 8), (4, 4))  # (weight bits, activation bits)
@@ -128,39 +127,34 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     calibrations = a.calibrations[:1] if a.quick else a.calibrations
     n_search = 2 if a.quick else a.search_trials
     prefix = "search_" if a.search_only else ""  # files act_quantization_search_<model>.*
-    out, rows = Path(a.out), []
-    for name in a.models:
-        with bench(name, a) as b:
-            title = f"Weights and activations: {name}"
-            report = Report("act_quantization", prefix + name + a.suffix, title, out, a.argv)
-            table = [
-                evaluate(b, f"uniform W{w}A{x}", uniform(b, w, x), c) for w, x in settings for c in calibrations
-            ]
-            runs, lines = [], ["skipped (--search-trials 0)"] if n_search <= 0 else []
-            for text in a.budgets if n_search > 0 else []:
-                w, x = setting(text)
-                budget = bops(b.runner.macs, uniform(b, w, x))
-                run, line = budget_search(b, f"bops-w{w}a{x}", budget, n_search, a.storage, a.suffix)
-                runs.append(run)
-                lines.append(line)
-                ok = [t for t in run.trials if feasible(t)]
-                c = b.cfg.recovery.calibration
-                if ok:
-                    best = min(ok, key=lambda t: t.values[0])
-                    label = f"search best OD under W{w}A{x} BOPs (trial {best.number})"
-                    table.append(evaluate(b, label, policy_of(best), c, "search"))
-                table.append(evaluate(b, f"uniform W{w}A{x} (the budget)", uniform(b, w, x), c, "uniform"))
-            plot(b, table, runs, out / f"{report.name}.png")
-            report.setup(
-                b,
-                quantization="weights symmetric per output channel; input activations per tensor, unsigned after a "
-                "ReLU, signed otherwise; first and last layers W8A8; ranges from the synthetic recovery batch",
-                search="; ".join(lines),
-            )
-            report.add_results(table)
-            report.write()
-            rows += table
-    return rows
+
+    def model(b: Bench, report: Report) -> list[dict[str, Any]]:
+        table = [evaluate(b, f"uniform W{w}A{x}", uniform(b, w, x), c) for w, x in settings for c in calibrations]
+        runs, lines = [], ["skipped (--search-trials 0)"] if n_search <= 0 else []
+        for text in a.budgets if n_search > 0 else []:
+            w, x = setting(text)
+            budget = bops(b.runner.macs, uniform(b, w, x))
+            run, line = budget_search(b, f"bops-w{w}a{x}", budget, n_search, a.storage, a.suffix)
+            runs.append(run)
+            lines.append(line)
+            ok = [t for t in run.trials if feasible(t)]
+            c = b.cfg.recovery.calibration
+            if ok:
+                best = min(ok, key=lambda t: t.values[0])
+                label = f"search best OD under W{w}A{x} BOPs (trial {best.number})"
+                table.append(evaluate(b, label, policy_of(best), c, "search"))
+            table.append(evaluate(b, f"uniform W{w}A{x} (the budget)", uniform(b, w, x), c, "uniform"))
+        plot(b, table, runs, report.png)
+        report.setup(
+            b,
+            quantization="weights symmetric per output channel; input activations per tensor, unsigned after a "
+            "ReLU, signed otherwise; first and last layers W8A8; ranges from the synthetic recovery batch",
+            search="; ".join(lines),
+        )
+        report.add_results(table)
+        return table
+
+    return each_model(a, "act_quantization", "Weights and activations: {name}", model, prefix=prefix)
 
 
 if __name__ == "__main__":

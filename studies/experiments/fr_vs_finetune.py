@@ -11,18 +11,17 @@ python -m studies.experiments.fr_vs_finetune --quick    # digits, one sparsity, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from frandi_core import output_discrepancy
 
-from ._common import Bench, Report, bench, figure, parse, parser, save
+from ._common import Bench, Report, each_model, figure, parse, parser, save
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 FT_SEED = 0
 
 
-def run_model(b: Bench, sparsities: Sequence[float], out: Path, report: Report) -> list[dict[str, Any]]:
+def run_model(b: Bench, sparsities: Sequence[float], report: Report) -> list[dict[str, Any]]:
     rows = []
     od = b.runner
     for s in sparsities:
@@ -58,7 +57,7 @@ def run_model(b: Bench, sparsities: Sequence[float], out: Path, report: Report) 
     ax.set_ylabel("real test accuracy (%)")
     ax.set_title(f"{b.name}: {b.cfg.recovery.steps} steps x batch {b.cfg.recovery.batch_size}", fontsize=9)
     ax.legend(fontsize=8)
-    save(fig, out / f"{report.name}.png")
+    save(fig, report.png)
     report.add_results(rows)
     return rows
 
@@ -67,27 +66,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p = parser(__doc__)
     a = parse(p, argv)
     sparsities = SPARSITIES[:1] if a.quick else SPARSITIES
-    out, rows = Path(a.out), []
-    for name in a.models:
-        with bench(name, a) as b:
-            report = Report(
-                "fr_vs_finetune",
-                name + a.suffix,
-                f"FR on synthetic data vs fine-tuning on real data: {name}",
-                out,
-                a.argv,
-            )
-            report.setup(
-                b,
-                **{
-                    "fine-tuning": f"cross-entropy on the real training set, same steps, batch size, Adam lr and "
-                    f"cosine schedule as FR, BN statistics frozen like FR, batches drawn with seed {FT_SEED}",
-                    "sparsities": f"{list(sparsities)}, uniform over every Conv/Linear layer, fp32 weights",
-                },
-            )
-            rows += run_model(b, sparsities, out, report)
-            report.write()
-    return rows
+
+    def model(b: Bench, report: Report) -> list[dict[str, Any]]:
+        report.setup(
+            b,
+            **{
+                "fine-tuning": f"cross-entropy on the real training set, same steps, batch size, Adam lr and "
+                f"cosine schedule as FR, BN statistics frozen like FR, batches drawn with seed {FT_SEED}",
+                "sparsities": f"{list(sparsities)}, uniform over every Conv/Linear layer, fp32 weights",
+            },
+        )
+        return run_model(b, sparsities, report)
+
+    return each_model(a, "fr_vs_finetune", "FR on synthetic data vs fine-tuning on real data: {name}", model)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from frandi_core import LayerSetting, Policy, compressible_layers
-from search._evaluate import correlations
+from search import correlations
 
-from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, policy_summary, save, write_csv
+from ._common import Bench, Report, each_model, figure, markdown_table, parse, parser, policy_summary, save, write_csv
 
 UNIFORM: tuple[tuple[float, int | None], ...] = (
     (0.0, 8), (0.0, 4), (0.0, 3), (0.0, 2),
@@ -50,7 +49,7 @@ def random_policies(b: Bench, n: int, seed: int = POLICY_SEED) -> list[Policy]:
     return out
 
 
-def run_model(b: Bench, policies: Sequence[tuple[str, Policy]], out: Path, report: Report) -> list[dict[str, Any]]:
+def run_model(b: Bench, policies: Sequence[tuple[str, Policy]], report: Report) -> list[dict[str, Any]]:
     rows = []
     for i, (kind, policy) in enumerate(policies):
         acc_before = b.accuracy(b.compressed(policy))
@@ -70,7 +69,7 @@ def run_model(b: Bench, policies: Sequence[tuple[str, Policy]], out: Path, repor
             }
         )
         print(f"[{b.name}] {i + 1}/{len(policies)} {rows[-1]}", flush=True)
-    write_csv(out / f"{report.name}.csv", rows)
+    write_csv(report.out / f"{report.name}.csv", rows)
     stats = []
     for stage in ("before", "after"):
         c = correlations([r[f"od_{stage}"] for r in rows], [r[f"acc_{stage}"] for r in rows])
@@ -88,7 +87,7 @@ def run_model(b: Bench, policies: Sequence[tuple[str, Policy]], out: Path, repor
         ax.set_ylabel("real test accuracy (%)")
         ax.set_title(f"{b.name}, {stage} FR: Spearman {s['spearman']}, Kendall {s['kendall']}", fontsize=9)
         ax.legend(fontsize=8)
-    save(fig, out / f"{report.name}.png")
+    save(fig, report.png)
     report.add("## Correlation of OD with real accuracy\n\n" + markdown_table(stats))
     report.add(f"Plot: `{report.name}.png`. Policies (CSV `{report.name}.csv`):\n\n" + markdown_table(rows))
     return rows
@@ -104,21 +103,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     a = parse(p, argv)
     uniform = UNIFORM[:3] if a.quick else UNIFORM
     n_random = 1 if a.quick else a.random
-    out, rows = Path(a.out), []
-    for name in a.models:
-        with bench(name, a) as b:
-            report = Report("od_accuracy", name + a.suffix, f"OD vs real accuracy: {name}", out, a.argv)
-            policies = [("uniform", b.uniform(s, bits)) for s, bits in uniform]
-            policies += [("random", pol) for pol in random_policies(b, n_random)]
-            report.setup(
-                b,
-                policies=f"{len(uniform)} uniform (sparsity, bits) {list(uniform)}; {n_random} random per-layer "
-                f"(seed {POLICY_SEED}, sparsity level stratified over [0, 0.9] + N(0, 0.12) per layer, bits from "
-                f"one of {list(BIT_POOLS)})",
-            )
-            rows += run_model(b, policies, out, report)
-            report.write()
-    return rows
+
+    def model(b: Bench, report: Report) -> list[dict[str, Any]]:
+        policies = [("uniform", b.uniform(s, bits)) for s, bits in uniform]
+        policies += [("random", pol) for pol in random_policies(b, n_random)]
+        report.setup(
+            b,
+            policies=f"{len(uniform)} uniform (sparsity, bits) {list(uniform)}; {n_random} random per-layer "
+            f"(seed {POLICY_SEED}, sparsity level stratified over [0, 0.9] + N(0, 0.12) per layer, bits from "
+            f"one of {list(BIT_POOLS)})",
+        )
+        return run_model(b, policies, report)
+
+    return each_model(a, "od_accuracy", "OD vs real accuracy: {name}", model)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ python -m studies.experiments.pruning --quick    # digits, ratio 2 only, 3 steps
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from frandi_core import model_size
 
-from ._common import Bench, Report, bench, figure, parse, parser, save
+from ._common import Bench, Report, each_model, figure, parse, parser, save
 
 RATIOS = (2.0, 5.0)
 FT_SEED = 0
@@ -27,7 +26,7 @@ METHODS = (
 )
 
 
-def run_model(b: Bench, ratios: Sequence[float], out: Path, report: Report) -> list[dict[str, Any]]:
+def run_model(b: Bench, ratios: Sequence[float], report: Report) -> list[dict[str, Any]]:
     rows = []
     for target in ratios:
         policy = b.for_ratio(target)
@@ -58,7 +57,7 @@ def run_model(b: Bench, ratios: Sequence[float], out: Path, report: Report) -> l
     ax.set_ylim(max(0.0, min(lows) - 5), 100)
     ax.set_title(f"{b.name}: magnitude pruning", fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
-    save(fig, out / f"{report.name}.png")
+    save(fig, report.png)
     report.add_results(rows)
     return rows
 
@@ -68,21 +67,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="compression ratios to prune to")
     a = parse(p, argv)
     ratios = RATIOS[:1] if a.quick else a.ratios
-    out, rows = Path(a.out), []
-    for name in a.models:
-        with bench(name, a) as b:
-            report = Report("pruning", name + a.suffix, f"Data-free pruning: {name}", out, a.argv)
-            report.setup(
-                b,
-                pruning="unstructured magnitude pruning, the same sparsity on every Conv/Linear layer, fp32 weights",
-                **{
-                    "fine-tuning": f"as FR's budget (steps, batch, Adam lr, cosine, BN frozen), real labeled "
-                    f"training data, cross-entropy, seed {FT_SEED}"
-                },
-            )
-            rows += run_model(b, ratios, out, report)
-            report.write()
-    return rows
+
+    def model(b: Bench, report: Report) -> list[dict[str, Any]]:
+        report.setup(
+            b,
+            pruning="unstructured magnitude pruning, the same sparsity on every Conv/Linear layer, fp32 weights",
+            **{
+                "fine-tuning": f"as FR's budget (steps, batch, Adam lr, cosine, BN frozen), real labeled "
+                f"training data, cross-entropy, seed {FT_SEED}"
+            },
+        )
+        return run_model(b, ratios, report)
+
+    return each_model(a, "pruning", "Data-free pruning: {name}", model)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 from frandi_core import Policy
 
-from ._common import Bench, Report, bench, figure, parse, parser, policy_summary, save
+from ._common import Bench, Report, each_model, figure, parse, parser, policy_summary, save
 from ._searches import SearchRun, policy_of, run_search, variant
 
 BITS = (8, 4, 3)
@@ -129,24 +129,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     a = parse(p, argv)
     bits = BITS[:2] if a.quick else BITS
     n_search = 2 if a.quick else a.search_trials
-    out, rows = Path(a.out), []
-    for name in a.models:
-        with bench(name, a) as b:
-            report = Report("quantization", name + a.suffix, f"Data-free quantization: {name}", out, a.argv)
-            uniform = uniform_rows(b, bits)
-            run, line, mixed = None, "skipped (--search-trials 0)", []
-            if n_search > 0:
-                run, line = mixed_search(b, n_search, a.storage, a.suffix)
-                mixed = mixed_rows(b, run, uniform)
-            table = uniform + mixed
-            plot(b, uniform, mixed, run, out / f"{report.name}.png")
-            report.setup(
-                b, quantization="symmetric per-output-channel weight quantization; activations fp32", search=line
-            )
-            report.add_results(table)
-            report.write()
-            rows += table
-    return rows
+
+    def model(b: Bench, report: Report) -> list[dict[str, Any]]:
+        uniform = uniform_rows(b, bits)
+        run, line, mixed = None, "skipped (--search-trials 0)", []
+        if n_search > 0:
+            run, line = mixed_search(b, n_search, a.storage, a.suffix)
+            mixed = mixed_rows(b, run, uniform)
+        plot(b, uniform, mixed, run, report.png)
+        report.setup(b, quantization="symmetric per-output-channel weight quantization; activations fp32", search=line)
+        report.add_results(uniform + mixed)
+        return uniform + mixed
+
+    return each_model(a, "quantization", "Data-free quantization: {name}", model)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Train the Fashion-MNIST reference models the experiments use, and record accuracy and wall time.
+"""The Fashion-MNIST reference models the experiments use: train each (with studies.train), record accuracy and
+wall time.
 
 python -m studies.experiments.references               # both, one after the other
 python -m studies.experiments.references --only resnet # 5.4 min measured (separable: 8.2), 1 thread, 2026-11-29
@@ -16,15 +17,15 @@ from typing import Any
 
 import torch
 
-from studies import data as datasets
-from studies.reference import train
+from search import FASHION_ROOT
+from studies.train import train
 
 from ._common import RESULTS
 
 
 @dataclass(frozen=True)
 class Reference:
-    """A reference model: architecture (as studies.reference names it), its kwargs, training epochs."""
+    """A reference model: architecture (as studies.train names it), its kwargs, training epochs."""
 
     arch: str
     kwargs: dict[str, Any]
@@ -35,18 +36,17 @@ MODELS = {
     "resnet": Reference("resnet", {"widths": [16, 32, 64]}, 5),
     "separable": Reference("separable", {"widths": [32, 64, 128]}, 6),
 }
-LR, BATCH_SIZE = 0.1, 128  # SGD + Nesterov, one-cycle schedule, weight decay 5e-4 (studies.reference.train)
+LR, BATCH_SIZE = 0.1, 128  # SGD + Nesterov, one-cycle schedule, weight decay 5e-4 (studies.train.train)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=sorted(MODELS), action="append", help="train only this model")
     p.add_argument("--out-dir", default="runs/models")
-    p.add_argument("--root", default="data", help="where Fashion-MNIST is unpacked")
+    p.add_argument("--root", help=f"{FASHION_ROOT} (default: that Debian folder)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    datasets.prepare_fashion(a.root)  # unpack once, before any training reads it
     rows = []
     for name in a.only or sorted(MODELS):
         m = MODELS[name]

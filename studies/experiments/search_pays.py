@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from frandi_core import Policy
-from search._report import feasible
+from search import feasible
 
-from ._common import Bench, Report, bench, figure, parse, parser, policy_summary, save
+from ._common import Bench, Report, each_model, figure, parse, parser, policy_summary, save
 from ._searches import SearchRun, policy_of, run_search, variant
 
 UNIFORM_BITS = (8, 4)
@@ -79,47 +79,45 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--search-trials", type=int, default=30, help="trials of the search")
     a = parse(p, argv)
     n_search = 2 if a.quick else a.search_trials
-    out, rows = Path(a.out), []
-    for name in a.models:
-        ratio = QUICK_RATIO if a.quick else a.ratio or BUDGETS.get(name, DEFAULT_BUDGET)
-        with bench(name, a) as b:
-            report = Report("search_pays", name + a.suffix, f"Does the search pay? {name}", out, a.argv)
-            cfg = variant(
-                b.cfg,
-                f"budget{ratio:g}{a.suffix}",
-                study={"n_trials": n_search, "objectives": ("od",), "min_ratio": ratio, "baselines": ()},
-            )
-            run = run_search(cfg, a.storage)
-            ok = [t for t in run.trials if feasible(t)]
-            sp = cfg.space
-            line = (
-                f"study '{cfg.study.name}': {len(run.trials)} trials taking {run.trial_seconds:.0f} s, "
-                f"{len(ok)} feasible ({run.new_trials} run now), sampler {cfg.study.sampler} seed {cfg.study.seed}, "
-                "OD the only objective, "
-                f"per-layer sparsity {list(sp.sparsity)} step {sp.sparsity_step} and bits {list(sp.bits)}, "
-                f"first/last layers {'dense 8-bit' if sp.keep_first_last else 'searched'}, no baselines enqueued"
-            )
-            print(f"[{name}] search: {line}", flush=True)
-            table = []
-            if ok:
-                best = min(ok, key=lambda t: t.values[0])
-                table.append(evaluate(b, f"search best OD (trial {best.number})", policy_of(best)))
-            for w in UNIFORM_BITS:
-                table.append(evaluate(b, f"uniform W{w}", b.for_ratio(ratio, w)))
-            plot(b, run, table, ratio, out / f"{report.name}.png")
-            report.setup(
-                b,
-                budget=f"compression ratio >= {ratio:g} (nnz x bits, + 1-bit mask if pruned, + fp32 scales)",
-                search=line,
-                uniform=f"the same sparsity on every layer at {', '.join(f'W{w}' for w in UNIFORM_BITS)}, the "
-                "sparsity found by bisection so the ratio equals the budget",
-            )
-            if not ok:
-                report.add("The search found no feasible policy: no comparison possible.")
-            report.add_results(table)
-            report.write()
-            rows += table
-    return rows
+
+    def model(b: Bench, report: Report) -> list[dict[str, Any]]:
+        ratio = QUICK_RATIO if a.quick else a.ratio or BUDGETS.get(b.name, DEFAULT_BUDGET)
+        cfg = variant(
+            b.cfg,
+            f"budget{ratio:g}{a.suffix}",
+            study={"n_trials": n_search, "objectives": ("od",), "min_ratio": ratio, "baselines": ()},
+        )
+        run = run_search(cfg, a.storage)
+        ok = [t for t in run.trials if feasible(t)]
+        sp = cfg.space
+        line = (
+            f"study '{cfg.study.name}': {len(run.trials)} trials taking {run.trial_seconds:.0f} s, "
+            f"{len(ok)} feasible ({run.new_trials} run now), sampler {cfg.study.sampler} seed {cfg.study.seed}, "
+            "OD the only objective, "
+            f"per-layer sparsity {list(sp.sparsity)} step {sp.sparsity_step} and bits {list(sp.bits)}, "
+            f"first/last layers {'dense 8-bit' if sp.keep_first_last else 'searched'}, no baselines enqueued"
+        )
+        print(f"[{b.name}] search: {line}", flush=True)
+        table = []
+        if ok:
+            best = min(ok, key=lambda t: t.values[0])
+            table.append(evaluate(b, f"search best OD (trial {best.number})", policy_of(best)))
+        for w in UNIFORM_BITS:
+            table.append(evaluate(b, f"uniform W{w}", b.for_ratio(ratio, w)))
+        plot(b, run, table, ratio, report.png)
+        report.setup(
+            b,
+            budget=f"compression ratio >= {ratio:g} (nnz x bits, + 1-bit mask if pruned, + fp32 scales)",
+            search=line,
+            uniform=f"the same sparsity on every layer at {', '.join(f'W{w}' for w in UNIFORM_BITS)}, the "
+            "sparsity found by bisection so the ratio equals the budget",
+        )
+        if not ok:
+            report.add("The search found no feasible policy: no comparison possible.")
+        report.add_results(table)
+        return table
+
+    return each_model(a, "search_pays", "Does the search pay? {name}", model)
 
 
 if __name__ == "__main__":

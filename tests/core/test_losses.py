@@ -1,4 +1,5 @@
-"""The paper's formulas (eq. 1 KL of BN statistics, eq. 3 output discrepancy) against hand computations."""
+"""The paper's formulas (eq. 1 KL of BN statistics, eq. 2 feature loss, eq. 3 output discrepancy) against hand
+computations."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import math
 import pytest
 import torch
 
-from frandi_core import batch_stats, bn_kl, normalized_distance, od_from_outputs, total_variation
-from frandi_core._losses import distance_to_unit
+from frandi_core import batch_stats, bn_kl, feature_loss, normalized_distance, od_from_outputs, total_variation
 
 
 def t(*values: float) -> torch.Tensor:
@@ -137,13 +137,15 @@ def test_normalized_distance_flattens_feature_maps_per_sample() -> None:
     assert torch.allclose(normalized_distance(a, b), t(0.0, math.sqrt(2)))
 
 
-def test_distance_to_unit_targets_equals_the_normalized_distance() -> None:
+def test_feature_loss_on_unit_teacher_rows_equals_the_normalized_distance() -> None:
     # FR compares student features with cached unit-norm teacher rows: same value as eq. 2 on raw features
     gen = torch.Generator().manual_seed(5)
     student, teacher = torch.randn(4, 3, 2, 2, generator=gen), 3 * torch.randn(4, 12, generator=gen)
     unit = teacher / teacher.norm(dim=1, keepdim=True)
-    assert torch.allclose(distance_to_unit(student, unit), normalized_distance(student, teacher), atol=1e-6)
-    assert torch.allclose(distance_to_unit(t(3.0, 4.0).view(1, 2), t(0.8, 0.6).view(1, 2)), t(math.sqrt(0.08)))
+    one = normalized_distance(student, teacher).mean()
+    assert torch.allclose(feature_loss([student], [unit]), one, atol=1e-6)
+    assert torch.allclose(feature_loss([student, 2 * student], [unit, unit]), 2 * one, atol=1e-6)  # summed layers
+    assert feature_loss([t(3.0, 4.0).view(1, 2)], [t(0.8, 0.6).view(1, 2)]).item() == pytest.approx(math.sqrt(0.08))
 
 
 def _composed_distance(a: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
@@ -151,26 +153,25 @@ def _composed_distance(a: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     return (a / a.norm(dim=1, keepdim=True).clamp_min(1e-12) - unit).norm(dim=1)
 
 
-def test_distance_to_unit_gradient_matches_autograd_of_the_formula() -> None:
+def test_feature_loss_gradient_matches_autograd_of_the_formula() -> None:
     # the hand-written backward against finite differences and against autograd of the composed formula
     gen = torch.Generator().manual_seed(6)
     a = torch.randn(5, 2, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     unit = torch.nn.functional.normalize(torch.randn(5, 18, generator=gen, dtype=torch.float64), dim=1)
     unit[0] = a[0].detach().flatten() / a[0].detach().norm()  # a row at distance 0: gradient 0, not NaN
-    assert torch.autograd.gradcheck(lambda x: distance_to_unit(x, unit), (a,))
-    w = torch.rand(5, generator=gen, dtype=torch.float64)
-    (mine,) = torch.autograd.grad((distance_to_unit(a, unit) * w).sum(), a)
-    (ref,) = torch.autograd.grad((_composed_distance(a, unit) * w).sum(), a)
+    assert torch.autograd.gradcheck(lambda x: feature_loss([x], [unit]), (a,))
+    (mine,) = torch.autograd.grad(feature_loss([a], [unit]), a)
+    (ref,) = torch.autograd.grad(_composed_distance(a, unit).mean(), a)
     assert torch.allclose(mine, ref, atol=1e-6)
     assert torch.isfinite(mine).all() and mine[0].abs().max() < 1e-6
 
 
-def test_distance_to_unit_of_bf16_features_is_fp32_with_a_bf16_gradient() -> None:
+def test_feature_loss_of_bf16_features_is_fp32_with_a_bf16_gradient() -> None:
     a = torch.randn(4, 8).bfloat16().requires_grad_()
     unit = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
-    d = distance_to_unit(a, unit)
+    d = feature_loss([a], [unit])
     assert d.dtype == torch.float32
-    d.sum().backward()
+    d.backward()
     assert a.grad is not None and a.grad.dtype == torch.bfloat16 and torch.isfinite(a.grad.float()).all()
 
 

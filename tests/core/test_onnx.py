@@ -22,7 +22,7 @@ from frandi_core import (
     teacher_targets,
     to_onnx,
 )
-from studies.data import accuracy, digits
+from search import accuracy, labeled_data
 
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| relative to max |PyTorch|, as frandi export checks
 POLICIES = {  # weight bits, activation bits; 50% sparsity, first and last layers dense W8 (A8 where A is set)
@@ -79,7 +79,7 @@ def test_onnx_real_accuracy_matches_within_a_tenth_of_a_point(
     student_and_onnx: tuple[nn.Module, Policy, bytes],
 ) -> None:
     student, _, data = student_and_onnx
-    test = digits("test")
+    test = labeled_data("digits", "test")
     torch_acc = accuracy(student, test)
     x, y = test.tensors
     onnx_acc = 100.0 * float((run_onnx(data, x).argmax(1) == y).float().mean())

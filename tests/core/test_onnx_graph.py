@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from frandi_core import (
@@ -21,12 +21,11 @@ from frandi_core import (
     fake_quantize_act,
     model_size,
     onnx_parity,
-    pack_bits,
     packed,
+    run_onnx,
+    set_activation_quantizers_,
     to_onnx,
 )
-from frandi_core._onnx import session
-from frandi_core._onnx_graph import OPSET, Builder, quantize_input, unpack_bits
 from frandi_core.models import resnet
 
 from .test_pack import CALIBRATION, odd_model, random_policies
@@ -36,45 +35,56 @@ LAYER_BYTES = 600  # most a compressed layer adds: its call, its parts' names an
 ACT_LAYER_BYTES = 300  # most an activation-quantized layer adds: its step and 4 nodes
 
 
-def run(nodes: list[onnx.NodeProto], b: Builder, inputs: dict[str, np.ndarray], output: str, dtype: int) -> np.ndarray:
-    """Run a small graph of ``nodes`` (constants from ``b``) in onnxruntime, checked by onnx first; its one output."""
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-                     for k, v in inputs.items()],
-        [helper.make_tensor_value_info(output, dtype, [None])], b.all_initializers(),
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    onnx.checker.check_model(model, full_check=True)
-    return session(model.SerializeToString(), threads=1).run(None, inputs)[0]
+def linear(n_in: int, n_out: int, identity: bool = False) -> nn.Module:
+    """A bias-free Linear layer: fed the identity matrix, its output is its weight (transposed) exactly."""
+    layer = nn.Linear(n_in, n_out, bias=False).eval()
+    with torch.no_grad():
+        if identity:
+            layer.weight.copy_(torch.eye(n_out, n_in))
+        else:
+            layer.weight.normal_(generator=torch.Generator().manual_seed(n_in * 7 + n_out))
+    return layer
 
 
-@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 7, 8, 11, 17])
-@pytest.mark.parametrize("count", [0, 1, 7, 1001])
-def test_in_graph_unpacking_gives_what_was_packed(width: int, count: int) -> None:
-    values = np.random.default_rng(width * 1000 + count).integers(0, 2**width, count)
-    b = Builder(set())
-    data = b.const("data", pack_bits(values, width).reshape(-1, 1))
-    out = unpack_bits(b, data, width, count)
-    b.op("Identity", [out], "out")
-    got = run(b.nodes, b, {}, "out", TensorProto.UINT8 if width == 1 else TensorProto.INT32)
-    assert got.shape == (count,) and np.array_equal(got, values)
+@pytest.mark.parametrize(
+    "shape, sparsity, bits",
+    [
+        ((8, 4), 0.0, 2), ((7, 5), 0.0, 3), ((16, 3), 0.0, 8),  # dense levels
+        ((33, 9), 0.5, 4), ((11, 13), 0.37, 5), ((64, 10), 0.5, None),  # a bitmask
+        ((1, 2), 0.5, 3), ((1, 1), 0.6, 4), ((100, 64), 0.95, 7),  # flat indices: 1 bit, none kept, 13 bits
+        ((512, 256), 0.95, 6), ((300, 40), 0.9, None),  # 17-bit indices; fp32 values at 14-bit indices
+    ],
+)
+def test_in_graph_unpacking_gives_the_student_s_weight_exactly(
+    shape: tuple[int, int], sparsity: float, bits: int | None
+) -> None:
+    n_in, n_out = shape
+    model = linear(n_in, n_out)
+    policy = Policy.from_dict({"": LayerSetting(sparsity, bits)})
+    student = compress(model, policy)
+    eye = torch.eye(n_in)
+    got = run_onnx(to_onnx(student, policy, eye), eye)
+    assert torch.equal(got, student.weight.detach().T)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 @pytest.mark.parametrize("signed", [False, True])
 def test_activation_quantization_is_fake_quantize_act_bit_for_bit(bits: int, signed: bool) -> None:
-    """Random inputs, inputs at every rounding tie (x / step = k + 0.5) and one ulp either side, outside the grid."""
+    """Random inputs, inputs at every rounding tie (x / step = k + 0.5) and one ulp either side, outside the grid,
+    through an identity layer whose input is quantized."""
     gen = torch.Generator().manual_seed(bits * 2 + signed)
-    for step in torch.exp(torch.empty(5).uniform_(-6, 1, generator=gen)):
+    model = linear(64, 64, identity=True)
+    policy = Policy.from_dict({"": LayerSetting(act_bits=bits)})
+    for step in torch.exp(torch.empty(2).uniform_(-6, 1, generator=gen)):
         k = torch.arange(-2.0**bits, 2.0**bits)
         ties = (k + 0.5) * step
         x = torch.cat([torch.randn(20_000, generator=gen) * step * 2**bits / 3, ties,
                        ties.nextafter(torch.tensor(np.inf)), ties.nextafter(torch.tensor(-np.inf))])
-        b = Builder(set())
-        node = helper.make_node("Identity", ["x"], ["y"])
-        added = quantize_input(b, node, b.const("step", step.numpy()), bits, signed)
-        got = run([*added, node], b, {"x": x.numpy()}, "y", TensorProto.FLOAT)
-        assert torch.equal(torch.from_numpy(got), fake_quantize_act(x, step, bits, signed))
+        x = torch.cat([x, torch.zeros(-len(x) % 64)]).view(-1, 64)
+        student = compress(model, policy, calibration=x)
+        set_activation_quantizers_(student, {"": {"bits": bits, "signed": signed, "step": float(step)}})
+        got = run_onnx(to_onnx(student, policy, x), x)
+        assert torch.equal(got, fake_quantize_act(x, step, bits, signed))
 
 
 def test_onnxruntime_folds_the_unpacking_when_it_loads(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from frandi_core import (
     strip_,
     teacher_targets,
 )
-from studies import data
+from search import accuracy, labeled_data
 
 from .conftest import assert_unchanged, snapshot
 
@@ -75,11 +75,11 @@ def teacher_out(reference: nn.Module, synthetic: SyntheticData) -> torch.Tensor:
 def recovery(
     reference: nn.Module, synthetic: SyntheticData, targets: TeacherTargets, teacher_out: torch.Tensor
 ) -> Recovery:
-    digits = data.digits("test")
+    digits = labeled_data("digits", "test")
     teacher_state = snapshot(reference)
     student = compress(reference, Policy.uniform(reference, SPARSITY))
     od_before = output_discrepancy(student, synthetic.heldout, teacher_out)
-    acc_before = data.accuracy(student, digits)
+    acc_before = accuracy(student, digits)
     bn_before = bn_buffers(student)
     calls = 0
 
@@ -97,9 +97,9 @@ def recovery(
         losses=losses,
         od_before=od_before,
         od_after=output_discrepancy(student, synthetic.heldout, teacher_out),
-        acc_teacher=data.accuracy(reference, digits),
+        acc_teacher=accuracy(reference, digits),
         acc_before=acc_before,
-        acc_after=data.accuracy(student, digits),
+        acc_after=accuracy(student, digits),
         teacher_calls=calls,
         bn_before=bn_before,
         teacher_state=teacher_state,

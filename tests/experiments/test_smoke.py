@@ -13,11 +13,7 @@ import optuna
 import pytest
 import torch
 
-from search import load_config
-from search._evaluate import ACCURACY, labeled_set, stored_accuracy
-from search._launch import open_for
-from search._study import open_study
-from studies import data as datasets
+from search import labeled_data, labeled_set, load_config, open_for, open_study, stored_accuracy
 from studies.experiments import act_quantization, fr_vs_finetune, od_accuracy, pruning, quantization, search_pays
 
 
@@ -114,7 +110,7 @@ def test_evaluate_stores_accuracy_and_prints_correlations(
     with open_for(cfg) as st:
         s = open_study(cfg, st)
         stored = stored_accuracy(s)
-        assert ACCURACY in s.user_attrs
+        assert "frandi:accuracy" in s.user_attrs  # the stored format: one study attribute
         trials = {t.number: t for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
     assert sorted(stored) == [0, 1, 2, 3]
     table = {}
@@ -152,19 +148,13 @@ def test_evaluate_bad_input(
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_digits_preset_matches_the_training_split() -> None:
-    """evaluate's digits preset duplicates studies/data.py's split and normalization: they must agree."""
-    ours = labeled_set("digits", None, (1, 8, 8))
-    theirs = datasets.digits("test")
-    assert torch.equal(ours.tensors[1], theirs.tensors[1])
-    assert torch.allclose(ours.tensors[0], theirs.tensors[0], atol=1e-6)
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist: the files as published
 
 
-@pytest.mark.skipif(not datasets.FASHION_DEB.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
-def test_fashion_preset_matches_the_training_data(tmp_path: Path) -> None:
-    """evaluate reads Fashion-MNIST through torchvision transforms; the result must equal studies/data.py's."""
-    root = datasets.prepare_fashion(tmp_path)
-    ours = labeled_set("fashion", str(root), (1, 28, 28), limit=200)
-    theirs = datasets.fashion("test", root)
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_preset_matches_the_training_data() -> None:
+    """evaluate reads Fashion-MNIST through torchvision transforms; the result must equal the training tensors."""
+    ours = labeled_set("fashion", str(FASHION), (1, 28, 28), limit=200)
+    theirs = labeled_data("fashion", "test", FASHION)
     assert torch.equal(ours.tensors[1], theirs.tensors[1][:200])
     assert torch.allclose(ours.tensors[0], theirs.tensors[0][:200], atol=1e-5)

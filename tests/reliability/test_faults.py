@@ -16,15 +16,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
 from frandi_core import load_model
-from search import load_config, open_for
-from search._trial import cached_batches, model_spec
+from search import cached_batches, load_config, model_spec, open_for
 from search.cli import main
-from storage._tables import blobs
+from tests import blob_rows
 from tests.conftest_pg import PgServer
 
 from ._models import save_tempered
@@ -227,28 +225,13 @@ def test_corrupted_cached_batch_is_detected_and_regenerated(storage_url, write_s
     with open_for(cfg) as st:
         key, first = cached_batches(cfg, st, teacher)
         sha = st.blob_info(key)["sha256"]  # type: ignore[index]
-        engine = sqlalchemy.create_engine(st.url)
-        with engine.begin() as conn:  # valid zlib holding other bytes: only the hash can tell
-            conn.execute(sqlalchemy.update(blobs).where(blobs.c.key == key).values(data=zlib.compress(b"rot")))
-        engine.dispose()
+        blob_rows.set_data(st.url, key, zlib.compress(b"rot"))  # valid zlib holding other bytes: only the hash can tell
         with caplog.at_level(logging.WARNING, logger="storage"):
             again_key, again = cached_batches(cfg, st, teacher)
         info = st.blob_info(key)
     assert "corrupted" in caplog.text
     assert again_key == key and info is not None and info["sha256"] == sha
     assert torch.equal(again.recovery, first.recovery) and torch.equal(again.heldout, first.heldout)
-
-
-def _blob_states(url: str) -> list[str]:
-    """States of the cached blobs, read directly ([] while the database or table does not exist yet)."""
-    engine = sqlalchemy.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return list(connection.execute(sqlalchemy.select(blobs.c.state)).scalars())
-    except sqlalchemy.exc.OperationalError:
-        return []
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "kill-9"])
@@ -262,16 +245,16 @@ def test_search_killed_during_synthesis_is_taken_over_within_the_grace_period(
 
     def synthesizing() -> bool:
         assert search.proc.poll() is None, search.err_path.read_text()[-3000:]
-        return _blob_states(url) == ["pending"]
+        return blob_rows.states(url) == ["pending"]
 
     wait_until(synthesizing, 120, "the synthesis to start", poll=0.1)
     search.signal_group(signal.SIGTERM if stop == "sigterm" else signal.SIGKILL)
     code, _, err = search.wait(60)
     if stop == "sigterm":  # the claim is released on the way out: nobody has to wait for it
         assert code == 143 and "Traceback" not in err, err[-3000:]
-        assert _blob_states(url) == []
+        assert blob_rows.states(url) == []
     else:
-        assert code == -signal.SIGKILL and _blob_states(url) == ["pending"]
+        assert code == -signal.SIGKILL and blob_rows.states(url) == ["pending"]
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="storage"):
         code, _, err = frandi("search", study, "--no-progress")  # the same study: it needs the same batches

@@ -11,14 +11,28 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from frandi_core import ACT_SIZE_RULE, SIZE_RULE, LayerSetting, Policy, compressible_layers, load_model
-from search import SearchSpace, StudyConfig, TrialRunner, create_or_resume, load_config
-from search._config import ALLOCATED_ONLY, _file_digest, replace
-from search._launch import open_for
-from search._study import FINGERPRINT, open_study
-from search._trial import model_spec
+from frandi_core import ACT_SIZE_RULE, SIZE_RULE, LayerSetting, Policy, compressible_layers
+from search import (
+    StudyConfig,
+    TrialRunner,
+    check_model,
+    create_or_resume,
+    load_config,
+    open_for,
+    open_study,
+    replace,
+)
 
 ACT_SPACE = 'bits = [4, 8, 32]\nact_bits = [4, 8]'
+FINGERPRINT = "frandi:fingerprint"  # the study attribute that holds it, as stored
+# the keys [space] and [recovery] had before activation bits, BOPs and allocated mode existed
+OLD_SPACE_KEYS = ("layers", "fixed", "sparsity", "sparsity_step", "bits", "keep_first_last")
+OLD_RECOVERY_KEYS = ("steps", "lr", "batch_size", "layers", "seed", "precision")
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of the weights file, "missing" when there is none (the experiments' checkpoints are not committed)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
 def fingerprint_before_activation_bits(cfg: StudyConfig) -> str:
@@ -27,14 +41,10 @@ def fingerprint_before_activation_bits(cfg: StudyConfig) -> str:
     keep = {
         "objectives": cfg.study.objectives,
         "min_ratio": cfg.study.min_ratio,
-        "model": dataclasses.asdict(cfg.model) | {"weights": _file_digest(cfg.weights_path)},
+        "model": dataclasses.asdict(cfg.model) | {"weights": weights_digest(cfg.weights_path)},
         "synthetic": dataclasses.asdict(cfg.synthetic),
-        "space": {  # nor allocated mode (a layerwise study leaves its keys out)
-            k: v for k, v in dataclasses.asdict(cfg.space).items() if k not in ("act_bits", "mode", *ALLOCATED_ONLY)
-        },
-        "recovery": {
-            k: v for k, v in dataclasses.asdict(cfg.recovery).items() if k not in ("calibration", "learn_act_steps")
-        },
+        "space": {k: v for k, v in dataclasses.asdict(cfg.space).items() if k in OLD_SPACE_KEYS},
+        "recovery": {k: v for k, v in dataclasses.asdict(cfg.recovery).items() if k in OLD_RECOVERY_KEYS},
         "size": SIZE_RULE,
     }
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -78,7 +88,7 @@ def test_activation_recovery_keys_count_only_where_activations_are_quantized(stu
 def test_an_old_study_resumes_unchanged(study_file) -> None:
     cfg = load_config(study_file())
     with open_for(cfg) as st:
-        space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+        space = check_model(cfg)[1]
         study = create_or_resume(cfg, st, space)
         study.set_user_attr(FINGERPRINT, fingerprint_before_activation_bits(cfg))  # as the old code stored it
         create_or_resume(cfg, st, space)  # no ConfigError: the same study file still matches
@@ -87,7 +97,7 @@ def test_an_old_study_resumes_unchanged(study_file) -> None:
 
 def test_default_space_samples_the_parameters_it_always_did(study_file) -> None:
     cfg = load_config(study_file())
-    space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+    space = check_model(cfg)[1]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
     policy = space.sample(trial)
@@ -97,13 +107,13 @@ def test_default_space_samples_the_parameters_it_always_did(study_file) -> None:
 
 def test_searched_activation_bits_and_edges_at_w8a8(study_file) -> None:
     cfg = load_config(edit(study_file(), "bits = [4, 8, 32]", ACT_SPACE))
-    space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+    space = check_model(cfg)[1]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
         trial = study.ask()
         policy = space.sample(trial).as_dict()
         assert all(policy[n].act_bits == trial.params[f"{n}:act_bits"] for n in space.searched)
-        first, *_, last = [layer.name for layer in compressible_layers(load_model(model_spec(cfg)))]
+        first, *_, last = [layer.name for layer in compressible_layers(check_model(cfg)[0])]
         assert policy[first] == policy[last] == LayerSetting(0.0, 8, 8)
     assert space.uniform_params(0.0, 4)[f"{space.searched[0]}:act_bits"] == 8
 
@@ -140,16 +150,16 @@ def test_a_bops_study_records_bops_and_reports_them(study_file, frandi) -> None:
 def test_a_study_that_quantizes_activations_counts_their_steps_in_its_size_rule(study_file, frandi) -> None:
     """Packed files store one fp32 step per activation-quantized layer since ACT_SIZE_RULE: such a study
     fingerprints that rule, and one stored under the old rule is refused; other studies keep SIZE_RULE."""
-    import search._config
-
     plain = load_config(study_file())
     assert plain.size_rule == SIZE_RULE and plain.comparable()["size accounting"] == SIZE_RULE
     path = edit(study_file(n_trials=2), "bits = [4, 8, 32]", ACT_SPACE)
     cfg = load_config(path)
     assert cfg.size_rule == ACT_SIZE_RULE != SIZE_RULE and cfg.comparable()["size accounting"] == ACT_SIZE_RULE
-    with pytest.MonkeyPatch.context() as m:  # as the code before the steps were stored fingerprinted it
-        m.setattr(search._config, "ACT_SIZE_RULE", SIZE_RULE)
+    with pytest.MonkeyPatch.context() as m:  # the code before the steps were stored: every study on SIZE_RULE
+        m.setattr(StudyConfig, "size_rule", property(lambda self: SIZE_RULE))
+        old = cfg.fingerprint()
         assert frandi("search", path, "--no-progress")[0] == 0
+    assert old != cfg.fingerprint()  # the rule alone changes the hash
     code, _, err = frandi("search", edit(path, "n_trials = 2", "n_trials = 3"), "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "size accounting changed" in err and "--force" in err
     with open_for(cfg) as st:

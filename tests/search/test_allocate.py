@@ -11,11 +11,17 @@ import torch
 
 from frandi_core import LayerSetting, compressible_layers, model_outputs
 from frandi_core.models import resnet
-from search import AllocatedSpace, SearchSpace, load_config, open_study
-from search._config import RULES, SpaceSection
-from search._knapsack import choose
-from search._launch import open_for
-from search._sensitivity import candidates, measure
+from search import (
+    AllocatedSpace,
+    SearchSpace,
+    SpaceSection,
+    candidates,
+    choose,
+    load_config,
+    measure,
+    open_for,
+    open_study,
+)
 from tests.tiny_study import make_weights, study_text
 
 STEP = 0.05
@@ -36,7 +42,7 @@ def _searched_size(space: AllocatedSpace, settings: dict[str, LayerSetting]) -> 
     return sum(space.layer_bytes(n, settings[n]) for n in space.searched)
 
 
-@pytest.mark.parametrize("rule", [r for r in RULES if r != "sensitivity"])
+@pytest.mark.parametrize("rule", [r for r in SpaceSection().rules if r != "sensitivity"])
 @pytest.mark.parametrize("level", [0.3, 0.6, 0.85])
 def test_each_rule_prunes_its_global_level(space: AllocatedSpace, rule: str, level: float) -> None:
     settings = space.allocate(rule, level, 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 import wsgiref.util
 from pathlib import Path
@@ -12,18 +13,46 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from frandi_core import Policy, build_architecture, compressible_layers, load_model
-from search import SearchSpace, create_or_resume, load_config
-from search._config import replace
-from search._launch import open_for
-from search._study import open_study, to_start_key
-from search._trial import TrialRunner, model_spec
+from frandi_core import Policy, build_architecture
+from search import (
+    TrialRunner,
+    check_model,
+    create_or_resume,
+    load_config,
+    open_for,
+    open_study,
+    replace,
+    to_start_key,
+)
+from search.cli import COMMANDS, main
 
 
 def trials_of(study_file: Path) -> list[optuna.trial.FrozenTrial]:
     cfg = load_config(study_file)
     with open_for(cfg) as st:
         return open_study(cfg, st).get_trials()
+
+
+def test_every_command_in_the_help_has_a_handler(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = re.findall(r"^    (\w+)", capsys.readouterr().out, re.M)
+    assert listed == list(COMMANDS) and len(listed) == 9
+
+
+def test_an_in_process_worker_reuses_the_teacher_and_batches_the_search_loaded(study_file, frandi, monkeypatch):
+    loads: list[object] = []
+    real = torch.load
+
+    def counted(*args: object, **kwargs: object) -> object:
+        loads.append(args[0])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    assert frandi("search", study_file(n_trials=1), "--no-progress")[0] == 0  # batches made and stored
+    monkeypatch.setattr(torch, "load", counted)
+    assert frandi("search", study_file(n_trials=2), "--workers", "1", "--no-progress")[0] == 0
+    files = [x for x in loads if isinstance(x, (str, Path))]
+    assert len(files) == 1 and len(loads) == 2  # the weights file once, the stored batches once
 
 
 def test_search_finishes_n_trials_and_prints_front(study_file, frandi) -> None:
@@ -69,7 +98,7 @@ def test_a_large_study_keeps_only_baselines_waiting(study_file, frandi) -> None:
     # hundreds of WAITING trials would make every claim and every sampling re-read them all
     cfg = load_config(study_file(n_trials=500))
     with open_for(cfg) as st:
-        space = SearchSpace.build(cfg.space, compressible_layers(load_model(model_spec(cfg))))
+        space = check_model(cfg)[1]
         study = create_or_resume(cfg, st, space)
         waiting = study.get_trials(states=(TrialState.WAITING,))
         assert len(waiting) == 3 and all(t.user_attrs["baseline"] for t in waiting)  # 0.5 at 32, 8 and 4 bits
@@ -165,13 +194,15 @@ def test_changed_study_file_is_refused_unless_forced(study_file, frandi) -> None
     assert sum(t.state == TrialState.COMPLETE for t in trials_of(path)) == 4
 
 
-def test_study_sized_by_an_older_rule_is_refused(study_file, frandi, monkeypatch) -> None:
+def test_study_sized_by_an_older_rule_is_refused(study_file, frandi) -> None:
     """Trials whose size was counted another way cannot share a Pareto front with new ones."""
-    import search._config
-
-    with monkeypatch.context() as m:
-        m.setattr(search._config, "SIZE_RULE", "an-older-rule")
-        assert frandi("search", study_file(n_trials=2), "--no-progress")[0] == 0
+    assert frandi("search", study_file(n_trials=2), "--no-progress")[0] == 0
+    cfg = load_config(study_file(n_trials=2))
+    with open_for(cfg) as st:  # as a study sized by an older rule holds it (test_activations checks the hash has it)
+        study = open_study(cfg, st)
+        config = json.loads(study.user_attrs["frandi:config"])
+        study.set_user_attr("frandi:config", json.dumps(config | {"size accounting": "an-older-rule"}))
+        study.set_user_attr("frandi:fingerprint", "fingerprint-of-an-older-rule")
     code, _, err = frandi("search", study_file(n_trials=3), "--no-progress")
     assert code == 2 and "size accounting changed" in err and "--force" in err
     assert len(trials_of(study_file(n_trials=3))) == 2

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from frandi_core import Policy, output_discrepancy
-from search import TrialRunner, load_config, open_study
-from search._config import replace
-from search._launch import open_for
+from search import TrialRunner, load_config, open_for, open_study, replace
 from tests.tiny_study import make_weights, study_text
 
 

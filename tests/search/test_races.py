@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from storage import open_storage
+from tests.optuna_ids import trial_id
 from tests.search import _race_workers
 
 N_PROCESSES = 4
@@ -41,7 +42,7 @@ def test_each_waiting_trial_is_claimed_by_exactly_one_process(storage_url, pool,
         study = optuna.create_study(study_name="race", storage=st.optuna)
         for i in range(24):
             study.enqueue_trial({"x": float(i)})
-        waiting = {t._trial_id for t in study.get_trials(states=(TrialState.WAITING,))}
+        waiting = {trial_id(st.optuna, "race", t.number) for t in study.get_trials(states=(TrialState.WAITING,))}
         won = pool.starmap(_race_workers.claim_all, [(st, "race")] * N_PROCESSES)
         claimed = [trial_id for ids in won for trial_id in ids]
         assert sorted(claimed) == sorted(waiting), "a trial was claimed twice (or not at all)"
@@ -55,7 +56,7 @@ def test_a_stale_trial_is_failed_and_retried_once_by_concurrent_reapers(storage_
         stale = []
         for _ in range(8):  # trials whose worker died: they beat once, then never again
             trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 10)})
-            st.optuna.record_heartbeat(trial._trial_id)
+            st.optuna.record_heartbeat(trial_id(st.optuna, "race", trial.number))
             stale.append(trial.number)
         time.sleep(4)  # past the grace period (2 s), with SQLite telling the time in whole seconds
         pool.starmap(_race_workers.reap, [(st, "race")] * N_PROCESSES)

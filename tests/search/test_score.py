@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search import load_config, open_study
-from search._launch import open_for
+from search import load_config, open_for, open_study
 from tests.tiny_study import make_weights, study_text
 
 

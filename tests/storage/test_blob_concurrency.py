@@ -11,10 +11,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sqlalchemy import insert
 
 from storage import StorageError, open_storage
-from storage._tables import blobs, utcnow
+from tests.blob_rows import insert_pending
 from tests.storage import _workers
 
 N_WORKERS = 4
@@ -49,14 +48,8 @@ def test_processes_open_fresh_database_at_once(storage_url: str, pool: multiproc
         assert [st.get_blob(key) for key in keys] == [key.encode() for key in keys]
 
 
-def _insert_pending(url: str, key: str, owner: str) -> None:
-    with open_storage(url) as st, st._session() as s:
-        now = utcnow()
-        s.execute(insert(blobs).values(key=key, state="pending", owner=owner, created=now, updated=now))
-
-
 def test_stale_claim_is_taken_over(storage_url: str) -> None:
-    _insert_pending(storage_url, "k", "dead-worker")
+    insert_pending(storage_url, "k", "dead-worker")
     with open_storage(storage_url) as st:
         assert st.get_blob("k") is None  # pending is not ready
         t0 = time.monotonic()
@@ -67,7 +60,7 @@ def test_stale_claim_is_taken_over(storage_url: str) -> None:
 
 
 def test_waiting_on_live_claim_times_out(storage_url: str) -> None:
-    _insert_pending(storage_url, "k", "slow-worker")
+    insert_pending(storage_url, "k", "slow-worker")
     with open_storage(storage_url) as st:
         expected = "timed out after .* waiting for blob 'k' being made by slow-worker"
         with pytest.raises(StorageError, match=expected):

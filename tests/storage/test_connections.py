@@ -12,6 +12,7 @@ import pytest
 
 from storage import open_storage
 from tests.conftest_pg import PgServer
+from tests.optuna_ids import trial_id
 
 pytestmark = pytest.mark.postgres
 QUERY = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
@@ -43,10 +44,11 @@ def test_a_worker_keeps_one_connection_and_its_busy_threads_at_most_two(pg_serve
 
         study = optuna.create_study(study_name="s", storage=st.optuna)
         running = study.ask()
+        running_id = trial_id(st.optuna, "s", running.number)
         st.set_counter("to-start", 1000)
         threads = [
             every(0.005, count),
-            every(0.002, lambda: st.optuna.record_heartbeat(running._trial_id)),  # a heartbeat thread, hurried
+            every(0.002, lambda: st.optuna.record_heartbeat(running_id)),  # a heartbeat thread, hurried
             every(0.002, lambda: st.take_from_counter("to-start")),  # our own table, from another thread
         ]
         try:

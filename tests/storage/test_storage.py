@@ -9,20 +9,12 @@ import zlib
 
 import optuna
 import pytest
-import sqlalchemy
-from sqlalchemy import inspect, update
+from sqlalchemy import inspect
 
 from storage import Storage, StorageError, open_storage
-from storage._tables import blobs
+from tests.blob_rows import set_data
 from tests.conftest_pg import PgServer
-
-
-def _set_data(url: str, key: str, data: bytes) -> None:
-    """Overwrite a blob's stored bytes behind the storage's back, as disk rot or a bad writer would."""
-    engine = sqlalchemy.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(update(blobs).where(blobs.c.key == key).values(data=data))
-    engine.dispose()
+from tests.optuna_ids import trial_id
 
 
 def test_open_creates_tables(storage_url: str) -> None:
@@ -65,11 +57,11 @@ def test_put_get_roundtrip(storage_url: str) -> None:
 def test_corrupted_blob_is_detected_and_regenerated(storage_url: str, bad: bytes) -> None:
     with open_storage(storage_url) as st:
         st.put_blob("k", b"good")
-        _set_data(st.url, "k", bad)
+        set_data(st.url, "k", bad)
         assert st.get_blob("k") is None
         assert st.blob_info("k") is None  # the corrupted row was deleted
         st.put_blob("k", b"good")
-        _set_data(st.url, "k", bad)
+        set_data(st.url, "k", bad)
         assert st.get_or_create_blob("k", lambda: b"regenerated") == b"regenerated"
         assert st.get_blob("k") == b"regenerated"
 
@@ -128,7 +120,8 @@ def test_heartbeat_stale_trial_is_failed_and_reenqueued(storage_url: str) -> Non
     with open_storage(storage_url, heartbeat_interval=1, grace_period=1) as st:
         study = optuna.create_study(storage=st.optuna)
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-        st.optuna.record_heartbeat(trial._trial_id)  # as a worker's heartbeat thread would, then it "dies"
+        # as a worker's heartbeat thread would, then it "dies"
+        st.optuna.record_heartbeat(trial_id(st.optuna, study.study_name, trial.number))
         time.sleep(2.2)
         optuna.storages.fail_stale_trials(study)  # what every worker does before starting a trial
         first, retry = study.get_trials()

@@ -1,7 +1,7 @@
-"""Train a small reference model with BatchNorm on real data and save its state_dict.
+"""Train a small model with BatchNorm on real data (digits or Fashion-MNIST) and save its state_dict.
 
-python -m studies.reference --data digits --arch resnet --out studies/models/resnet_digits.pt
-python -m studies.reference --data fashion --arch resnet --epochs 8 --out runs/models/resnet_fashion.pt
+python -m studies.train --data digits --arch resnet --out studies/models/resnet_digits.pt
+python -m studies.train --data fashion --arch resnet --epochs 8 --out runs/models/resnet_fashion.pt
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 
 from frandi_core import build_architecture
-
-from . import data as datasets
+from search import FASHION_ROOT, accuracy, labeled_data
 
 ARCHS = {
     "resnet": "frandi_core.models:resnet",
@@ -34,14 +33,14 @@ def train(
     lr: float = 0.05,
     batch_size: int = 64,
     seed: int = 0,
-    root: str = "data",
+    root: str | None = None,
     threads: int = 2,
 ) -> tuple[torch.nn.Module, float]:
     """SGD with momentum and a cosine schedule, 1-pixel random shifts; returns (model, test accuracy %)."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     model = build_architecture(ARCHS.get(arch, arch), kwargs or {})
-    train_set, test_set = datasets.load(data, "train", root), datasets.load(data, "test", root)
+    train_set, test_set = labeled_data(data, "train", root), labeled_data(data, "test", root)
     loader = DataLoader(
         train_set,
         batch_size=batch_size,
@@ -63,7 +62,7 @@ def train(
             sched.step()
         print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}", flush=True)
     model.eval()
-    return model, datasets.accuracy(model, test_set)
+    return model, accuracy(model, test_set)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--root", default="data", help="where Fashion-MNIST is unpacked")
+    p.add_argument("--root", help=f"{FASHION_ROOT} (default: that Debian folder)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
