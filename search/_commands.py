@@ -136,8 +136,6 @@ def export(
         study = open_study(cfg, st)
         (t,) = finished_trials(study, [trial], verb="export")
         folder = artifact_dir(cfg, st) if attach_it else None  # before any work: refused if there is none
-        if "threads" in t.user_attrs and device == "cpu":
-            torch.set_num_threads(int(t.user_attrs["threads"]))  # float sums depend on how work was split
         runner = TrialRunner(cfg, st, device=device)
         student, r, moved = rerun(runner, t)
         stored = t.values[0]

@@ -30,6 +30,7 @@ from frandi_core import (
     strip_,
 )
 from search import ConfigError, TrialRunner, artifact_dir, load_config, open_for, open_study
+from search import rerun as rerun_trial
 from search.cli import main
 from tests.tiny_study import make_weights, study_text
 
@@ -71,6 +72,22 @@ def rerun(work: Path, t: optuna.trial.FrozenTrial) -> tuple[torch.nn.Module, Tri
         runner = TrialRunner(cfg, st)
         student, _ = runner.student(Policy.from_json(t.user_attrs["policy"]))
     return student, runner
+
+
+def test_a_rerun_takes_the_trials_own_thread_count(work: Path) -> None:
+    """export and evaluate re-run a trial as it ran: float sums depend on how the work was split."""
+    t = quantized_trial(work)
+    recorded = int(t.user_attrs["threads"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(recorded + 1)
+    cfg = load_config(work / "study.toml")
+    try:
+        with open_for(cfg) as st:
+            _, _, moved = rerun_trial(TrialRunner(cfg, st), t)
+        assert torch.get_num_threads() == recorded
+        assert moved <= 1e-4
+    finally:
+        torch.set_num_threads(before)
 
 
 def raw(t: torch.Tensor) -> bytes:
