@@ -17,9 +17,9 @@ from ._optuna import OptunaChanged, check_optuna
 from ._report import feasible, pareto_trials, row
 from ._rerun import finished_trials, rerun
 from ._scoring import accuracy, correlations, stored_accuracy
-from ._sensitivity import candidates, measure
+from ._sensitivity import Probe, candidates, measure
 from ._space import SearchSpace
-from ._study import create_or_resume, open_study, to_start_key
+from ._study import create_or_resume, open_study, to_start_key, warm_start_seconds
 from ._trial import TrialResult, TrialRunner, batch_key, cached_batches, model_spec
 from ._worker import claim, claim_waiting, fail_stale_trials, run_trial, stale_trials, work
 
@@ -30,6 +30,7 @@ __all__ = [
     "AllocatedSpace",
     "ConfigError",
     "OptunaChanged",
+    "Probe",
     "SearchSpace",
     "SpaceSection",
     "StudyConfig",
@@ -66,5 +67,6 @@ __all__ = [
     "stale_trials",
     "stored_accuracy",
     "to_start_key",
+    "warm_start_seconds",
     "work",
 ]

@@ -13,6 +13,11 @@ pruning goes, and the whole search space is a handful of parameters a sampler le
 
 Every rule prunes the level's fraction of the searched weights (the rules that place it keep each layer in
 the space's sparsity range); offsets then shift the few most sensitive layers by a step or a bit width.
+
+Warm starts: no single rule wins everywhere (on the Fashion-MNIST ResNet the knapsack is best at 4-6 bits,
+global magnitude and LAMP at 3 bits), so the study starts from the most promising policy of any rule at size
+budgets spread over the whole front, chosen by a probe (OD before recovery, BN statistics re-estimated) that
+costs a few trials in all.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from storage import Storage
 
 from ._config import RULES, ConfigError, SpaceSection
 from ._knapsack import choose
-from ._sensitivity import Sensitivity, cached_sensitivity
+from ._sensitivity import Probe, Sensitivity, cached_sensitivity
 from ._space import FP32, SearchSpace
 
 SHIFT_STEPS = 2  # an offset moves a layer's sparsity by up to this many grid steps, its bits by one choice
@@ -89,10 +94,13 @@ class AllocatedSpace:
     shapes: dict[str, tuple[int, ...]]
     magnitudes: dict[str, np.ndarray] = field(repr=False)  # |w| sorted ascending, per searched layer
     weights: dict[str, torch.Tensor] = field(repr=False)  # for the sizes (shape, dtype) of each setting
+    probe: Probe = field(repr=False)  # screens the warm starts
     offsets: int = 0
 
     @classmethod
-    def build(cls, base: SearchSpace, section: SpaceSection, teacher: nn.Module, table: Sensitivity) -> AllocatedSpace:
+    def build(
+        cls, base: SearchSpace, section: SpaceSection, teacher: nn.Module, table: Sensitivity, probe: Probe
+    ) -> AllocatedSpace:
         if section.offsets > len(base.searched):
             raise ConfigError(
                 f"space.offsets is {section.offsets}, but only {len(base.searched)} layers are searched; lower it"
@@ -108,6 +116,7 @@ class AllocatedSpace:
             {n: tuple(w.shape) for n, w in weights.items()},
             mags,
             weights,
+            probe,
             section.offsets,
         )
 
@@ -159,6 +168,11 @@ class AllocatedSpace:
             rule = "uniform"  # no measured combination fits: the level itself does
         return {n: LayerSetting(s, bits) for n, s in self.sparsities(rule, level).items()}
 
+    def uniform(self, sparsity: float, bits: int) -> Policy:
+        """The uniform policy of a level (whichever rules are searched): what sizes are measured against."""
+        b = None if bits == FP32 else bits
+        return Policy.from_dict(dict(self.base.fixed) | {n: LayerSetting(sparsity, b) for n in self.searched})
+
     def policy(self, params: dict[str, Any]) -> Policy:
         """The policy of a trial's parameters (see ``sample``)."""
         bits = None if params["bits"] == FP32 else int(params["bits"])
@@ -187,29 +201,48 @@ class AllocatedSpace:
             params[f"offset{i}:bits"] = trial.suggest_int(f"offset{i}:bits", -1, 1)
         return self.policy(params)
 
-    def uniform_params(self, sparsity: float, bits: int, rule: str = "uniform") -> dict[str, Any]:
-        """Trial parameters of a level under a rule (uniform: the baselines), no offsets, to enqueue."""
+    def uniform_params(self, sparsity: float, bits: int, rule: str | None = None) -> dict[str, Any]:
+        """Trial parameters of a level under a rule, no offsets, to enqueue. The baselines name no rule: they
+        are uniform, or under the first searched rule when the study leaves "uniform" out of space.rules."""
+        if rule is None:
+            rule = "uniform" if "uniform" in self.rules else self.rules[0]
         params: dict[str, Any] = {"sparsity": self.base.snap(sparsity), "bits": bits, "rule": rule}
         for i in range(self.offsets):
             params |= {f"offset{i}:sparsity": 0, f"offset{i}:bits": 0}
         return params
 
-    def warm_starts(self, n: int) -> list[dict[str, Any]]:
-        """Parameters of ``n`` knapsack policies at size budgets spread evenly (in log size) over the space."""
-        if n == 0 or "sensitivity" not in self.rules:
+    def warm_starts(self, n: int, *, min_ratio: float | None = None) -> list[dict[str, Any]]:
+        """Parameters of ``n`` promising policies, one per size budget, the budgets spread evenly in compression
+        ratio over the space (over the part that meets ``min_ratio``, when the study has that constraint).
+
+        Budget i is ratio >= lo + (i + 1/2) w, w = (hi - lo) / n. Its candidates are, per bit width, the least
+        compressed level that meets it (if within w of it) under every rule; the probe's best one is kept. Evenly
+        in ratio, not in log size: the front is steepest, and budgets are tightest, at the small end.
+        """
+        if n == 0:
             return []
-        levels = [(s, b) for s in self.base.grid() for b in self.base.bits]
-        size = {
-            lv: sum(self.layer_bytes(m, LayerSetting(lv[0], None if lv[1] == FP32 else lv[1])) for m in self.searched)
-            for lv in levels
-        }
-        small, large = np.log(min(size.values())), np.log(max(size.values()))
+        levels = [(s, b) for b in self.bits for s in self.base.grid()]
+        ratio = {lv: self.probe.ratio(self.uniform(*lv)) for lv in levels}
+        lo, hi = max(min(ratio.values()), min_ratio or 0.0), max(ratio.values())
+        width = (hi - lo) / n
         out: list[dict[str, Any]] = []
-        for target in np.linspace(small, large, n + 2)[1:-1]:  # inside the range: its ends are the baselines' job
-            s, b = min(levels, key=lambda lv: abs(np.log(size[lv]) - target))
-            params = self.uniform_params(s, b, "sensitivity")
-            if params not in out:
-                out.append(params)
+        seen: set[Policy] = set()
+        for budget in lo + width * (np.arange(n) + 0.5):
+            scored: dict[Policy, tuple[float, dict[str, Any]]] = {}
+            for b in self.bits:
+                fits = [lv for lv in levels if lv[1] == b and budget <= ratio[lv] <= budget + width]
+                if not fits:
+                    continue  # this bit width has no level just above the budget
+                s, _ = min(fits, key=lambda lv: ratio[lv])
+                for rule in self.rules:
+                    params = self.uniform_params(s, b, rule)
+                    policy = self.policy(params)
+                    if policy not in scored and policy not in seen:
+                        scored[policy] = (self.probe.od(policy), params)
+            if scored:
+                best = min(scored, key=lambda q: scored[q][0])
+                seen.add(best)
+                out.append(scored[best][1])
         return out
 
 
@@ -221,10 +254,12 @@ def study_space(
     base: SearchSpace,
     heldout: torch.Tensor,
     teacher_out: torch.Tensor,
+    recovery: torch.Tensor,
 ) -> SearchSpace | AllocatedSpace:
     """The space a study samples from: ``base`` itself in layerwise mode; in allocated mode, ``base`` through
-    rules, with the study's sensitivity table (measured once, by whichever process needs it first)."""
+    rules, with the study's sensitivity table (measured once, by whichever process needs it first) and a probe
+    on the study's batches."""
     if section.mode != "allocated":
         return base
     table = cached_sensitivity(storage, batch_key, teacher, base, heldout, teacher_out)
-    return AllocatedSpace.build(base, section, teacher, table)
+    return AllocatedSpace.build(base, section, teacher, table, Probe(teacher, heldout, teacher_out, recovery))

@@ -70,7 +70,8 @@ class SpaceSection:
 
     ``mode = "layerwise"`` searches each layer's setting on its own; ``"allocated"`` searches one global
     (sparsity, bits) level spread over the searched layers by a searched ``rules`` entry, plus small searched
-    offsets for the ``offsets`` most sensitive layers, and starts with ``warm_starts`` knapsack policies.
+    offsets for the ``offsets`` most sensitive layers, and starts with ``warm_starts`` trials: the most promising
+    policy of any rule (by OD before recovery) at each of that many sizes spread over the whole range.
     """
 
     layers: tuple[str, ...] = ("re:.*",)
@@ -83,7 +84,7 @@ class SpaceSection:
     mode: str = "layerwise"  # or "allocated": a global level spread over layers by a rule (see search/_allocate.py)
     rules: tuple[str, ...] = RULES  # allocated: the allocation rules the search chooses from
     offsets: int = 0  # allocated: the most sensitive layers that get searched per-layer offsets
-    warm_starts: int = 4  # allocated: knapsack policies over the measured sensitivities, enqueued first
+    warm_starts: int = 12  # allocated: trials enqueued first, one per size bin (see search/_allocate.py)
 
 
 ALLOCATED_ONLY = ("rules", "offsets", "warm_starts")  # keys a layerwise study ignores (and does not fingerprint)
@@ -136,11 +137,12 @@ class StudyConfig:
 
     def space_data(self) -> dict[str, Any]:
         """[space] as plain data; a layerwise study leaves out the allocated-only keys and the mode, so
-        studies started before allocated mode existed keep their fingerprint."""
+        studies started before allocated mode existed keep their fingerprint. warm_starts is always left out:
+        it only chooses the first trials, once, and decides no trial's result."""
         data = dataclasses.asdict(self.space)
-        if self.space.mode == "layerwise":
-            for key in ("mode", *ALLOCATED_ONLY):
-                del data[key]
+        drop = ("mode", *ALLOCATED_ONLY) if self.space.mode == "layerwise" else ("warm_starts",)
+        for key in drop:
+            del data[key]
         return data
 
     def comparable(self) -> dict[str, Any]:

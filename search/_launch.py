@@ -75,7 +75,8 @@ def _prepare(
     # and the sensitivity table first
     key, data = cached_batches(cfg, storage, teacher, device=device, progress=progress)
     heldout = data.heldout.to(device)
-    allocated = study_space(cfg.space, storage, key, teacher, space, heldout, model_outputs(teacher, heldout))
+    recovery = data.recovery.to(device)
+    allocated = study_space(cfg.space, storage, key, teacher, space, heldout, model_outputs(teacher, heldout), recovery)
     return create_or_resume(cfg, storage, allocated, force=force), (key, data)
 
 

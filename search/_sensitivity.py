@@ -1,7 +1,8 @@
-"""Per-layer sensitivity: OD when only one layer is compressed at each candidate setting, stored once per study.
+"""Per-layer sensitivity: OD when only one layer is compressed at each candidate setting, stored once per study;
+and the probe: OD of a whole policy before recovery.
 
-Forward passes on the held-out batch, no recovery: the table ranks layers for offsets, drives the
-"sensitivity" allocation rule (a knapsack over it) and the warm starts.
+Forward passes on the held-out batch, no recovery: the table ranks layers for offsets and drives the
+"sensitivity" allocation rule (a knapsack over it); the probe screens the candidate warm starts.
 """
 
 from __future__ import annotations
@@ -9,13 +10,23 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from frandi_core import Compressor, LayerSetting, magnitude_mask, model_outputs, od_from_outputs
+from frandi_core import (
+    Compressor,
+    LayerSetting,
+    Policy,
+    compressible_layers,
+    magnitude_mask,
+    model_outputs,
+    model_size,
+    od_from_outputs,
+)
 from storage import Storage
 
 from ._space import FP32, SearchSpace
@@ -61,6 +72,12 @@ def candidates(space: SearchSpace) -> list[LayerSetting]:
     return [LayerSetting(s, None if b == FP32 else b) for s in levels for b in sorted(space.bits)]
 
 
+def _compressed(original: torch.Tensor, s: LayerSetting) -> torch.Tensor:
+    """A weight as compressed at a setting (magnitude mask, then fake quantization), computed from its original."""
+    mask = magnitude_mask(original, s.sparsity) if s.sparsity > 0 else None
+    return Compressor(mask, s.bits)(original)
+
+
 @torch.no_grad()
 def measure(
     teacher: nn.Module,
@@ -79,12 +96,63 @@ def measure(
         original = weight.detach().clone()
         row = []
         for s in settings:
-            mask = magnitude_mask(original, s.sparsity) if s.sparsity > 0 else None
-            weight.copy_(Compressor(mask, s.bits)(original))
+            weight.copy_(_compressed(original, s))
             row.append(od_from_outputs(teacher_out, model_outputs(model, heldout)))
         weight.copy_(original)
         table.append(tuple(row))
     return Sensitivity(tuple(layers), tuple(settings), tuple(table), time.perf_counter() - t0)
+
+
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+PROBE_SAMPLES = 64  # recovery images the probe re-estimates BN statistics on (32 to 256 ranked alike, measured)
+
+
+class Probe:
+    """A whole policy's OD before recovery and its compression ratio: a screen that costs a fraction of a trial,
+    to choose which policies are worth a trial first.
+
+    The compressed weights' BN statistics are re-estimated on the synthetic recovery batch first (EagleEye's
+    adaptive BN, Li et al. 2020): measured on the three bench models, that ranks policies as their OD after
+    FR does far better than their raw OD (Spearman 0.986 / 0.986 / 0.877 against 0.972 / 0.960 / 0.756 on
+    the Fashion-MNIST ResNet, digits and the separable net). Weights only, as the sensitivity pass (activations
+    stay fp32), written into one working copy of the teacher: a copy per policy costs more than its forwards.
+    """
+
+    def __init__(
+        self, teacher: nn.Module, heldout: torch.Tensor, teacher_out: torch.Tensor, recovery: torch.Tensor
+    ) -> None:
+        self.teacher, self.heldout, self.teacher_out = teacher, heldout, teacher_out
+        self.recovery = recovery[:PROBE_SAMPLES]
+        self._model = copy.deepcopy(teacher).eval()
+        modules = dict(self._model.named_modules())
+        self._weights = {layer.name: modules[layer.name].weight for layer in compressible_layers(self._model)}
+        self._originals = {n: w.detach().clone() for n, w in self._weights.items()}
+
+    @torch.no_grad()
+    def od(self, policy: Policy) -> float:
+        for name, s in policy.layers:
+            original = self._originals[name]
+            self._weights[name].copy_(original if s.sparsity == 0 and s.bits is None else _compressed(original, s))
+        recalibrate_(self._model, self.recovery)
+        od = od_from_outputs(self.teacher_out, model_outputs(self._model, self.heldout))
+        return od if math.isfinite(od) else math.inf
+
+    def ratio(self, policy: Policy) -> float:
+        return model_size(self.teacher, policy).ratio
+
+
+@torch.no_grad()
+def recalibrate_(model: nn.Module, inputs: torch.Tensor, *, chunk: int = 256) -> nn.Module:
+    """Re-estimate every BN layer's running statistics on ``inputs`` (their plain average over the chunks), in
+    place; the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, NORMS)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for i in range(0, len(inputs), chunk) if norms else ():
+        model(inputs[i : i + chunk])
+    return model.eval()
 
 
 def sensitivity_key(batch_key: str, layers: list[str], settings: list[LayerSetting]) -> str:

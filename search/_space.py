@@ -133,6 +133,6 @@ class SearchSpace:
         top = LayerSetting(self.sparsity[1], None if b == FP32 else b)
         return Policy.from_dict(dict(self.fixed) | {n: top for n in self.searched})
 
-    def warm_starts(self, n: int) -> list[dict[str, Any]]:
+    def warm_starts(self, n: int, *, min_ratio: float | None = None) -> list[dict[str, Any]]:
         """Parameters to enqueue after the baselines: none in a per-layer space (see AllocatedSpace)."""
         return []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from typing import TYPE_CHECKING, Literal
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 FINGERPRINT = "frandi:fingerprint"
 CONFIG = "frandi:config"
 METRICS = {"od": "OD", "size": "size_kib", "bops": "GBOPs"}
+WARM_SECONDS = "frandi:warm_start_seconds"
 
 
 def make_sampler(cfg: StudyConfig, worker_index: int = 0, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
@@ -91,14 +93,22 @@ def create_or_resume(
         for params in baselines(cfg, space):
             study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
         study.set_user_attr("frandi:baselines", True)
-    warm = [] if study.user_attrs.get("frandi:warm_starts") else space.warm_starts(cfg.space.warm_starts)
-    if warm:
-        room = max(cfg.study.n_trials - len(study.get_trials(deepcopy=False)), 0)
-        for params in warm[:room]:
-            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
-        study.set_user_attr("frandi:warm_starts", True)
+    if not study.user_attrs.get("frandi:warm_starts"):
+        t0 = time.perf_counter()
+        room = max(cfg.study.n_trials - len(study.get_trials(deepcopy=False)), 0)  # fewer trials: fewer, wider bins
+        warm = space.warm_starts(min(cfg.space.warm_starts, room), min_ratio=cfg.study.min_ratio)
+        if warm:
+            for params in warm:
+                study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+            study.set_user_attr(WARM_SECONDS, round(time.perf_counter() - t0, 3))  # what choosing them cost
+            study.set_user_attr("frandi:warm_starts", True)
     top_up(study, storage, cfg.study.n_trials)
     return study
+
+
+def warm_start_seconds(study: optuna.Study) -> float:
+    """Seconds the study spent choosing its warm starts (probing them), 0 when it has none."""
+    return float(study.user_attrs.get(WARM_SECONDS, 0.0))
 
 
 def baselines(cfg: StudyConfig, space: SearchSpace | AllocatedSpace) -> list[dict]:

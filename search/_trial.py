@@ -138,7 +138,7 @@ class TrialRunner:
         self.teacher_out = model_outputs(self.teacher, self.heldout)
         self.macs = layer_macs(self.teacher, cfg.model.input_shape)
         self.space: SearchSpace | AllocatedSpace = study_space(
-            cfg.space, storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out
+            cfg.space, storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out, self.targets.inputs
         )
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from frandi_core import Policy
-from search import ConfigError, StudyConfig, launch, open_for, open_study, pareto_trials, replace
+from search import (
+    ConfigError,
+    StudyConfig,
+    launch,
+    open_for,
+    open_study,
+    pareto_trials,
+    replace,
+    warm_start_seconds,
+)
 
 
 def variant(
@@ -23,12 +32,14 @@ def variant(
 
 @dataclass(frozen=True)
 class SearchRun:
-    """A finished search: its complete trials, its Pareto front (feasible trials only) and wall time."""
+    """A finished search: its complete trials, its Pareto front (feasible trials only), wall time, and the
+    seconds spent choosing its warm starts (allocated spaces; 0 otherwise)."""
 
     trials: list[FrozenTrial]
     front: list[FrozenTrial]
     seconds: float
     new_trials: int
+    warm_seconds: float = 0.0
 
     @property
     def trial_seconds(self) -> float:
@@ -56,7 +67,8 @@ def run_search(cfg: StudyConfig, storage: str | None) -> SearchRun:
         study = open_study(cfg, st)
         trials = study.get_trials(deepcopy=True, states=(TrialState.COMPLETE,))
         front = pareto_trials(study)
-    return SearchRun(trials, front, seconds, len(trials) - before)
+        warm_seconds = warm_start_seconds(study)
+    return SearchRun(trials, front, seconds, len(trials) - before, warm_seconds)
 
 
 def policy_of(t: FrozenTrial) -> Policy:

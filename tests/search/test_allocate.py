@@ -3,16 +3,18 @@ warm starts are enqueued once, bad allocated-mode input is one line."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 
-from frandi_core import LayerSetting, compressible_layers, model_outputs
+from frandi_core import LayerSetting, Policy, compress, compressible_layers, model_outputs, output_discrepancy
 from frandi_core.models import resnet
 from search import (
     AllocatedSpace,
+    Probe,
     SearchSpace,
     SpaceSection,
     candidates,
@@ -33,9 +35,10 @@ def space() -> AllocatedSpace:
     teacher = resnet(widths=(4, 8)).eval()
     section = SpaceSection(sparsity=(0.0, 0.9), sparsity_step=STEP, bits=(3, 4, 8), mode="allocated", offsets=1)
     base = SearchSpace.build(section, compressible_layers(teacher))
-    heldout = torch.randn(16, 1, 8, 8)
-    table = measure(teacher, list(base.searched), candidates(base), heldout, model_outputs(teacher, heldout))
-    return AllocatedSpace.build(base, section, teacher, table)
+    heldout, recovery = torch.randn(16, 1, 8, 8), torch.randn(32, 1, 8, 8)
+    out = model_outputs(teacher, heldout)
+    table = measure(teacher, list(base.searched), candidates(base), heldout, out)
+    return AllocatedSpace.build(base, section, teacher, table, Probe(teacher, heldout, out, recovery))
 
 
 def _searched_size(space: AllocatedSpace, settings: dict[str, LayerSetting]) -> int:
@@ -106,13 +109,49 @@ def test_offsets_shift_only_the_most_sensitive_layer(space: AllocatedSpace) -> N
     assert {n: s for n, s in shifted.items() if n != top} == {n: s for n, s in plain.items() if n != top}
 
 
-def test_warm_starts_span_sizes_and_use_the_knapsack(space: AllocatedSpace) -> None:
+def _level_ratios(space: AllocatedSpace) -> dict[tuple[float, int], float]:
+    levels = [(s, b) for b in space.bits for s in space.base.grid()]
+    return {lv: space.probe.ratio(space.uniform(*lv)) for lv in levels}
+
+
+def test_warm_starts_are_the_probes_best_of_every_rule_at_sizes_spread_over_the_front(space: AllocatedSpace) -> None:
     warm = space.warm_starts(4)
-    assert 1 <= len(warm) <= 4 and all(p["rule"] == "sensitivity" for p in warm)
-    sizes = [_searched_size(space, space.allocate("uniform", p["sparsity"], p["bits"])) for p in warm]
-    assert sizes == sorted(sizes, reverse=True) or sizes == sorted(sizes)  # one budget each, spread out
-    assert len(set(sizes)) == len(sizes)
+    assert len(warm) == 4 and len({space.policy(p) for p in warm}) == 4
+    ratios = _level_ratios(space)
+    lo, hi = min(ratios.values()), max(ratios.values())
+    width = (hi - lo) / 4  # 4 budgets, evenly in ratio: ratio >= lo + (i + 1/2) width
+    for i, p in enumerate(warm):
+        budget = lo + (i + 0.5) * width
+        assert budget <= ratios[p["sparsity"], p["bits"]] <= budget + width  # smallest ratio first, each fits
+        least = [
+            min((lv for lv in ratios if lv[1] == b and budget <= ratios[lv] <= budget + width), key=ratios.get)
+            for b in space.bits
+            if any(lv[1] == b and budget <= ratios[lv] <= budget + width for lv in ratios)
+        ]
+        rivals = [space.policy(space.uniform_params(s, b, rule)) for s, b in least for rule in space.rules]
+        assert len(rivals) >= len(space.rules)  # each bit width's least compressed level that fits, every rule
+        od = space.probe.od(space.policy(p))
+        earlier = {space.policy(q) for q in warm[:i]}
+        assert all(od <= space.probe.od(q) + 1e-12 for q in rivals if q not in earlier)
     assert space.warm_starts(0) == []
+
+
+class _FavorOneRule(Probe):
+    """A probe that ranks one rule's policies best, whatever the model."""
+
+    favored: frozenset[Policy] = frozenset()
+
+    def od(self, policy: Policy) -> float:
+        return 0.0 if policy in self.favored else 1.0
+
+
+@pytest.mark.parametrize("rule", SpaceSection().rules)
+def test_warm_starts_follow_the_probe_to_any_rule(space: AllocatedSpace, rule: str) -> None:
+    favored = frozenset(space.policy(space.uniform_params(s, b, rule)) for s in space.base.grid() for b in space.bits)
+    probe = _FavorOneRule(space.probe.teacher, space.probe.heldout, space.probe.teacher_out, space.probe.recovery)
+    probe.favored = favored
+    warm = dataclasses.replace(space, probe=probe).warm_starts(4)
+    assert len(warm) == 4 and all(space.policy(p) in favored for p in warm)  # each bin's best: the favored rule's
 
 
 def _allocated_study(tmp_path: Path, n_trials: int, extra: str = "") -> Path:
@@ -123,16 +162,19 @@ def _allocated_study(tmp_path: Path, n_trials: int, extra: str = "") -> Path:
     return p
 
 
-def test_warm_starts_are_enqueued_once_also_on_resume(tmp_path: Path, frandi) -> None:
-    p = _allocated_study(tmp_path, 8)
+@pytest.mark.parametrize("rule", SpaceSection().rules)
+def test_warm_starts_are_enqueued_once_also_on_resume(tmp_path: Path, frandi, rule: str) -> None:
+    p = _allocated_study(tmp_path, 8, f'rules = ["{rule}"]\nwarm_starts = 4')
     code, _, err = frandi("search", p, "--no-progress")
     assert code == 0, err
     cfg = load_config(p)
     with open_for(cfg) as st:
         trials = open_study(cfg, st).get_trials()
     warm = [t for t in trials if t.user_attrs.get("warm_start")]
-    assert len(trials) == 8 and len(warm) >= 1
-    assert all(t.params["rule"] == "sensitivity" for t in warm)
+    assert len(trials) == 8 and len(warm) >= (2 if rule == "uniform" else 4)  # uniform ones may be baselines
+    assert all(t.params["rule"] == rule for t in warm)
+    first = sum(bool(t.user_attrs.get("baseline")) for t in trials)
+    assert [t.number for t in warm] == list(range(first, first + len(warm)))  # right after the baselines
     assert [t.state for t in trials].count(optuna.trial.TrialState.COMPLETE) == 8
     code, _, err = frandi("search", p, "--no-progress", "--n-trials", "11")
     assert code == 0, err
@@ -195,3 +237,55 @@ def test_a_layerwise_study_keeps_the_fingerprint_it_had_before_allocated_mode(tm
     fingerprinted = layerwise.comparable()["space"]  # act_bits too is left out: it quantizes no activation
     assert set(fingerprinted) == {"layers", "fixed", "sparsity", "sparsity_step", "bits", "keep_first_last"}
     assert layerwise.fingerprint() != allocated.fingerprint()
+
+
+def test_warm_starts_leave_an_allocated_studys_fingerprint_alone(tmp_path: Path) -> None:
+    p = _allocated_study(tmp_path, 4)
+    before = load_config(p)
+    p.write_text(p.read_text().replace("offsets = 1\n", "offsets = 1\nwarm_starts = 2\n"))
+    after = load_config(p)
+    assert after.space.warm_starts == 2 and after.fingerprint() == before.fingerprint()
+    p.write_text(p.read_text().replace("offsets = 1\n", "offsets = 0\n"))  # offsets decide trial results
+    assert load_config(p).fingerprint() != before.fingerprint()
+
+
+def test_warm_starts_spread_over_the_sizes_that_meet_min_ratio(space: AllocatedSpace) -> None:
+    ratios = _level_ratios(space)
+    lo, hi = min(ratios.values()), max(ratios.values())
+    floor = lo + (hi - lo) / 2
+    everywhere, budgeted = space.warm_starts(6), space.warm_starts(6, min_ratio=floor)
+    assert min(ratios[p["sparsity"], p["bits"]] for p in everywhere) < floor
+    assert len(budgeted) >= 3 and all(ratios[p["sparsity"], p["bits"]] >= floor for p in budgeted)
+
+
+def test_a_short_study_gets_as_many_warm_starts_as_it_has_trials_left(tmp_path: Path, frandi) -> None:
+    p = _allocated_study(tmp_path, 5, 'rules = ["global", "lamp"]\nwarm_starts = 12')
+    code, _, err = frandi("search", p, "--no-progress")
+    assert code == 0, err
+    cfg = load_config(p)
+    with open_for(cfg) as st:
+        trials = open_study(cfg, st).get_trials()
+    baselines = sum(bool(t.user_attrs.get("baseline")) for t in trials)
+    assert len(trials) == 5 and sum(bool(t.user_attrs.get("warm_start")) for t in trials) == 5 - baselines
+
+
+def test_the_probe_measures_a_compressed_copy_after_its_bn_statistics_are_re_estimated(space: AllocatedSpace) -> None:
+    probe = space.probe
+    teacher = {k: v.clone() for k, v in probe.teacher.state_dict().items()}
+    for rule, level, bits in (("global", 0.6, 3), ("uniform", 0.3, 8), ("sensitivity", 0.8, 4)):
+        policy = space.policy(space.uniform_params(level, bits, rule))
+        student = compress(probe.teacher, policy)
+        raw = output_discrepancy(student, probe.heldout, probe.teacher_out)
+        with torch.no_grad():  # BN statistics of the compressed weights, on the recovery batch
+            for m in student.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.reset_running_stats()
+                    m.momentum = None
+            student.train()(probe.recovery)
+        adapted = output_discrepancy(student.eval(), probe.heldout, probe.teacher_out)
+        assert abs(adapted - raw) > 1e-4  # re-estimating moved it
+        assert probe.od(policy) == pytest.approx(adapted, rel=1e-4, abs=1e-6)
+    dense = Policy.from_dict({layer.name: LayerSetting(0.0, None) for layer in compressible_layers(probe.teacher)})
+    dense_od = output_discrepancy(compress(probe.teacher, dense), probe.heldout, probe.teacher_out)
+    assert dense_od == 0.0 and probe.od(dense) > 0.0  # dense weights too get statistics of the recovery batch
+    assert all(torch.equal(v, probe.teacher.state_dict()[k]) for k, v in teacher.items())  # the teacher untouched
