@@ -249,11 +249,15 @@ def plot(b: Bench, curves: dict[str, list[tuple[int, float, float]]], evaluated:
         ax1.plot([k for k, _, _ in c], [h for _, _, h in c], label=method)
         ax2.plot([s for _, s, _ in c], [h for _, _, h in c], label=method)
     ax1.set(xlabel="trials", ylabel="hypervolume (OD, size)", title=f"{b.name}: front against trials")
-    ax2.set(xlabel="seconds (trials + sensitivity pass)", title="against time")
+    ax2.set(xlabel="seconds (trials; allocated: + sensitivity pass and probes)", title="against time")
     ax1.legend(fontsize=8)
-    for kind, marker in (("uniform", "o"), ("global magnitude", "s"), ("best OD", "*")):
-        rows = [r for r in evaluated if kind in r["policy"]]
-        ax3.scatter([r["ratio"] for r in rows], [r["accuracy"] for r in rows], marker=marker, label=kind, alpha=0.7)
+    marks = {"random": "v", "tpe": "^", "nsga2": "D", "allocated": "*"}
+    kinds = [("uniform", "o"), ("global magnitude", "s")] + [(f"{m} best OD", marks[m]) for m in curves]
+    for kind, marker in kinds:
+        rows = [r for r in evaluated if r["policy"].startswith(kind)]
+        if rows:
+            ax3.scatter([r["ratio"] for r in rows], [r["accuracy"] for r in rows], marker=marker, label=kind,
+                        alpha=0.7)
     ax3.axhline(b.original, color="gray", lw=0.8, ls="--")
     ax3.set(xlabel="compression ratio", ylabel="real accuracy %", title="recovered policies")
     ax3.legend(fontsize=8)
