@@ -19,9 +19,11 @@ from ._actquant import (
     CALIBRATIONS,
     ActQuantizer,
     activation_quantizers,
+    activation_settings,
     fake_quantize_act,
     quantize_activations_,
     remove_activation_quantizers_,
+    set_activation_quantizers_,
 )
 from ._bops import bops, layer_macs
 from ._compress import Compressor, compress, fake_quantize, magnitude_mask, quantize, strip_
@@ -31,7 +33,8 @@ from ._hooks import capture
 from ._losses import batch_stats, bn_kl, feature_loss, normalized_distance, od_from_outputs, total_variation
 from ._model import ModelSpec, build_architecture, check_input_shape, load_model, read_state_dict, weights_digest
 from ._onnx import run_onnx, to_onnx
-from ._pack import load_packed, pack, pack_bits, save_packed, unpack, unpack_bits
+from ._onnx_check import OnnxParity, onnx_parity
+from ._pack import Packed, load_packed, pack, pack_bits, packed, save_packed, unpack, unpack_bits
 from ._policy import LayerInfo, LayerSetting, Policy, compressible_layers
 from ._proxies import disagreement, feature_discrepancy, softmax_kl
 from ._recover import (
@@ -45,10 +48,11 @@ from ._recover import (
     output_discrepancy,
     teacher_targets,
 )
-from ._size import SIZE_RULE, SizeReport, WeightLayout, model_size, weight_layout
+from ._size import ACT_SIZE_RULE, SIZE_RULE, SizeReport, WeightLayout, model_size, weight_layout
 from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, synthesize
 
 __all__ = [
+    "ACT_SIZE_RULE",
     "SIZE_RULE",
     "CALIBRATIONS",
     "OUTPUT",
@@ -59,6 +63,8 @@ __all__ = [
     "LayerSetting",
     "ModelSpec",
     "NonFiniteError",
+    "OnnxParity",
+    "Packed",
     "Policy",
     "RecoveryConfig",
     "SizeReport",
@@ -66,6 +72,7 @@ __all__ = [
     "SyntheticData",
     "TeacherTargets",
     "activation_quantizers",
+    "activation_settings",
     "WeightLayout",
     "batch_stats",
     "bn_kl",
@@ -92,16 +99,19 @@ __all__ = [
     "model_outputs",
     "model_size",
     "normalized_distance",
+    "onnx_parity",
     "od_from_outputs",
     "output_discrepancy",
     "pack",
     "pack_bits",
+    "packed",
     "quantize",
     "quantize_activations_",
     "read_state_dict",
     "remove_activation_quantizers_",
     "run_onnx",
     "save_packed",
+    "set_activation_quantizers_",
     "softmax_kl",
     "strip_",
     "synthesize",

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from ._errors import FrandiError
 from ._hooks import capture
+from ._policy import COMPRESSIBLE
 
 ACT_QUANT = "act_quant"  # the child module holding a layer's input quantizer
 PERCENTILE = 99.99  # the "percentile" calibration clips at this percentile of the input's magnitude
@@ -155,10 +157,56 @@ def quantize_activations_(
     for n in names:
         (x, signed), b = found[n], bits[n]
         clip = CALIBRATIONS[method](x, b, signed)
-        m = modules[n]
-        m.add_module(ACT_QUANT, ActQuantizer(b, signed, max(clip, 1e-8) / grid(b, signed)[1]).to(x.device))
-        if _quantize_input not in m._forward_pre_hooks.values():  # torch keeps a layer's pre-hooks in this dict
-            m.register_forward_pre_hook(_quantize_input)
+        _attach(modules[n], ActQuantizer(b, signed, max(clip, 1e-8) / grid(b, signed)[1]).to(x.device))
+    return model
+
+
+def _attach(module: nn.Module, quantizer: ActQuantizer) -> None:
+    """Make ``quantizer`` the layer's input quantizer (one pre-hook per layer, whatever was there before)."""
+    module.add_module(ACT_QUANT, quantizer)
+    if _quantize_input not in module._forward_pre_hooks.values():  # torch keeps a layer's pre-hooks in this dict
+        module.register_forward_pre_hook(_quantize_input)
+
+
+def exact_log(step: float) -> torch.Tensor:
+    """The fp32 log of ``step`` whose exp is ``step`` exactly: a quantizer restored from a stored step rounds
+    as the one that was stored (math.log rounded to fp32 can miss by an ulp)."""
+    target = torch.tensor(step, dtype=torch.float32)
+    if not (math.isfinite(step) and step > 0 and float(target) == step):
+        raise FrandiError(f"activation step {step!r} is not a positive fp32 number")
+    guess = torch.tensor(math.log(step), dtype=torch.float32)
+    up, down = guess, guess
+    for _ in range(8):  # the step was the exp of an fp32 number: it lies within an ulp or two of the guess
+        for c in (up, down):
+            if torch.equal(c.exp(), target):
+                return c
+        up, down = up.nextafter(torch.tensor(math.inf)), down.nextafter(torch.tensor(-math.inf))
+    raise FrandiError(f"activation step {step!r} is the exp of no fp32 number near its log; frandi did not store it")
+
+
+def activation_settings(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Layer name -> {"bits", "signed", "step"} of each input quantizer: the plain data exported files store
+    (``step`` is the fp32 step as a float, exactly)."""
+    return {
+        n: {"bits": q.bits, "signed": q.signed, "step": float(q.scale.detach().float().cpu())}
+        for n, q in activation_quantizers(model).items()
+    }
+
+
+def set_activation_quantizers_(model: nn.Module, settings: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+    """Put an input quantizer with exactly these bits, sign and step on each named layer, in place; returns the
+    model. ``settings`` is what ``activation_settings`` returned (or an exported file stored)."""
+    modules = dict(model.named_modules())
+    for name, s in settings.items():
+        if not isinstance(modules.get(name), COMPRESSIBLE):
+            raise FrandiError(f"activation quantizer for '{name}', which is not a Conv/Linear layer of the model")
+        bits = s["bits"]
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise FrandiError(f"activation bits of layer '{name}' must be an integer in 2..8, got {bits!r}")
+        q = ActQuantizer(bits, bool(s["signed"]), 1.0)
+        with torch.no_grad():
+            q.log_scale.copy_(exact_log(float(s["step"])))
+        _attach(modules[name], q.to(modules[name].weight.device))
     return model
 
 

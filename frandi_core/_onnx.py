@@ -1,7 +1,10 @@
-"""ONNX export of a compressed student: quantized weights as int8 initializers behind DequantizeLinear.
+"""ONNX export of a compressed student: the packed file's tensors, unpacked in the graph, and activation QDQ.
 
+Each compressed weight is stored as the packed file stores it (bit-packed levels at their width, kept positions,
+per-channel scales; see ``_onnx_graph``), and each quantized layer's input passes QuantizeLinear -> Clip ->
+DequantizeLinear with its learned step. The file's bytes are the size objective plus the graph: the exported
+architecture's nodes, and a few nodes and small constants per compressed layer.
 Needs the optional ``onnx``, ``onnxscript`` (torch's exporter) and ``onnxruntime`` packages (``frandi[onnx]``).
-Activations stay fp32: QuantizeLinear/DequantizeLinear pairs on activations wait for activation quantization.
 """
 
 from __future__ import annotations
@@ -16,10 +19,8 @@ from torch.nn.utils import parametrize
 
 from ._compress import strip_
 from ._errors import FrandiError
-from ._pack import compressed_levels
+from ._pack import packed, step_key, weight_key
 from ._policy import Policy
-
-OPSET = 21  # DequantizeLinear with a per-output-channel ``axis`` (since 13); onnxruntime runs 21
 
 
 def _need(module: str) -> Any:
@@ -43,46 +44,68 @@ def _stripped_copy(student: nn.Module) -> nn.Module:
     return strip_(plain)
 
 
-def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> bytes:
-    """The ONNX model of ``student`` (as ``compress`` returned it) for inputs shaped like ``example`` (any batch):
-    each quantized weight is an int8 initializer and its per-channel fp32 scales, dequantized in the graph."""
-    onnx = _need("onnx")
-    _need("onnxscript")
-    levels = compressed_levels(student, policy)  # layer weight key -> (int8 levels, fp32 scales)
-    plain = _stripped_copy(student).cpu().eval()
+def _export(plain: nn.Module, example: torch.Tensor, opset: int) -> Any:
+    """torch's ONNX model of a plain model, batch dimension dynamic."""
     batch = torch.export.Dim("batch", min=1)
-    example = example.detach().cpu()
     try:
         program = torch.onnx.export(
-            plain, (example,), dynamo=True, optimize=False, opset_version=OPSET, verbose=False,
+            plain, (example.detach().cpu(),), dynamo=True, optimize=False, opset_version=opset, verbose=False,
             input_names=["input"], output_names=["output"], dynamic_shapes=({0: batch},),
         )
     except Exception as e:  # torch.export raises many kinds; one line naming the cause is what the user needs
         why = f"{type(e).__name__}: {e}".split("\n")[0]
         raise FrandiError(f"torch could not export the model to ONNX ({why})") from None
     assert program is not None  # the dynamo exporter always returns its program
-    model = program.model_proto
+    return program.model_proto
+
+
+def _strip(graph: Any) -> None:
+    """Drop what only documents the export (bulk, and local source paths): the exporter's per-node source paths
+    and stack traces, its graph signature, and the intermediate shapes onnxruntime infers again anyway."""
+    for node in graph.node:
+        del node.metadata_props[:]
+    for value in (*graph.input, *graph.output, *graph.initializer):
+        del value.metadata_props[:]
+    del graph.metadata_props[:]
+    del graph.value_info[:]
+
+
+def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> bytes:
+    """The ONNX model of ``student`` (as ``compress`` returned it) for inputs shaped like ``example`` (any batch):
+    each compressed weight stored as in the packed file and unpacked in the graph, each quantized layer's input
+    quantized with its step."""
+    onnx = _need("onnx")
+    _need("onnxscript")
+    from ._onnx_graph import DOMAIN, OPSET, Builder, add_weight, layer_node, quantize_input
+
+    content = packed(student, policy)  # refuses a student the policy did not make
+    plain = _stripped_copy(student).cpu().eval()
+    model = _export(plain, example, OPSET)
     graph = model.graph
-    weights = {init.name: i for i, init in enumerate(graph.initializer)}
     state = plain.state_dict()
-    nodes = []
-    for key, (q, scale) in levels.items():
-        if key not in weights:
-            raise FrandiError(f"the ONNX graph holds no initializer '{key}'; cannot store that weight as int8")
-        init = graph.initializer[weights[key]]
+    exported = {init.name: init for init in graph.initializer}
+    b = Builder({n for node in graph.node for n in (*node.input, *node.output)} | set(exported))
+    for key, layout in content.layouts.items():
+        init = exported.get(key)
+        if init is None:
+            raise FrandiError(f"the ONNX graph holds no initializer '{key}'; cannot store that weight packed")
         if not np.array_equal(onnx.numpy_helper.to_array(init), state[key].numpy()):
             raise FrandiError(f"the ONNX initializer '{key}' is not the student's weight (folded by the exporter?)")
-        init.CopyFrom(onnx.numpy_helper.from_array(q.numpy().astype(np.int8), f"{key}_quantized"))
-        graph.initializer.append(onnx.numpy_helper.from_array(scale.numpy().astype(np.float32), f"{key}_scale"))
-        nodes.append(
-            onnx.helper.make_node(
-                "DequantizeLinear", [f"{key}_quantized", f"{key}_scale"], [key], name=f"{key}_dequantize", axis=0
-            )
-        )
-    for node in graph.node:  # the exporter's per-node source paths and stack traces: bulk, and local paths
-        del node.metadata_props[:]
-    for i, node in enumerate(nodes):  # before every other node: a topological order
+        graph.initializer.remove(init)
+        add_weight(b, key, layout, content.tensors)
+    for layer, a in content.activations.items():
+        node = layer_node(graph, weight_key(layer))
+        step = b.tensor(step_key(layer), content.tensors[step_key(layer)])
+        at = list(graph.node).index(node)
+        for i, new in enumerate(quantize_input(b, node, step, a["bits"], a["signed"])):
+            graph.node.insert(at + i, new)  # right before the layer: its input exists there
+    _strip(graph)
+    for i, node in enumerate(b.nodes):  # constants only: before every other node is a topological order
         graph.node.insert(i, node)
+    graph.initializer.extend(b.all_initializers())
+    if b.functions:
+        model.functions.extend(b.functions.values())
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -90,9 +113,17 @@ def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> bytes:
     return bytes(model.SerializeToString())
 
 
+def session(data: bytes, threads: int = 0) -> Any:
+    """An onnxruntime CPU session of an ONNX model (bytes); ``threads`` intra-op threads (0: onnxruntime's)."""
+    ort = _need("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: not its notes on initializers it drops
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
 def run_onnx(data: bytes, x: torch.Tensor) -> torch.Tensor:
     """The (first) output of an ONNX model (bytes) on ``x``, run by onnxruntime on CPU."""
-    ort = _need("onnxruntime")
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return torch.from_numpy(np.asarray(session.run(None, {name: x.detach().cpu().numpy()})[0]))
+    s = session(data)
+    name = s.get_inputs()[0].name
+    return torch.from_numpy(np.asarray(s.run(None, {name: x.detach().cpu().numpy()})[0]))

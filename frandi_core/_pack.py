@@ -2,9 +2,10 @@
 
 Each compressed weight is stored as ``weight_layout`` says: its kept levels bit-packed at the layer's width
 with one fp32 scale per output channel (or its kept fp32 values when unquantized), and the kept positions as
-a bitmask or bit-packed flat indices. Every other state_dict entry is stored as it is. The header's metadata
-holds the policy, the metrics, each weight's layout and a SHA-256 of all of it, so that a damaged or altered
-file is refused instead of loaded half.
+a bitmask or bit-packed flat indices. Each input-activation quantizer is stored as its fp32 step (a tensor),
+its bits and sign (header). Every other state_dict entry is stored as it is. The header's metadata holds the
+policy, the metrics, each weight's layout, each quantizer's bits and sign and a SHA-256 of all of it, so that a
+damaged or altered file is refused instead of loaded half. The ONNX export stores the same tensors (``packed``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
+from ._actquant import ACT_QUANT, activation_settings, set_activation_quantizers_
 from ._compress import Compressor, _check_layers, quantize
 from ._errors import FrandiError
 from ._files import write_atomic
@@ -28,6 +31,7 @@ from ._policy import LayerSetting, Policy, compressible_layers
 from ._size import WeightLayout, index_bits, plain_state, weight_layout
 
 FORMAT = "frandi-packed/1"
+ACT_FORMAT = "frandi-packed/2"  # a file with input quantizers: a reader that knows only FORMAT refuses it
 
 
 def pack_bits(values: np.ndarray, width: int) -> np.ndarray:
@@ -50,8 +54,14 @@ def _raw(t: torch.Tensor) -> torch.Tensor:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
 
 
-def _weight_key(layer: str) -> str:
+def weight_key(layer: str) -> str:
+    """The state_dict key of a layer's weight (the layer may be the model itself, named "")."""
     return f"{layer}.weight" if layer else "weight"
+
+
+def step_key(layer: str) -> str:
+    """The packed tensor holding a layer's input-quantizer step (a name no state_dict entry has)."""
+    return f"{layer}.{ACT_QUANT}:step" if layer else f"{ACT_QUANT}:step"
 
 
 def _compressed(
@@ -83,7 +93,7 @@ def _pack_weight(
     module: nn.Module, layer: str, setting: LayerSetting, layout: WeightLayout
 ) -> dict[str, torch.Tensor]:
     """The tensors one compressed weight is stored as, named ``<weight key>:<part>``."""
-    key = _weight_key(layer)
+    key = weight_key(layer)
     entries, mask, scale = _compressed(module, layer, setting)
     entries = entries.flatten()
     kept = torch.ones_like(entries, dtype=torch.bool) if mask is None else mask.flatten()
@@ -105,19 +115,6 @@ def _pack_weight(
     return out
 
 
-def compressed_levels(student: nn.Module, policy: Policy) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Weight key -> (integer levels shaped as the weight, per-output-channel fp32 scales) of each quantized layer
-    of ``student`` (as ``compress(model, policy)`` returned it): levels * scales is its weight, bit for bit."""
-    modules = _check_layers(student, policy)
-    out = {}
-    for layer, setting in policy.layers:
-        if setting.bits is not None:
-            levels, _, scale = _compressed(modules[layer], layer, setting)
-            assert scale is not None  # a quantized layer has scales
-            out[_weight_key(layer)] = (levels.to(torch.int64), scale)
-    return out
-
-
 def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for name in sorted(tensors):
@@ -127,14 +124,41 @@ def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def pack(student: nn.Module, policy: Policy, metrics: dict[str, Any] | None = None) -> bytes:
-    """The packed file's bytes for ``student``, as ``compress(model, policy)`` returned it (recovered or not)."""
+@dataclass(frozen=True)
+class Packed:
+    """What a packed file stores: its tensors (plain state_dict entries, each compressed weight's parts named
+    ``<weight key>:<part>``, each input quantizer's step), each compressed weight's layout, and each input
+    quantizer's bits and sign (layer name -> {"bits", "signed"})."""
+
+    tensors: dict[str, torch.Tensor]
+    layouts: dict[str, dict[str, Any]]
+    activations: dict[str, dict[str, Any]]
+
+
+def _pack_activations(
+    student: nn.Module, policy: Policy
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """Each input quantizer's fp32 step (a 0-d tensor), bits and sign; refused unless they are the policy's."""
+    settings = activation_settings(student)
+    found = {n: s["bits"] for n, s in settings.items()}
+    if found != policy.act_bits():
+        raise FrandiError(
+            f"the student's activation quantizers ({found or 'none'}) are not the policy's "
+            f"({policy.act_bits() or 'none'}); pack the student that compress() returned with the same policy "
+            "and calibration inputs, before strip_"
+        )
+    steps = {step_key(n): torch.tensor(s["step"], dtype=torch.float32) for n, s in settings.items()}
+    return steps, {n: {"bits": s["bits"], "signed": s["signed"]} for n, s in settings.items()}
+
+
+def packed(student: nn.Module, policy: Policy) -> Packed:
+    """What the packed file stores for ``student``, as ``compress(model, policy)`` returned it (recovered or not)."""
     modules = _check_layers(student, policy)
     settings = policy.as_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in plain_state(student).items()}
     layouts: dict[str, dict[str, Any]] = {}
     for layer in compressible_layers(student):
-        key = _weight_key(layer.name)
+        key = weight_key(layer.name)
         setting = settings.get(layer.name, LayerSetting())
         layout = weight_layout(tensors[key], setting)
         if layout is None:
@@ -148,13 +172,22 @@ def pack(student: nn.Module, policy: Policy, metrics: dict[str, Any] | None = No
             "bits": layout.bits,
             "positions": layout.positions,
         }
+    steps, activations = _pack_activations(student, policy)
+    return Packed(tensors | steps, layouts, activations)
+
+
+def pack(student: nn.Module, policy: Policy, metrics: dict[str, Any] | None = None) -> bytes:
+    """The packed file's bytes for ``student``, as ``compress(model, policy)`` returned it (recovered or not)."""
+    content = packed(student, policy)
     meta = {
-        "format": FORMAT,
+        "format": ACT_FORMAT if content.activations else FORMAT,
         "policy": policy.to_json(),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
-        "layouts": json.dumps(layouts, sort_keys=True),
+        "layouts": json.dumps(content.layouts, sort_keys=True),
     }
-    return save(tensors, metadata=meta | {"sha256": _digest(tensors, meta)})
+    if content.activations:  # only then: files of policies without them keep their old header
+        meta["activations"] = json.dumps(content.activations, sort_keys=True)
+    return save(content.tensors, metadata=meta | {"sha256": _digest(content.tensors, meta)})
 
 
 def save_packed(
@@ -175,7 +208,7 @@ def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
     except (SafetensorError, OSError) as e:
         raise FrandiError(f"cannot read packed file '{path}' ({e}); export it again") from None
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, ACT_FORMAT):
         raise FrandiError(f"'{path}' is not a {FORMAT} file (format {meta.get('format')!r}); export it again")
     stated = meta.pop("sha256", None)
     if stated != _digest(tensors, meta):
@@ -207,22 +240,32 @@ def _unpack_weight(key: str, layout: dict[str, Any], tensors: dict[str, torch.Te
     return w.view(shape)
 
 
-def unpack(path: str | Path) -> tuple[dict[str, torch.Tensor], Policy, dict[str, Any]]:
-    """A packed file's state_dict (the original architecture's names), policy and metrics."""
+def _contents(path: str | Path) -> tuple[dict[str, torch.Tensor], Policy, dict[str, Any], dict[str, dict[str, Any]]]:
+    """A packed file's state_dict, policy, metrics and input quantizers ({"bits", "signed", "step"} by layer)."""
     tensors, meta = _read(path)
     layouts = json.loads(meta["layouts"])
+    activations = json.loads(meta.get("activations", "{}"))
     try:
         state = {k: _unpack_weight(k, v, tensors) for k, v in layouts.items()}
+        for layer, a in activations.items():
+            a["step"] = float(tensors[step_key(layer)].reshape(()))
     except (KeyError, RuntimeError, ValueError, IndexError) as e:
         raise FrandiError(f"packed file '{path}' is inconsistent ({e}); export it again") from None
     state |= {k: v for k, v in tensors.items() if ":" not in k}
-    return state, Policy.from_json(meta["policy"]), json.loads(meta["metrics"])
+    return state, Policy.from_json(meta["policy"]), json.loads(meta["metrics"]), activations
+
+
+def unpack(path: str | Path) -> tuple[dict[str, torch.Tensor], Policy, dict[str, Any]]:
+    """A packed file's state_dict (the original architecture's names), policy and metrics."""
+    state, policy, metrics, _ = _contents(path)
+    return state, policy, metrics
 
 
 def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (the original architecture, any weights) holding the packed file's weights, in eval
-    mode: bit for bit the compressed student that was packed. The model passed in is never modified."""
-    state, _, _ = unpack(path)
+    """A copy of ``model`` (the original architecture, any weights) holding the packed file's weights and input
+    quantizers, in eval mode: bit for bit the compressed student that was packed (its outputs too, activation
+    quantization included). The model passed in is never modified."""
+    state, _, _, activations = _contents(path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -236,4 +279,8 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
         )
     target = copy.deepcopy(model)
     target.load_state_dict(state, strict=True)
+    try:
+        set_activation_quantizers_(target, activations)
+    except (FrandiError, KeyError, TypeError) as e:
+        raise FrandiError(f"packed file '{path}': its activation quantizers do not fit this model ({e})") from None
     return target.eval()

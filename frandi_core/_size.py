@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._actquant import ACT_QUANT
 from ._compress import _check_layers
 from ._policy import LayerSetting, Policy, compressible_layers
 
@@ -18,6 +19,11 @@ PARAMETRIZED = ".parametrizations."
 # Names the rule model_size counts by. Change it whenever the count changes: a study remembers it (in its
 # fingerprint), so trials sized one way are never ranked against trials sized another.
 SIZE_RULE = "packed-bytes/1"
+# The rule for policies that quantize activations: SIZE_RULE plus one fp32 step per such layer (the packed file
+# stores them since packed-bytes/2). Only studies that may quantize activations fingerprint it, so the others
+# keep their fingerprint.
+ACT_SIZE_RULE = "packed-bytes/2"
+ACT_STEP_BYTES = 4  # an activation-quantized layer's fp32 step
 
 
 def _nbytes(nbits: int) -> int:
@@ -65,9 +71,12 @@ def weight_layout(weight: torch.Tensor, setting: LayerSetting) -> WeightLayout |
 
 def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state_dict under the original architecture's names: a compressed (parametrized) copy's
-    ``X.parametrizations.weight.original`` is ``X.weight``; its pruning masks are not part of the model."""
+    ``X.parametrizations.weight.original`` is ``X.weight``; its pruning masks and input quantizers are not part
+    of the model."""
     out = {}
     for key, t in model.state_dict().items():
+        if f".{ACT_QUANT}." in f".{key}":
+            continue
         head, sep, tail = ("." + key).partition(PARAMETRIZED)
         if sep:
             name, _, rest = tail.partition(".")
@@ -84,8 +93,9 @@ class SizeReport:
 
     A compressed weight stores its kept entries at their bits, bit-packed; a pruned one adds where they are
     (a 1-bit-per-entry mask, or bit-packed flat indices where smaller); a quantized one adds one fp32 scale
-    per output channel. Everything else in the state_dict (biases, BN affine and running statistics)
-    counts at its dtype. ``dense_bits`` is the original state_dict's size; ``ratio`` is dense over this.
+    per output channel; a layer whose input activations are quantized adds its fp32 step. Everything else in
+    the state_dict (biases, BN affine and running statistics) counts at its dtype. ``dense_bits`` is the
+    original state_dict's size; ``ratio`` is dense over this.
     """
 
     bits: int
@@ -123,4 +133,5 @@ def model_size(model: nn.Module, policy: Policy) -> SizeReport:
             size += layout.nbytes - w.numel() * w.element_size()
         nonzero += nnz
         total += layer.numel
+    size += ACT_STEP_BYTES * len(policy.act_bits())
     return SizeReport(bits=8 * size, dense_bits=8 * dense, nonzero=nonzero, weights=total)

@@ -15,6 +15,7 @@ from ._launch import check_model, launch, prepare
 from ._open import open_for
 from ._optuna import OptunaChanged, check_optuna
 from ._report import feasible, pareto_trials, row
+from ._rerun import finished_trials, rerun
 from ._scoring import accuracy, correlations, stored_accuracy
 from ._sensitivity import Probe, candidates, measure
 from ._space import SearchSpace
@@ -23,6 +24,8 @@ from ._trial import TrialResult, TrialRunner, batch_key, cached_batches, model_s
 from ._worker import claim, claim_waiting, fail_stale_trials, run_trial, stale_trials, work
 
 __all__ = [
+    "finished_trials",
+    "rerun",
     "FASHION_ROOT",
     "AllocatedSpace",
     "ConfigError",

@@ -14,7 +14,18 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from frandi_core import Policy, bn_kl_loss, load_model, model_outputs, pack, run_onnx, strip_, to_onnx, write_atomic
+from frandi_core import (
+    Policy,
+    activation_settings,
+    bn_kl_loss,
+    load_model,
+    model_outputs,
+    onnx_parity,
+    pack,
+    strip_,
+    to_onnx,
+    write_atomic,
+)
 
 from ._artifacts import artifact_dir, artifact_store, attach
 from ._config import ConfigError, StudyConfig
@@ -91,16 +102,17 @@ def _export_bytes(fmt: str, student: torch.nn.Module, policy: Policy, metrics: d
         return pack(student, policy, metrics)
     if fmt == "onnx":
         data = to_onnx(student, policy, heldout)
-        ref = model_outputs(student, heldout).cpu()
-        err = float((run_onnx(data, heldout) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
-        if not err <= ONNX_TOLERANCE:
-            raise ConfigError(f"the ONNX model's outputs differ from the student's by {err:.2g} (relative; "
-                              f"> {ONNX_TOLERANCE}); nothing written; export --format packed instead")
-        print(f"ONNX outputs on the held-out batch: max |ONNX - PyTorch| / max |PyTorch| = {err:.2g}")
+        parity = onnx_parity(student, data, heldout)
+        if not parity.ok(ONNX_TOLERANCE):
+            raise ConfigError(f"the ONNX model's outputs differ from the student's ({parity.describe()}; tolerance "
+                              f"{ONNX_TOLERANCE}); nothing written; export --format packed instead")
+        print(f"ONNX outputs on the held-out batch: {parity.describe()}")
         return data
     buf = io.BytesIO()
+    activations = activation_settings(student)  # before strip_ drops the quantizers
     state = {k: v.detach().cpu() for k, v in strip_(student).state_dict().items()}
-    torch.save({"state_dict": state, "policy": json.loads(policy.to_json()), "metrics": metrics}, buf)
+    policy_data = json.loads(policy.to_json())
+    torch.save({"state_dict": state, "policy": policy_data, "metrics": metrics, "activations": activations}, buf)
     return buf.getvalue()
 
 
@@ -124,8 +136,6 @@ def export(
         study = open_study(cfg, st)
         (t,) = finished_trials(study, [trial], verb="export")
         folder = artifact_dir(cfg, st) if attach_it else None  # before any work: refused if there is none
-        if "threads" in t.user_attrs and device == "cpu":
-            torch.set_num_threads(int(t.user_attrs["threads"]))  # float sums depend on how work was split
         runner = TrialRunner(cfg, st, device=device)
         student, r, moved = rerun(runner, t)
         stored = t.values[0]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frandi_core import SIZE_RULE, FrandiError, RecoveryConfig, SynthConfig
+from frandi_core import ACT_SIZE_RULE, SIZE_RULE, FrandiError, RecoveryConfig, SynthConfig
 
 
 class ConfigError(FrandiError):
@@ -125,7 +125,7 @@ class StudyConfig:
             "synthetic": dataclasses.asdict(self.synthetic),
             "space": self._section("space"),
             "recovery": self._section("recovery"),
-            "size": SIZE_RULE,  # how the size objective is counted: trials counted otherwise are not comparable
+            "size": self.size_rule,  # how the size objective is counted: trials counted otherwise are not comparable
         }
         if self.study.max_bops is not None:
             keep["max_bops"] = self.study.max_bops
@@ -160,8 +160,14 @@ class StudyConfig:
             "synthetic": _plain(self.synthetic),
             "space": self._section("space"),
             "recovery": self._section("recovery"),
-            "size accounting": SIZE_RULE,
+            "size accounting": self.size_rule,
         }
+
+    @property
+    def size_rule(self) -> str:
+        """How this study's size objective is counted: a study that may quantize activations also counts their
+        steps (ACT_SIZE_RULE); the others keep the rule, and the fingerprint, they always had."""
+        return ACT_SIZE_RULE if self.quantizes_activations else SIZE_RULE
 
     @property
     def quantizes_activations(self) -> bool:

@@ -63,7 +63,7 @@ def evaluate(
             if moved > OD_TOLERANCE:
                 print(
                     f"frandi: note: trial {t.number} re-ran to {cfg.study.score} {r.score:.6f}, stored "
-                    f"{t.values[0]:.6f}: a different torch thread count (run.threads, --threads) or changed code; "
+                    f"{t.values[0]:.6f}: changed code, torch or machine since it ran; "
                     "the table shows the stored value",
                     file=sys.stderr,
                 )

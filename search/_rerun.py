@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
@@ -33,6 +34,11 @@ def finished_trials(study: optuna.Study, numbers: Sequence[int], *, verb: str) -
 
 
 def rerun(runner: TrialRunner, trial: FrozenTrial) -> tuple[nn.Module, TrialResult, float]:
-    """The trial's student and result re-computed, and |score - stored score| (its first objective value)."""
+    """The trial's student and result re-computed, and |score - stored score| (its first objective value).
+
+    On CPU with the trial's own torch thread count, when it recorded one: float sums depend on how work was split.
+    """
+    if "threads" in trial.user_attrs and runner.device.type == "cpu":
+        torch.set_num_threads(int(trial.user_attrs["threads"]))
     student, r = runner.student(Policy.from_json(trial.user_attrs["policy"]))
     return student, r, abs(r.score - trial.values[0])

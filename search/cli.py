@@ -76,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         choices=["packed", "onnx", "state_dict"],
         default="packed",
-        help="packed: safetensors of the bytes the size objective counts (frandi_core.load_packed); onnx: int8 "
-        "weights behind DequantizeLinear; state_dict: {'state_dict', 'policy', 'metrics'} for torch.load",
+        help="packed: safetensors of the bytes the size objective counts (frandi_core.load_packed); onnx: the same "
+        "packed weights, unpacked in the graph, and quantized activations, for onnxruntime; state_dict: "
+        "{'state_dict', 'policy', 'metrics', 'activations'} for torch.load",
     )
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     c.add_argument("--attach", action="store_true", help="also store the file on the trial's dashboard page")

@@ -13,12 +13,14 @@ from frandi_core import (
     RecoveryConfig,
     SyntheticData,
     activation_quantizers,
+    activation_settings,
     capture,
     compress,
     fake_quantize_act,
     feature_regression_,
     model_outputs,
     output_discrepancy,
+    set_activation_quantizers_,
     strip_,
     teacher_targets,
 )
@@ -137,3 +139,39 @@ def test_fr_under_quantized_activations(learn: bool, reference: nn.Module, synth
     after = {n: float(q.scale.detach()) for n, q in activation_quantizers(student).items()}
     moved = sum(abs(after[n] - steps[n]) > 1e-6 * steps[n] for n in steps)
     assert moved == (len(steps) if learn else 0)
+
+
+def test_a_stored_step_comes_back_bit_for_bit() -> None:
+    """A stored step (the exp of a learned fp32 log) becomes a quantizer whose step is that number exactly."""
+    logs = torch.cat([torch.empty(5_000).uniform_(-20, 5, generator=torch.Generator().manual_seed(0)),
+                      torch.tensor([0.0, -1e-30, 1e-7, -87.0, 88.0])])
+    layer = nn.Linear(2, 2)
+    misses = 0
+    for log in logs:
+        step = float(log.exp())
+        set_activation_quantizers_(layer, {"": {"bits": 4, "signed": True, "step": step}})
+        misses += activation_settings(layer)[""]["step"] != step
+    assert misses == 0
+    for bad in (0.0, -1.0, float("inf"), float("nan"), 0.1):  # 0.1 is no fp32 number
+        with pytest.raises(FrandiError, match="activation step"):
+            set_activation_quantizers_(layer, {"": {"bits": 4, "signed": True, "step": bad}})
+
+
+def test_settings_round_trip_to_the_same_outputs(reference: nn.Module, synthetic: SyntheticData) -> None:
+    policy = Policy.uniform(reference, 0.3, 4, 4)
+    student = compress(reference, policy, calibration=synthetic.recovery)
+    with torch.no_grad():  # a learned step is any fp32 number: move each off its calibrated value
+        for q in activation_quantizers(student).values():
+            q.log_scale.add_(0.01234)
+    settings = activation_settings(student)
+    assert set(settings) == set(policy.act_bits()) and all(s["bits"] == 4 for s in settings.values())
+    plain = strip_(compress(reference, policy, calibration=synthetic.recovery))  # the same weights, no quantizers
+    set_activation_quantizers_(plain, settings)
+    assert activation_settings(plain) == settings
+    assert torch.equal(model_outputs(plain, synthetic.heldout), model_outputs(student, synthetic.heldout))
+    set_activation_quantizers_(plain, settings)  # again: still one quantizer and one hook per layer
+    assert torch.equal(model_outputs(plain, synthetic.heldout), model_outputs(student, synthetic.heldout))
+    for bad, match in (({"nope": settings["stem.0"]}, "not a Conv/Linear layer"),
+                       ({"stem.0": settings["stem.0"] | {"bits": 9}}, "integer in 2..8")):
+        with pytest.raises(FrandiError, match=match):
+            set_activation_quantizers_(plain, bad)

@@ -15,9 +15,12 @@ from frandi_core import (
     FrandiError,
     LayerSetting,
     Policy,
+    activation_quantizers,
+    activation_settings,
     compress,
     compressible_layers,
     load_packed,
+    model_outputs,
     model_size,
     pack,
     pack_bits,
@@ -30,6 +33,8 @@ from frandi_core.models import resnet
 from .conftest import assert_unchanged, snapshot
 
 BITS = [2, 3, 4, 5, 6, 7, 8, None]
+ACT_BITS = [None, None, 2, 3, 4, 8]  # None twice: about a third of the layers keep fp32 inputs
+CALIBRATION = torch.randn(16, 3, 5, 13, generator=torch.Generator().manual_seed(2))  # odd_model's inputs
 
 
 def odd_model() -> nn.Module:
@@ -51,8 +56,11 @@ def odd_model() -> nn.Module:
 
 
 def recovered(model: nn.Module, policy: Policy) -> nn.Module:
-    """``compress`` then a few Adam steps on the underlying weights, as Feature Regression would take."""
-    student = compress(model, policy)
+    """``compress`` then a few Adam steps on the underlying weights (and activation steps), as Feature Regression
+    would take."""
+    student = compress(model, policy, calibration=CALIBRATION)
+    for q in activation_quantizers(student).values():
+        q.log_scale.requires_grad_(True)
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
     x = torch.randn(4, 3, 5, 13, generator=torch.Generator().manual_seed(1))
     for _ in range(3):
@@ -118,16 +126,30 @@ def header_bytes(data: bytes) -> int:
     return 8 + int.from_bytes(data[:8], "little")
 
 
+def random_policies(model: nn.Module, count: int, seed: int = 0) -> list[Policy]:
+    """Random per-layer sparsity (0..0.95), weight bits (2..8 or fp32) and activation bits; some layers unnamed."""
+    names = [layer.name for layer in compressible_layers(model)]
+    rng = random.Random(seed)
+    return [
+        Policy.from_dict({
+            n: LayerSetting(round(rng.uniform(0, 0.95), 3), rng.choice(BITS), rng.choice(ACT_BITS))
+            for n in names if rng.random() < 0.9
+        })
+        for _ in range(count)
+    ]
+
+
+def inputs_for(model: nn.Module) -> torch.Tensor:
+    return CALIBRATION if isinstance(model, nn.Sequential) else torch.randn(16, 1, 8, 8)
+
+
 @pytest.mark.parametrize("arch", ["odd", "resnet"])
 def test_file_bytes_equal_the_size_objective_for_random_policies(arch: str) -> None:
     model = odd_model() if arch == "odd" else resnet(widths=(4, 8)).eval()
-    names = [layer.name for layer in compressible_layers(model)]
-    rng = random.Random(0)
-    for _ in range(20):
-        policy = Policy.from_dict({
-            n: LayerSetting(round(rng.uniform(0, 0.95), 3), rng.choice(BITS)) for n in names if rng.random() < 0.9
-        })
-        data = pack(compress(model, policy), policy, {"od": 0.1})
+    policies = random_policies(model, 20)
+    assert sum(len(p.act_bits()) for p in policies) > 20  # activation steps are counted too
+    for policy in policies:
+        data = pack(compress(model, policy, calibration=inputs_for(model)), policy, {"od": 0.1})
         size = model_size(model, policy)
         assert len(data) - header_bytes(data) == size.bytes, policy
         # the header: tensor names, shapes and offsets, the policy, metrics, layouts and the checksum
@@ -179,3 +201,49 @@ def test_pack_refuses_a_student_that_the_policy_did_not_make() -> None:
         pack(student, Policy.uniform(model, 0.5, 8))
     with pytest.raises(FrandiError, match="before strip_"):
         pack(strip_(student), Policy.uniform(model, 0.5, 4))
+
+
+def test_activation_quantizers_round_trip_to_bit_identical_outputs(tmp_path: Path) -> None:
+    model = odd_model()
+    names = [layer.name for layer in compressible_layers(model)]
+    policy = Policy.from_dict({names[0]: LayerSetting(0.5, 3, 8), names[1]: LayerSetting(0.0, 4, 2),
+                               names[2]: LayerSetting(0.9, None, 4)})  # the last layer: fp32 in and out
+    student = recovered(model, policy)
+    settings = activation_settings(student)
+    assert {s["signed"] for s in settings.values()} == {True, False}  # the input image is signed, a ReLU's not
+    save_packed(tmp_path / "m.safetensors", student, policy)
+    loaded = load_packed(tmp_path / "m.safetensors", model)
+    assert activation_settings(loaded) == settings  # bits, sign and the learned fp32 step, exactly
+    x = torch.randn(64, 3, 5, 13, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(model_outputs(loaded, x), model_outputs(student, x))
+    assert not torch.equal(model_outputs(strip_(loaded), x), model_outputs(student, x))  # the quantizers matter
+    assert_bit_identical(strip_(student), loaded)
+
+
+def test_a_tampered_activation_step_or_sign_is_refused(tmp_path: Path) -> None:
+    model = resnet(widths=(4, 8)).eval()
+    policy = Policy.uniform(model, 0.5, 4, 4)
+    good = pack(compress(model, policy, calibration=torch.randn(16, 1, 8, 8)), policy)
+    header = json.loads(good[8 : header_bytes(good)])
+    offsets = header["layer1.0.conv1.act_quant:step"]["data_offsets"]
+    at = header_bytes(good) + offsets[0] + 3  # the step's most significant byte: a step 2x, 1/2x, or more off
+    bad = {
+        "step": good[:at] + bytes([good[at] ^ 0x01]) + good[at + 1 :],
+        "sign": good.replace(b'\\"signed\\": false', b'\\"signed\\": true ', 1),  # same length
+    }
+    path = tmp_path / "m.safetensors"
+    for what, data in bad.items():
+        assert data != good, what
+        path.write_bytes(data)
+        with pytest.raises(FrandiError, match="changed or damaged"):
+            load_packed(path, model)
+
+
+def test_pack_refuses_a_student_without_the_policy_s_activation_quantizers() -> None:
+    model = resnet(widths=(4, 8)).eval()
+    policy = Policy.uniform(model, 0.5, 4, 4)
+    weights_only = compress(model, Policy.uniform(model, 0.5, 4))  # the same weights, fp32 inputs
+    with pytest.raises(FrandiError, match="activation quantizers .* are not the policy's"):
+        pack(weights_only, policy)
+    with pytest.raises(FrandiError, match="activation quantizers .* are not the policy's"):
+        pack(compress(model, policy, calibration=torch.randn(16, 1, 8, 8)), Policy.uniform(model, 0.5, 4, 8))

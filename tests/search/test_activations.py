@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from frandi_core import SIZE_RULE, LayerSetting, Policy, compressible_layers
+from frandi_core import ACT_SIZE_RULE, SIZE_RULE, LayerSetting, Policy, compressible_layers
 from search import (
     StudyConfig,
     TrialRunner,
@@ -145,3 +145,22 @@ def test_a_bops_study_records_bops_and_reports_them(study_file, frandi) -> None:
     assert code == 0 and rows and {"act_bits", "gbops"} <= set(rows[0])
     assert all(r["gbops"] <= budget / 1e9 + 1e-4 for r in rows)  # the front holds feasible trials only
     assert set("/".join(r["act_bits"] for r in rows).split("/")) <= {"4", "8"}
+
+
+def test_a_study_that_quantizes_activations_counts_their_steps_in_its_size_rule(study_file, frandi) -> None:
+    """Packed files store one fp32 step per activation-quantized layer since ACT_SIZE_RULE: such a study
+    fingerprints that rule, and one stored under the old rule is refused; other studies keep SIZE_RULE."""
+    plain = load_config(study_file())
+    assert plain.size_rule == SIZE_RULE and plain.comparable()["size accounting"] == SIZE_RULE
+    path = edit(study_file(n_trials=2), "bits = [4, 8, 32]", ACT_SPACE)
+    cfg = load_config(path)
+    assert cfg.size_rule == ACT_SIZE_RULE != SIZE_RULE and cfg.comparable()["size accounting"] == ACT_SIZE_RULE
+    with pytest.MonkeyPatch.context() as m:  # the code before the steps were stored: every study on SIZE_RULE
+        m.setattr(StudyConfig, "size_rule", property(lambda self: SIZE_RULE))
+        old = cfg.fingerprint()
+        assert frandi("search", path, "--no-progress")[0] == 0
+    assert old != cfg.fingerprint()  # the rule alone changes the hash
+    code, _, err = frandi("search", edit(path, "n_trials = 2", "n_trials = 3"), "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "size accounting changed" in err and "--force" in err
+    with open_for(cfg) as st:
+        assert len(open_study(cfg, st).get_trials(states=(TrialState.COMPLETE,))) == 2  # nothing was added

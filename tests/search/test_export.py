@@ -17,8 +17,20 @@ import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore
 
-from frandi_core import Policy, build_architecture, load_packed, model_outputs, model_size, run_onnx, strip_
+from frandi_core import (
+    Policy,
+    activation_settings,
+    build_architecture,
+    load_packed,
+    model_outputs,
+    model_size,
+    onnx_parity,
+    packed,
+    set_activation_quantizers_,
+    strip_,
+)
 from search import ConfigError, TrialRunner, artifact_dir, load_config, open_for, open_study
+from search import rerun as rerun_trial
 from search.cli import main
 from tests.tiny_study import make_weights, study_text
 
@@ -62,6 +74,22 @@ def rerun(work: Path, t: optuna.trial.FrozenTrial) -> tuple[torch.nn.Module, Tri
     return student, runner
 
 
+def test_a_rerun_takes_the_trials_own_thread_count(work: Path) -> None:
+    """export and evaluate re-run a trial as it ran: float sums depend on how the work was split."""
+    t = quantized_trial(work)
+    recorded = int(t.user_attrs["threads"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(recorded + 1)
+    cfg = load_config(work / "study.toml")
+    try:
+        with open_for(cfg) as st:
+            _, _, moved = rerun_trial(TrialRunner(cfg, st), t)
+        assert torch.get_num_threads() == recorded
+        assert moved <= 1e-4
+    finally:
+        torch.set_num_threads(before)
+
+
 def raw(t: torch.Tensor) -> bytes:
     return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
@@ -91,33 +119,70 @@ def test_packed_export_is_the_size_objective_and_loads_bit_identical(work: Path,
         assert open_study(cfg, st).user_attrs["frandi:packed_bytes"] == {str(t.number): len(data)}
 
 
-def test_onnx_export_runs_in_onnxruntime_with_int8_weights(work: Path, frandi) -> None:
+def test_onnx_export_runs_in_onnxruntime_with_the_packed_weights(work: Path, frandi) -> None:
     t = quantized_trial(work)
     out = work / "m.onnx"
     code, msg, err = frandi("export", work / "study.toml", "--trial", t.number, "--out", out, "--format", "onnx")
     assert code == 0, err
+    assert "ONNX outputs on the held-out batch: max |ONNX - PyTorch| / max |PyTorch| = " in msg
     model = onnx.load(out)
     onnx.checker.check_model(model, full_check=True)
     policy = Policy.from_json(t.user_attrs["policy"])
-    quantized = {f"{n}.weight" for n, s in policy.layers if s.bits is not None}
-    int8 = {i.name.removesuffix("_quantized") for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
-    assert int8 == quantized and quantized
-    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    assert {n.output[0] for n in dq} == quantized
-    assert not any(i.name in quantized for i in model.graph.initializer)  # no fp32 copy left behind
     student, runner = rerun(work, t)
-    ref = model_outputs(student, runner.heldout)
-    got = run_onnx(out.read_bytes(), runner.heldout)
-    assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    content = packed(student, policy)
+    stored = {i.name: i.raw_data for i in model.graph.initializer}
+    assert content.layouts and not set(content.layouts) & set(stored)  # no fp32 copy left behind
+    assert all(stored[k] == v.numpy().tobytes() for k, v in content.tensors.items() if ":" in k)
+    assert onnx_parity(student, out.read_bytes(), runner.heldout).ok(1e-4)
 
 
-def test_state_dict_format_is_today_s_file(work: Path, frandi) -> None:
+def test_state_dict_format_is_today_s_file_plus_activations(work: Path, frandi) -> None:
     t = quantized_trial(work)
     out = work / "m.pt"
     assert frandi("export", work / "study.toml", "--trial", t.number, "--out", out, "--format", "state_dict")[0] == 0
     saved = torch.load(out, weights_only=True)
-    assert set(saved) == {"state_dict", "policy", "metrics"}
+    assert set(saved) == {"state_dict", "policy", "metrics", "activations"} and saved["activations"] == {}
     build_architecture(*ARCH).load_state_dict(saved["state_dict"], strict=True)
+
+
+@pytest.fixture(scope="module")
+def act_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 3-trial study whose searched layers quantize their inputs to 4 or 8 bits."""
+    root = tmp_path_factory.mktemp("export_act")
+    make_weights(root / "tiny.pt")
+    text = study_text(name="exp", url="sqlite:///runs/exp.db", n_trials=3, steps=3, bits="[4, 8]\nact_bits = [4, 8]")
+    (root / "study.toml").write_text(text)
+    assert main(["search", str(root / "study.toml"), "--no-progress"]) == 0
+    return root
+
+
+def test_activation_quantized_trial_keeps_its_quantizers_in_every_format(
+    act_base: Path, tmp_path: Path, frandi
+) -> None:
+    shutil.copytree(act_base, tmp_path, dirs_exist_ok=True)
+    t = finished(tmp_path)[-1]
+    policy = Policy.from_json(t.user_attrs["policy"])
+    assert policy.act_bits()
+    student, runner = rerun(tmp_path, t)
+    expect = model_outputs(student, runner.heldout)
+    settings = activation_settings(student)
+    assert set(settings) == set(policy.act_bits())
+    files = {fmt: tmp_path / f"m.{fmt}" for fmt in ("packed", "onnx", "state_dict")}
+    for fmt, out in files.items():
+        code, msg, err = frandi("export", tmp_path / "study.toml", "--trial", t.number, "--out", out, "--format", fmt)
+        assert code == 0, err
+    data = files["packed"].read_bytes()
+    assert len(data) - 8 - int.from_bytes(data[:8], "little") == t.user_attrs["size_bits"] // 8  # steps counted
+    loaded = load_packed(files["packed"], build_architecture(*ARCH))
+    assert activation_settings(loaded) == settings
+    assert torch.equal(model_outputs(loaded, runner.heldout), expect)
+    parity = onnx_parity(student, files["onnx"].read_bytes(), runner.heldout)
+    assert parity.ok(1e-4) and parity.flipped <= 1, parity.describe()
+    saved = torch.load(files["state_dict"], weights_only=True)
+    assert saved["activations"] == settings
+    plain = build_architecture(*ARCH)
+    plain.load_state_dict(saved["state_dict"], strict=True)
+    assert torch.equal(model_outputs(set_activation_quantizers_(plain, saved["activations"]), runner.heldout), expect)
 
 
 def dashboard_get(app, path: str) -> tuple[str, bytes]:
