@@ -65,12 +65,11 @@ def quantized_trial(work: Path) -> optuna.trial.FrozenTrial:
 
 
 def rerun(work: Path, t: optuna.trial.FrozenTrial) -> tuple[torch.nn.Module, TrialRunner]:
-    """The trial's recovered student, re-run as export does (same threads)."""
+    """The trial's recovered student, re-run as export does (search.rerun: same threads)."""
     cfg = load_config(work / "study.toml")
-    torch.set_num_threads(int(t.user_attrs["threads"]))
     with open_for(cfg) as st:
         runner = TrialRunner(cfg, st)
-        student, _ = runner.student(Policy.from_json(t.user_attrs["policy"]))
+        student, _, _ = rerun_trial(runner, t)
     return student, runner
 
 
