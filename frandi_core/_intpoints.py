@@ -14,6 +14,7 @@ per-layer input quantizers only (their exported graph then runs those convolutio
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,11 @@ from ._errors import FrandiError
 from ._policy import COMPRESSIBLE
 
 POINTS = "frandi_points"  # the ModuleDict (on the traced student) holding the integer points' quantizers
+TAPS = "frandi_taps"  # each container module's output, where its forward hooks (feature capture) still fire
 BIASES = "frandi_biases"  # the ModuleDict holding each integer layer's bias rounding (``BiasRounding``)
+# Names how a student with quantized activations rounds. Studies that quantize activations fingerprint it: trials
+# scored under another rounding (before integer points and bias rounding) are not comparable.
+ROUNDING_RULE = "integer-points/1"
 POINT_BITS = 8  # the runtime's own width: an integer point costs no file size and rounds as the runtime does
 
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -80,6 +85,26 @@ def _trace(model: nn.Module) -> fx.GraphModule | None:
         return fx.symbolic_trace(model)
     except Exception:  # torch.fx raises many kinds on data-dependent control flow: the model just keeps its hooks
         return None
+
+
+_traced: weakref.WeakKeyDictionary[nn.Module, fx.GraphModule | None] = weakref.WeakKeyDictionary()
+
+
+def own_points(model: nn.Module, policy: Any) -> int:
+    """How many integer points of their own (an fp32 step each in the packed file) ``policy`` gives ``model``:
+    what ``with_integer_points`` adds, counted without calibrating (the model's trace is kept per model)."""
+    if getattr(model, POINTS, None) is not None:
+        return sum(1 for p in point_settings(model).values() if not p["layer"])
+    act = policy.act_bits()
+    if not act:
+        return 0
+    if model not in _traced:
+        _traced[model] = None if isinstance(model, COMPRESSIBLE) else _trace(model)
+    traced = _traced[model]
+    if traced is None:
+        return 0
+    integer = {n for n, s in policy.layers if s.act_bits is not None and s.bits is not None}
+    return sum(1 for layer in plan(traced, act, integer).values() if layer is None)
 
 
 def plan(traced: fx.GraphModule, quantized: Mapping[str, int], integer_ok: set[str]) -> dict[str, str | None]:
@@ -174,6 +199,37 @@ def _bias_owners(traced: fx.GraphModule, layers: set[str]) -> dict[str, fx.Node]
     return out
 
 
+class _Tap(nn.Module):
+    """Runs a container module's forward hooks on its output: torch.fx inlines containers, so a hook on one (a
+    feature layer of FR, a block) would never fire in the traced model. Returns nothing the graph uses."""
+
+    def __init__(self, container: nn.Module) -> None:
+        super().__init__()
+        self._refs = (container,)
+
+    def forward(self, x: torch.Tensor) -> None:
+        container = self._refs[0]
+        for hook in list(container._forward_hooks.values()):
+            hook(container, (), x)
+
+
+def _container_outputs(traced: fx.GraphModule) -> dict[str, tuple[nn.Module, fx.Node]]:
+    """Each inlined container (by name, dots as underscores) and the one node that is its output."""
+    scopes: dict[str, list[fx.Node]] = {}
+    for n in traced.graph.nodes:
+        for key in (n.meta.get("nn_module_stack") or {}):
+            scopes.setdefault(key, []).append(n)
+    modules = dict(traced.named_modules())
+    out = {}
+    for scope, nodes in scopes.items():
+        inside = set(nodes)
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        container = modules.get(scope)
+        if len(outputs) == 1 and container is not None and not (len(nodes) == 1 and nodes[0].op == "call_module"):
+            out[scope.replace(".", "_")] = (container, outputs[0])
+    return out
+
+
 class _Observer(nn.Module):
     """Collects (evenly thinned) values of the tensor it sees during calibration and passes it through."""
 
@@ -203,6 +259,7 @@ def _integer(traced: fx.GraphModule, points: Mapping[str, nn.Module], layers: Ma
     """The traced model with the points (by node name) and, after each integer layer (input quantizer and
     quantized weights) or its BatchNorm, its bias rounding."""
     nodes = {n.name: n for n in traced.graph.nodes}
+    containers = _container_outputs(traced)  # before any node is added: they belong to no container
     _insert(traced, POINTS, points, {name: nodes[name] for name in points})
     modules = dict(traced.named_modules())
     owners = _bias_owners(traced, set(layers))
@@ -212,6 +269,10 @@ def _integer(traced: fx.GraphModule, points: Mapping[str, nn.Module], layers: Ma
         biases[layer.replace(".", "_")] = BiasRounding(layer, layers[layer], modules[layer], norm,
                                                        getattr(modules[layer], ACT_QUANT))
     _insert(traced, BIASES, biases, {layer.replace(".", "_"): node for layer, node in owners.items()})
+    traced.add_submodule(TAPS, nn.ModuleDict({name: _Tap(c) for name, (c, _) in containers.items()}))
+    for name, (_, node) in containers.items():
+        with traced.graph.inserting_after(node):
+            traced.graph.call_module(f"{TAPS}.{name}", (node,))
     traced.recompile()
     return traced
 
@@ -235,7 +296,7 @@ def with_integer_points(
     modules, or the student itself when it has nothing to add or cannot be traced."""
     check_calibration(method)
     quantized = {n: q.bits for n, q in activation_quantizers(student).items()}
-    traced = _trace(student) if quantized else None
+    traced = _trace(student) if quantized and not isinstance(student, COMPRESSIBLE) else None
     layers = _integer_ok(student)
     if traced is None or not (layers or plan(traced, quantized, set(layers))):
         return student
@@ -282,7 +343,7 @@ def set_integer_points(
     ``point_settings`` returned) and the bias rounding of its integer layers (``bits``: weight bits by layer, the
     policy's): the traced copy, or the model itself
     when it has no input quantizer or cannot be traced (then ``settings`` must be empty)."""
-    traced = _trace(model) if activation_quantizers(model) else None
+    traced = _trace(model) if activation_quantizers(model) and not isinstance(model, COMPRESSIBLE) else None
     if traced is None:
         if settings:
             raise FrandiError("the model cannot be traced by torch.fx, yet the file holds integer points")
