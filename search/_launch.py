@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 
 import optuna
@@ -19,7 +18,7 @@ from storage import Storage
 from ._allocate import study_space
 from ._config import ConfigError, StudyConfig
 from ._open import open_for
-from ._signals import Terminated
+from ._signals import check, deferred_interrupts, received, wait
 from ._space import SearchSpace
 from ._study import counts, create_or_resume
 from ._trial import TrialRunner, cached_batches, model_spec
@@ -108,9 +107,9 @@ def launch(
             )
             for i in range(n)
         ]
-        for p in procs:
-            p.start()
         try:
+            for p in procs:
+                p.start()
             _watch(study, procs, cfg.study.n_trials, progress)
         except KeyboardInterrupt:
             _stop(procs)
@@ -128,11 +127,12 @@ def launch(
 def _stop(procs: list, patience: float = 60) -> None:
     """SIGTERM each worker once (each fails and re-queues its trial), wait for them, then kill what is left
     (its trial goes stale and is retried by the next run)."""
-    for p in procs:
-        if p.is_alive() and p.pid:
+    started = [p for p in procs if p.pid is not None]
+    for p in started:
+        if p.is_alive():
             os.kill(p.pid, signal.SIGTERM)
     deadline = time.monotonic() + patience
-    for p in procs:
+    for p in started:
         p.join(timeout=max(deadline - time.monotonic(), 0))
         if p.is_alive():
             p.kill()
@@ -140,27 +140,17 @@ def _stop(procs: list, patience: float = 60) -> None:
 
 
 def _watch(study: optuna.Study, procs: list, n_trials: int, progress: bool) -> None:
-    """Show progress until the workers exit. Ctrl-C and SIGTERM only set a flag, so neither lands inside a database
+    """Show progress until the workers exit. Ctrl-C and SIGTERM are held, so neither lands inside a database
     call (a query interrupted half-way leaves the connection unusable); they are raised between polls."""
-    stop = threading.Event()
-    got: list[int] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        got.append(signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=n_trials, desc=f"study {study.study_name}", unit="trial", disable=not progress)
     try:
-        while any(p.is_alive() for p in procs) and not stop.is_set():
-            done = counts(study)[TrialState.COMPLETE]
-            bar.update(min(done, n_trials) - bar.n)
-            stop.wait(0.5)
-        if not stop.is_set():
-            bar.update(min(counts(study)[TrialState.COMPLETE], n_trials) - bar.n)
+        with deferred_interrupts(release=False):
+            while any(p.is_alive() for p in procs) and received() is None:
+                done = counts(study)[TrialState.COMPLETE]
+                bar.update(min(done, n_trials) - bar.n)
+                wait(0.5)
+            if received() is None:
+                bar.update(min(counts(study)[TrialState.COMPLETE], n_trials) - bar.n)
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         bar.close()
-    if got:
-        raise Terminated if got[0] == signal.SIGTERM else KeyboardInterrupt
+    check()

@@ -21,7 +21,7 @@ from storage import Storage, StorageError, atomic, connection_lost, lost_storage
 from . import _optuna
 from ._config import ConfigError, StudyConfig
 from ._open import open_for
-from ._signals import deferred_interrupts, exit_with_parent, interrupts_raise, raise_held
+from ._signals import EXIT_CODES, check, deferred_interrupts, exit_with_parent, interrupts_raise, raise_held
 from ._study import counts, open_study, to_start_key
 from ._trial import TrialResult, TrialRunner
 
@@ -255,6 +255,7 @@ def work(
     done = failed = 0
     limit = cfg.study.n_trials if max_failures is None else max_failures
     while True:
+        check()  # a safe point: once a stop is recorded, no trial starts
         if storage.optuna.get_heartbeat_interval():
             fail_stale_trials(study)
         with claimed(study, storage) as trial_id:
@@ -301,8 +302,9 @@ def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: i
         with interrupts_raise(sigint=False):
             with open_for(cfg, storage_url) as storage:  # the launcher's URL, already resolved
                 work(cfg, storage, device=device, worker_index=worker_index, threads=threads)
+            check()  # a SIGTERM recorded but never raised still ends this worker as terminated
     except KeyboardInterrupt:
-        pass
+        raise SystemExit(EXIT_CODES[signal.SIGTERM]) from None
     except (FrandiError, StorageError) as e:
         raise SystemExit(f"frandi worker {worker_index}: error: {e}") from None
     except optuna.exceptions.StorageInternalError as e:

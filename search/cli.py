@@ -18,7 +18,7 @@ from . import _commands as commands
 from ._config import ConfigError, StudyConfig, load_config, replace
 from ._data import FASHION_ROOT
 from ._evaluate import evaluate
-from ._signals import Terminated, interrupts_raise
+from ._signals import interrupts_raise, stop_code
 
 
 def _writable(path: str, *, overwrite: bool = True) -> Path:
@@ -176,24 +176,24 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with interrupts_raise():
+        try:  # a recorded SIGTERM / Ctrl-C is exit 143 / 130 with its line, never 0
+            return stop_code(_exit_code(args))
+        except KeyboardInterrupt as e:  # the stop's exception, wherever it was raised
+            return stop_code(0, e)
+
+
+def _exit_code(args: argparse.Namespace) -> int:
+    """Run the command; each kind of error is its one line and exit 2. A stop signal is reported by stop_code."""
     try:
-        with interrupts_raise():
-            return run(args)
+        return run(args)
     except (FrandiError, StorageError) as e:
         print(f"frandi: error: {e}", file=sys.stderr)
-        return 2
     except optuna.exceptions.StorageInternalError as e:  # the database went away for longer than we wait
         print(f"frandi: error: {lost_storage(e)}", file=sys.stderr)
-        return 2
-    except Terminated:
-        print("frandi: terminated; run the same command again to resume", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("\nfrandi: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
     except json.JSONDecodeError as e:
         print(f"frandi: error: stored data is not valid JSON ({e})", file=sys.stderr)
-        return 2
+    return 2
 
 
 if __name__ == "__main__":
