@@ -22,7 +22,7 @@ from ._signals import check, deferred_interrupts, received, wait
 from ._space import SearchSpace
 from ._study import counts, create_or_resume
 from ._trial import TrialRunner, cached_batches, model_spec
-from ._worker import check_device, set_threads, work, worker_main
+from ._worker import Deadline, check_device, set_threads, work, worker_main
 
 
 def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module, SearchSpace]:
@@ -80,9 +80,15 @@ def _prepare(
 
 
 def launch(
-    cfg: StudyConfig, *, storage_override: str | None = None, force: bool = False, progress: bool = True
+    cfg: StudyConfig,
+    *,
+    storage_override: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    deadline: Deadline | None = None,
 ) -> optuna.Study:
-    """Run the study to n_trials finished trials with cfg.run.workers processes; resume when it exists."""
+    """Run the study to n_trials finished trials with cfg.run.workers processes (or until ``deadline``); resume
+    when it exists."""
     devices = [check_device(d) for d in cfg.run.devices]
     n = cfg.run.workers
     threads = set_threads(cfg.run.threads, n)  # as many as one worker gets: more threads than cores thrash
@@ -95,14 +101,14 @@ def launch(
             bar = tqdm(total=cfg.study.n_trials, desc=f"study {study.study_name}", unit="trial",
                        disable=not progress, initial=done)
             with bar:
-                work(cfg, storage, device=devices[0], threads=threads, runner=runner,
+                work(cfg, storage, device=devices[0], threads=threads, runner=runner, deadline=deadline,
                      on_trial=lambda done: bar.update(min(done, cfg.study.n_trials) - bar.n))
             return study
         ctx = mp.get_context("spawn")
         procs = [
             ctx.Process(
                 target=worker_main,
-                args=(cfg, storage.url, devices[i % len(devices)], i, threads, os.getpid()),
+                args=(cfg, storage.url, devices[i % len(devices)], i, threads, os.getpid(), deadline),
                 name=f"frandi-worker-{i}",
             )
             for i in range(n)

@@ -29,10 +29,12 @@ from typing import Any
 
 __all__ = [
     "EXIT_CODES",
+    "DeadlinePassed",
     "Terminated",
     "check",
     "deferred_interrupts",
     "exit_with_parent",
+    "hard_deadline",
     "interrupts_raise",
     "raise_held",
     "received",
@@ -51,6 +53,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: handled wherever Ctrl-C is, reported as 'terminated' (exit code 143)."""
 
 
+class DeadlinePassed(KeyboardInterrupt):
+    """The hard deadline passed (SIGALRM, see ``hard_deadline``): the trial in flight is re-queued as a stopped one
+    is, and the worker ends its run normally."""
+
+
 @dataclass
 class _Stop:
     """What this process knows about a stop signal (the main thread writes it, in its signal handler)."""
@@ -58,6 +65,7 @@ class _Stop:
     signum: int | None = None  # the first stop signal received: it decides the exit code
     retry: bool = False  # that raise was swallowed: raise it again
     depth: int = 0  # nesting of deferred_interrupts()
+    deadline: bool = False  # the hard deadline passed: raised as DeadlinePassed, after any stop
     event: threading.Event = field(default_factory=threading.Event)  # set when a stop is recorded
 
 
@@ -81,11 +89,17 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     raise _interrupt(_stop.signum)
 
 
+def _on_alarm(_signum: int, _frame: FrameType | None) -> None:
+    _stop.deadline = True
+    if not _stop.depth and _stop.signum is None:
+        raise DeadlinePassed()
+
+
 def _on_unraisable(unraisable: Any) -> None:
     """A stop raised where Python swallows exceptions: send the signal again, to be raised at the next bytecode."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _stop.signum is not None:
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and (_stop.signum is not None or _stop.deadline):
         _stop.retry = True
-        signal.pthread_kill(threading.main_thread().ident or 0, _stop.signum)
+        signal.pthread_kill(threading.main_thread().ident or 0, _stop.signum or signal.SIGALRM)
         return
     _previous_hook(unraisable)
 
@@ -98,8 +112,12 @@ def received() -> int | None:
 def check() -> None:
     """A safe point: raise the recorded stop (again), unless inside deferred_interrupts(). Once a stop is
     recorded, no new work starts: every safe point raises it."""
-    if _stop.signum is not None and not _stop.depth:
+    if _stop.depth:
+        return
+    if _stop.signum is not None:
         raise _interrupt(_stop.signum)
+    if _stop.deadline:
+        raise DeadlinePassed()
 
 
 def wait(seconds: float) -> bool:
@@ -140,6 +158,24 @@ def interrupts_raise(*, sigint: bool = True) -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         sys.unraisablehook = previous_hook
+
+
+@contextmanager
+def hard_deadline(at: float | None) -> Iterator[None]:
+    """In the block, from ``at`` (time.time()) on, DeadlinePassed is raised in the main thread, unless deferred
+    (then when the deferred block ends) and at every safe point after. None, or elsewhere than the main thread:
+    no deadline."""
+    if at is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(at - time.time(), 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        _stop.deadline = False
 
 
 @contextmanager
