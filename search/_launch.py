@@ -20,7 +20,7 @@ from ._config import ConfigError, StudyConfig
 from ._open import open_for
 from ._signals import check, deferred_interrupts, received, wait
 from ._space import SearchSpace
-from ._study import counts, create_or_resume
+from ._study import counts, create_or_resume, stamp_fingerprint
 from ._trial import TrialRunner, cached_batches, model_spec
 from ._worker import Deadline, check_device, set_threads, work, worker_main
 
@@ -68,8 +68,11 @@ def _prepare(
     """prepare(), also returning the batches (and their key), for a worker in this process to reuse."""
     teacher, space = checked
     if cfg.space.mode == "layerwise":
-        study = create_or_resume(cfg, storage, space, force=force)
-        return study, cached_batches(cfg, storage, teacher, device=device, progress=progress)
+        # the new fingerprint only once its batches exist: a --force whose synthesis fails leaves the old one
+        study = create_or_resume(cfg, storage, space, force=force, stamp=False)
+        batches = cached_batches(cfg, storage, teacher, device=device, progress=progress)
+        stamp_fingerprint(study, cfg)
+        return study, batches
     # allocated: baselines and warm starts are parameters of the allocated space, which needs the batches
     # and the sensitivity table first
     key, data = cached_batches(cfg, storage, teacher, device=device, progress=progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -12,7 +13,7 @@ from search import load_config, open_for, open_study, prepare
 from search._duration import DurationError, parse_duration
 from tests.tiny_study import make_weights, study_text
 
-retried_from = __import__("optuna").storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
 
 
 def _study(tmp_path, *, steps: int = 5, timeout: str | None = None, n_trials: int = 500):
