@@ -32,6 +32,7 @@ from ._config import ConfigError, StudyConfig
 from ._duration import parse_duration
 from ._launch import check_model, launch
 from ._open import open_for
+from ._optuna import fast_reads
 from ._report import PACKED, format_rows, front_rows
 from ._report import status as status_of
 from ._rerun import finished_trials, rerun
@@ -206,7 +207,9 @@ def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) ->
     with open_for(cfg, storage, mode="read") as st:
         open_study(cfg, st)
         print(f"optuna-dashboard on http://{host}:{port}/ for {st.masked_url} (Ctrl-C to stop)")
-        optuna_dashboard.run_server(st.optuna, host=host, port=port, artifact_store=artifact_store(cfg, st))
+        optuna_dashboard.run_server(
+            fast_reads(st.optuna), host=host, port=port, artifact_store=artifact_store(cfg, st)
+        )
     return 0
 
 

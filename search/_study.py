@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from storage import Storage
 
+from . import _optuna
 from ._config import ConfigError, StudyConfig
 from ._space import SearchSpace
 
@@ -49,7 +50,7 @@ def open_study(cfg: StudyConfig, storage: Storage, *, worker_index: int = 0) -> 
         raise ConfigError(
             f"study '{cfg.study.name}' does not exist in {storage.masked_url}; start it with frandi search"
         ) from None
-    study.sampler = make_sampler(cfg, worker_index, len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(cfg, worker_index, _optuna.trial_count(study))  # a COUNT: no trial read whole
     return study
 
 
