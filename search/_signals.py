@@ -16,6 +16,7 @@ the step is done.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -99,9 +100,24 @@ def _on_unraisable(unraisable: Any) -> None:
     """A stop raised where Python swallows exceptions: send the signal again, to be raised at the next bytecode."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt) and (_stop.signum is not None or _stop.deadline):
         _stop.retry = True
-        signal.pthread_kill(threading.main_thread().ident or 0, _stop.signum or signal.SIGALRM)
+        # sent from another thread: sent from this one, Python would run the handler at once, inside this hook,
+        # which swallows its exception too
+        target = threading.main_thread().ident or 0
+        signum = _stop.signum or signal.SIGALRM
+        threading.Thread(target=signal.pthread_kill, args=(target, signum), name="frandi-resend", daemon=True).start()
         return
     _previous_hook(unraisable)
+
+
+class _AfterStop(logging.Filter):
+    """Drops what SQLAlchemy logs (with a traceback) when a stop cut a query in two and closing that connection
+    fails: expected once a stop is recorded, and the connection is discarded anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(_QUIET) or (_stop.signum is None and not _stop.deadline)
+
+
+_QUIET = ("sqlalchemy.pool", "sqlalchemy.engine")  # the loggers of SQLAlchemy's failed clean-ups
 
 
 def received() -> int | None:
@@ -152,12 +168,19 @@ def interrupts_raise(*, sigint: bool = True) -> Iterator[None]:
     _previous_hook, previous_hook = sys.unraisablehook, sys.unraisablehook
     sys.unraisablehook = _on_unraisable
     previous = {s: signal.signal(s, _on_signal) for s in signals}
+    quiet = _AfterStop()
+    # on the handlers that print (a logger's filter would not see its children's records)
+    printers = [h for h in (*logging.getLogger().handlers, logging.lastResort) if h is not None]
+    for printer in printers:
+        printer.addFilter(quiet)
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         sys.unraisablehook = previous_hook
+        for printer in printers:
+            printer.removeFilter(quiet)
 
 
 @contextmanager

@@ -92,7 +92,7 @@ def _round(folder: Path, k: int, rng: random.Random, retried: list[int], delay: 
         "ended": round(time.monotonic() - t0, 3),
         "code": code,
         "last_line": err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "",
-        "traceback": "Traceback" in err.getvalue(),
+        "traceback": err.getvalue()[-4000:] if "Traceback" in err.getvalue() else False,
         "running": sum(t.state == TrialState.RUNNING for t in trials),
         "complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "stopped_trials": [t.number for t in trials if t.state == TrialState.FAIL and _stopped(t)],
