@@ -15,6 +15,8 @@ from typing import Any
 
 from frandi_core import ACT_SIZE_RULE, ROUNDING_RULE, SIZE_RULE, FrandiError, RecoveryConfig, SynthConfig
 
+from ._duration import parse_duration
+
 
 class ConfigError(FrandiError):
     """A study file is malformed: the message names the key and what to write instead."""
@@ -48,6 +50,7 @@ class StudySection:
     baselines: tuple[float, ...] = (0.25, 0.5, 0.75)  # uniform sparsities enqueued first, at the top bits
     artifacts: str | None = None  # folder for files export --attach stores (default: beside the SQLite database)
     score: str = "od"  # the first objective: OD (eq. 3), or "od+feature_od" (plus OD on the FR feature layers)
+    timeout: str | None = None  # e.g. "90m": no trial starts after it (from the command's start); not fingerprinted
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,8 @@ def _validate(cfg: StudyConfig) -> None:
         raise ConfigError(f"study.max_bops must be > 0 (bit operations, e.g. 2.5e9), got {s.max_bops}")
     if s.n_trials < 1:
         raise ConfigError(f"study.n_trials must be >= 1, got {s.n_trials}")
+    if s.timeout is not None:
+        parse_duration(s.timeout, "study.timeout")
     lo, hi = (sp.sparsity + (None, None))[:2] if len(sp.sparsity) == 2 else (None, None)
     if lo is None or hi is None or not 0 <= lo <= hi < 1:
         raise ConfigError(
