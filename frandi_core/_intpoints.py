@@ -156,13 +156,17 @@ class BiasRounding(nn.Module):
 
     @torch.no_grad()
     def offset(self) -> torch.Tensor:
-        module, norm, quantizer = self._refs
+        module: Any = self._refs[0]  # a Conv/Linear (its weight a parametrization or a plain tensor)
+        norm: Any = self._refs[1] if isinstance(self._refs[1], _NORM) else None
+        quantizer = self._refs[2]
         w = module.weight.detach().double()  # levels x scale: its largest magnitude per channel is qmax x scale
         scale = w.abs().flatten(1).amax(1) / (2 ** (self.bits - 1) - 1)
         bias = module.bias.detach().double() if getattr(module, "bias", None) is not None else torch.zeros_like(scale)
-        if isinstance(norm, _NORM):
-            mult = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
-            shift = (bias - norm.running_mean.double()) * mult + norm.bias.detach().double()
+        if norm is not None:
+            mean, var = norm.running_mean, norm.running_var
+            assert mean is not None and var is not None  # a norm the runtime folds tracks its statistics
+            mult = norm.weight.detach().double() / torch.sqrt(var.double() + norm.eps)
+            shift = (bias - mean.double()) * mult + norm.bias.detach().double()
             scale = scale * mult
         else:
             shift = bias
