@@ -149,7 +149,8 @@ def fusion_line(data: bytes, student: torch.nn.Module, *, fast: bool) -> str:
     line = (f"onnxruntime runs {fusion['integer']} of {fusion['total']} Conv/Gemm layers on integer kernels "
             f"({capable} have quantized weights and inputs)")
     if fast and fusion["integer"] < capable:
-        line += f"; {capable - fusion['integer']} of those run in fp32 (an op between them it cannot fuse)"
+        line += (f"; {capable - fusion['integer']} of those run in fp32 (a layer writing the model's fp32 output, "
+                 "or an op after it that onnxruntime cannot fuse)")
     return line
 
 
