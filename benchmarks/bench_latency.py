@@ -106,7 +106,7 @@ def torch_export(model: nn.Module, example: torch.Tensor) -> bytes:
     """The user's fp32 file: ``torch.onnx.export`` with its defaults and a dynamic batch dimension."""
     program = torch.onnx.export(
         model, (example,), input_names=["input"], output_names=["output"], verbose=False,
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
     )
     assert program is not None  # the default (dynamo) exporter returns its program
     return bytes(program.model_proto.SerializeToString())
@@ -283,7 +283,7 @@ def bench_model(name: str, a: argparse.Namespace) -> list[dict[str, Any]]:
 # ---- the report
 
 
-def _fmt_ms(v: float) -> str:
+def fmt_ms(v: float) -> str:
     return f"{v:.3g}" if v < 100 else f"{v:.0f}"
 
 
@@ -294,7 +294,7 @@ def table(rows: Sequence[dict[str, Any]], a: argparse.Namespace) -> str:
     for r in rows:
         line: dict[str, Any] = {"model": r["model"], "file": r["file"]}
         for c in cells:
-            line[f"{c} ms"] = _fmt_ms(r[f"{c} ms"])
+            line[f"{c} ms"] = fmt_ms(r[f"{c} ms"])
             line[f"{c} speed-up"] = f"{r[f'{c} x']:.2f}x"
         line["load ms"] = f"{r['load_ms']:.1f}"
         line["bytes"] = f"{r['bytes']:,}"
