@@ -26,32 +26,37 @@ MSE_GRID = 100  # the "mse" calibration tries this many clipping values between 
 SAMPLES = 1 << 18  # at most this many values per layer feed the percentile and MSE searches
 
 
-def grid(bits: int, signed: bool) -> tuple[int, int]:
-    """The integer range of a grid: [0, 2**bits - 1] unsigned, [-(2**(bits-1) - 1), 2**(bits-1) - 1] signed."""
+def grid(bits: int, signed: bool, full: bool = False) -> tuple[int, int]:
+    """The integer range of a grid: [0, 2**bits - 1] unsigned, [-(2**(bits-1) - 1), 2**(bits-1) - 1] signed
+    (``full``: down to -2**(bits-1), every level of the integer type, as the integer points use)."""
     if signed:
         q = 2 ** (bits - 1) - 1
-        return -q, q
+        return -q - int(full), q
     return 0, 2**bits - 1
 
 
-def fake_quantize_act(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+def fake_quantize_act(
+    x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool, full: bool = False
+) -> torch.Tensor:
     """Round ``x / scale`` to the grid, clamp, rescale; straight-through estimator for the rounding.
 
     The gradient reaches ``x`` where it lies inside the clipping range (zero outside) and reaches ``scale`` as in
     LSQ (Esser et al. 2020): round(x/s) - x/s inside the range, the clamp bound outside.
     """
-    lo, hi = grid(bits, signed)
+    lo, hi = grid(bits, signed, full)
     v = torch.clamp(x / scale, lo, hi)
     return (v + (torch.round(v) - v).detach()) * scale
 
 
 class ActQuantizer(nn.Module):
-    """Per-tensor fake quantizer of a layer's input; its step size is a parameter, learned only if FR asks."""
+    """Per-tensor fake quantizer of a layer's input; its step size is a parameter, learned only if FR asks.
+    ``full``: the signed grid reaches -2**(bits-1) too (the integer points' grid)."""
 
-    def __init__(self, bits: int, signed: bool, scale: float) -> None:
+    def __init__(self, bits: int, signed: bool, scale: float, full: bool = False) -> None:
         super().__init__()
         self.bits = bits
         self.signed = signed
+        self.full = full
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=False)
 
     @property
@@ -59,10 +64,11 @@ class ActQuantizer(nn.Module):
         return self.log_scale.exp()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fake_quantize_act(x, self.scale.to(x.dtype), self.bits, self.signed)
+        return fake_quantize_act(x, self.scale.to(x.dtype), self.bits, self.signed, self.full)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, signed={self.signed}, scale={float(self.scale.detach()):.4g}"
+        full = ", full" if self.full else ""
+        return f"bits={self.bits}, signed={self.signed}{full}, scale={float(self.scale.detach()):.4g}"
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple | None:
@@ -83,17 +89,18 @@ def clip_percentile(x: torch.Tensor, bits: int, signed: bool) -> float:
     return float(flat.kthvalue(k).values)
 
 
+@torch.no_grad()
 def clip_mse(x: torch.Tensor, bits: int, signed: bool) -> float:
     """The clipping value minimizing the mean squared quantization error of ``x`` (ACIQ's criterion, by search)."""
     top = float(x.abs().max())
-    best, best_err = top, math.inf
-    for i in range(1, MSE_GRID + 1):
-        c = top * i / MSE_GRID
-        scale = torch.tensor(max(c, 1e-12) / grid(bits, signed)[1])
-        err = float((fake_quantize_act(x, scale, bits, signed) - x).square().mean())
-        if err < best_err:
-            best, best_err = c, err
-    return best
+    lo, hi = grid(bits, signed)
+    clips = [top * i / MSE_GRID for i in range(1, MSE_GRID + 1)]
+    errors: list[float] = []
+    for start in range(0, MSE_GRID, 10):  # ten candidates at a time: one pass over x each, not one per candidate
+        scales = torch.tensor([max(c, 1e-12) / hi for c in clips[start : start + 10]], dtype=x.dtype)[:, None]
+        q = torch.round(torch.clamp(x[None] / scales, lo, hi)) * scales
+        errors += (q - x[None]).square().mean(dim=1).tolist()
+    return clips[min(range(MSE_GRID), key=lambda i: (errors[i], i))]
 
 
 CALIBRATIONS: dict[str, Callable[[torch.Tensor, int, bool], float]] = {
@@ -166,6 +173,14 @@ def _attach(module: nn.Module, quantizer: ActQuantizer) -> None:
     module.add_module(ACT_QUANT, quantizer)
     if _quantize_input not in module._forward_pre_hooks.values():  # torch keeps a layer's pre-hooks in this dict
         module.register_forward_pre_hook(_quantize_input)
+
+
+def detach_input_hook_(module: nn.Module) -> None:
+    """Stop the layer's pre-hook from applying its input quantizer (the quantizer stays its child): for a layer
+    whose input the traced graph already rounds with that quantizer (``_intpoints``)."""
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if hook is _quantize_input:
+            del module._forward_pre_hooks[key]
 
 
 def exact_log(step: float) -> torch.Tensor:

@@ -18,6 +18,7 @@ from torch.nn.utils import parametrize
 
 from ._actquant import quantize_activations_, remove_activation_quantizers_
 from ._errors import FrandiError
+from ._intpoints import drop_integer_points_, with_integer_points
 from ._policy import COMPRESSIBLE, Policy, compressible_layers
 
 
@@ -111,6 +112,7 @@ def compress(
         parametrize.register_parametrization(m, "weight", Compressor(mask, s.bits))
     if act_bits and calibration is not None:
         quantize_activations_(student, act_bits, calibration, method)
+        student = with_integer_points(student, calibration, method)
     return student.eval()
 
 
@@ -119,4 +121,4 @@ def strip_(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    return remove_activation_quantizers_(model)
+    return remove_activation_quantizers_(drop_integer_points_(model))

@@ -70,12 +70,24 @@ def _strip(graph: Any) -> None:
     del graph.value_info[:]
 
 
-def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> bytes:
-    """The ONNX model of ``student`` (as ``compress`` returned it) for inputs shaped like ``example`` (any batch):
-    each compressed weight stored as in the packed file and unpacked in the graph, each quantized layer's input
-    quantized with its step."""
+LAYOUTS = ("fast", "packed")
+
+
+def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor, *, layout: str = "fast") -> bytes:
+    """The ONNX model of ``student`` (as ``compress`` returned it) for inputs shaped like ``example`` (any batch).
+
+    ``layout="fast"``: the QDQ form onnxruntime runs on integer kernels wherever a layer's weights and input are
+    quantized (``_onnx_fast``). ``layout="packed"``: the smallest file, each compressed weight stored as in the
+    packed file and unpacked in the graph (fp32 convolutions), each quantized layer's input quantized."""
     onnx = _need("onnx")
     _need("onnxscript")
+    if layout not in LAYOUTS:
+        raise FrandiError(f"ONNX layout {layout!r} is unknown; use one of {', '.join(LAYOUTS)}")
+    if layout == "fast":
+        from ._onnx_fast import to_fast_onnx
+
+        packed(student, policy)  # refuses a student the policy did not make
+        return to_fast_onnx(student, policy, example)
     from ._onnx_graph import DOMAIN, OPSET, Builder, add_weight, layer_node, quantize_input
 
     content = packed(student, policy)  # refuses a student the policy did not make
@@ -113,11 +125,14 @@ def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def session(data: bytes, threads: int = 0) -> Any:
-    """An onnxruntime CPU session of an ONNX model (bytes); ``threads`` intra-op threads (0: onnxruntime's)."""
+def session(data: bytes, threads: int = 0, optimized: str | None = None) -> Any:
+    """An onnxruntime CPU session of an ONNX model (bytes); ``threads`` intra-op threads (0: onnxruntime's);
+    ``optimized``: a path where onnxruntime writes the graph it runs."""
     ort = _need("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if optimized:
+        options.optimized_model_filepath = optimized
     options.log_severity_level = 3  # errors only: not its notes on initializers it drops
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 

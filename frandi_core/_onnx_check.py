@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._actquant import ACT_QUANT, activation_quantizers
+from ._actquant import ACT_QUANT, ActQuantizer
 from ._errors import FrandiError
 from ._hooks import capture
 from ._onnx import _need, session
@@ -53,45 +53,62 @@ class OnnxParity:
         return text
 
 
-def _dequantized_inputs(model: Any, layers: list[str]) -> dict[str, str]:
-    """Layer -> the name of its quantized (dequantized) input in the ONNX graph, the data input of its node."""
+def _quantized_tensors(model: Any, modules: list[str], quantizers: dict[str, ActQuantizer]) -> dict[str, str]:
+    """Quantizer module name -> the ONNX tensor holding its dequantized output: in the fast layout the output of
+    a DequantizeLinear (or Cast/Mul) reading the step ``<module>.step``; in the packed layout the data input of
+    the layer's node."""
+    from ._onnx_fast import STEP
     from ._onnx_graph import layer_node
 
-    return {layer: layer_node(model.graph, weight_key(layer)).input[0] for layer in layers}
+    by_step = {}
+    for node in model.graph.node:
+        if node.op_type in ("DequantizeLinear", "Mul") and len(node.input) > 1 and node.input[1].endswith(f".{STEP}"):
+            by_step.setdefault(node.input[1].removesuffix(f".{STEP}"), node.output[0])
+    out: dict[str, str] = {}
+    for name in modules:  # each quantizer's steps go by one of its module names (it may have several)
+        found = [by_step[p] for p, q in quantizers.items() if q is quantizers[name] and p in by_step]
+        if found:
+            out[name] = found[0]
+        else:  # the packed layout: the layer's quantized input
+            out[name] = layer_node(model.graph, weight_key(name.removesuffix(f".{ACT_QUANT}"))).input[0]
+    return out
 
 
 def onnx_parity(student: nn.Module, data: bytes, x: torch.Tensor) -> OnnxParity:
     """Compare the ONNX model ``data`` (run by onnxruntime on CPU) with ``student`` on the batch ``x``."""
     onnx = _need("onnx")
-    quantizers = activation_quantizers(student)
-    modules = {layer: f"{layer}.{ACT_QUANT}" if layer else ACT_QUANT for layer in quantizers}
+    quantizers = {n: m for n, m in student.named_modules(remove_duplicate=False) if isinstance(m, ActQuantizer)}
+    owner = {id(q): n for n, q in reversed(list(quantizers.items()))}
+    modules = sorted(set(owner.values()), key=list(quantizers).index)  # one name per quantizer
     was_training = student.training
     student.eval()
     try:
-        with torch.no_grad(), capture(student, modules.values(), inputs=True) as raw, \
-                capture(student, modules.values()) as quantized:
+        with torch.no_grad(), capture(student, modules, inputs=True) as raw, \
+                capture(student, modules) as quantized:
             ref = student(x).detach().cpu()
     finally:
         student.train(was_training)
     model = onnx.load_from_string(data)
-    names = _dequantized_inputs(model, list(quantizers))
-    for name in names.values():
+    names = _quantized_tensors(model, modules, quantizers)
+    names = {n: t for n, t in names.items() if t not in {o.name for o in model.graph.output}}
+    for name in dict.fromkeys(names.values()):
         model.graph.output.append(onnx.helper.make_value_info(name, onnx.TypeProto()))
     got = session(model.SerializeToString()).run(None, {"input": x.detach().cpu().numpy()})
     out = torch.from_numpy(np.asarray(got[0]))
-    theirs_by_layer = dict(zip(names, got[1:], strict=True))
+    by_tensor = dict(zip(dict.fromkeys(names.values()), got[1:], strict=True))
+    theirs_by_module = {n: by_tensor[t] for n, t in names.items()}
     batch = len(x)
     differed = torch.zeros(batch, dtype=torch.bool)  # samples with a level that differs at an earlier layer
     mismatched = torch.zeros(batch, dtype=torch.bool)
-    by_module = {m: layer for layer, m in modules.items()}
     for module in raw:  # filled as the forward reached each quantizer: execution order
-        layer = by_module[module]
+        if module not in theirs_by_module:
+            continue
         mine = quantized[module].detach().cpu().reshape(batch, -1)
-        theirs = torch.from_numpy(np.asarray(theirs_by_layer[layer])).reshape(batch, -1)
+        theirs = torch.from_numpy(np.asarray(theirs_by_module[module])).reshape(batch, -1)
         differ = mine != theirs
         first = differ.any(1) & ~differed  # samples whose first difference is here
         if first.any():
-            step = quantizers[layer].scale.detach().float().cpu()
+            step = quantizers[module].scale.detach().float().cpu()
             v = raw[module].detach().cpu().reshape(batch, -1)[first] / step
             one_level = (mine[first] - theirs[first]).abs() <= 1.5 * step
             tie = ((v - v.floor() - 0.5).abs() <= TIE) & one_level

@@ -13,6 +13,7 @@ from torch import nn
 
 from ._actquant import ACT_QUANT
 from ._compress import _check_layers
+from ._intpoints import POINTS
 from ._policy import LayerSetting, Policy, compressible_layers
 
 PARAMETRIZED = ".parametrizations."
@@ -75,7 +76,7 @@ def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     of the model."""
     out = {}
     for key, t in model.state_dict().items():
-        if f".{ACT_QUANT}." in f".{key}":
+        if f".{ACT_QUANT}." in f".{key}" or key.startswith(f"{POINTS}."):
             continue
         head, sep, tail = ("." + key).partition(PARAMETRIZED)
         if sep:
