@@ -9,9 +9,10 @@ Per model, one row per file, all run by onnxruntime's CPU provider with its defa
    default exporter, dynamic batch): the denominator of every speed-up;
 2. ``ort quantize_static``: onnxruntime's own static quantizer on that file (after ``quant_pre_process``; QDQ,
    uint8 activations, int8 per-channel weights, MinMax calibration), the reference;
-3. ``frandi ...``: ``compress`` with a uniform policy (W8A8, W4A8, W4A4, W8A8 at 50% sparsity), then ``to_onnx``:
-   what ``frandi export --format onnx`` writes for such a trial (no Feature Regression: latency does not depend
-   on the weights' values).
+3. ``frandi ...``: ``compress`` with a uniform policy (W8A8, W4A8, W4A4, W8A8 at 50% sparsity, 8-bit weights with
+   fp32 activations), then ``to_onnx`` in its default layout: what ``frandi export --format onnx`` writes for such
+   a trial (no Feature Regression: latency does not depend on the weights' values); and W8A8 in the bit-packed
+   layout (``to_onnx(..., layout="packed")``, where ``to_onnx`` has layouts).
 Both quantizers calibrate on the same ``--calib`` random normal inputs (seed 0). torchvision models have random
 weights (``weights=None``); the Fashion-MNIST models need ``python -m studies.experiments.references`` first.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import inspect
 import json
 import os
 import platform
@@ -57,7 +59,12 @@ INTEGER = {"QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulIntege
 FLOAT = {"Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 BASELINE = "fp32 torch.onnx.export"
 REFERENCE = "ort quantize_static"
-POLICIES = {"W8A8": (0.0, 8, 8), "W4A8": (0.0, 4, 8), "W4A4": (0.0, 4, 4), "W8A8 50% sparse": (0.5, 8, 8)}
+# label -> (sparsity, weight bits, activation bits, to_onnx layout: None for its default)
+POLICIES: dict[str, tuple[float, int, int | None, str | None]] = {
+    "W8A8": (0.0, 8, 8, None), "W4A8": (0.0, 4, 8, None), "W4A4": (0.0, 4, 4, None),
+    "W8A8 50% sparse": (0.5, 8, 8, None), "W8 weights only": (0.0, 8, None, None), "W8A8 packed": (0.0, 8, 8, "packed"),
+}
+LAYOUTS = "layout" in inspect.signature(to_onnx).parameters  # to_onnx(..., layout=) exists: fast by default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,11 +144,13 @@ def ort_static(fp32: bytes, calib: np.ndarray) -> bytes:
         return out.read_bytes()
 
 
-def frandi_export(model: nn.Module, policy: Policy, calib: torch.Tensor, example: torch.Tensor) -> bytes:
-    """What ``frandi export --format onnx`` writes for ``policy`` (compressed, not recovered): ``to_onnx``'s default
-    layout."""
+def frandi_export(
+    model: nn.Module, policy: Policy, calib: torch.Tensor, example: torch.Tensor, layout: str | None = None
+) -> bytes:
+    """What ``frandi export --format onnx`` writes for ``policy`` (compressed, not recovered), in ``to_onnx``'s
+    ``layout`` (None: its default)."""
     student = compress(model, policy, calibration=calib)
-    return to_onnx(student, policy, example)
+    return to_onnx(student, policy, example) if layout is None else to_onnx(student, policy, example, layout=layout)
 
 
 # ---- onnxruntime
@@ -161,12 +170,13 @@ def session(data: bytes, threads: int, optimized: Path | None = None) -> onnxrun
 @dataclasses.dataclass(frozen=True)
 class Fusion:
     """What onnxruntime's optimized graph runs: Conv/Gemm/MatMul nodes on integer kernels, all of them, the
-    Q/DQ nodes left, and every op type with its count."""
+    Q/DQ nodes left, every op type with its count, and the Conv/Gemm/MatMul nodes left in fp32 (name: op)."""
 
     integer: int
     total: int
     qdq: int
     ops: dict[str, int]
+    fp32: dict[str, str]
 
 
 def fusion(data: bytes) -> Fusion:
@@ -178,7 +188,7 @@ def fusion(data: bytes) -> Fusion:
     ops = collections.Counter(n.op_type for n in graph.node)
     integer = sum(ops[o] for o in INTEGER)
     return Fusion(integer, integer + sum(ops[o] for o in FLOAT), ops["QuantizeLinear"] + ops["DequantizeLinear"],
-                  dict(sorted(ops.items())))
+                  dict(sorted(ops.items())), {n.name: n.op_type for n in graph.node if n.op_type in FLOAT})
 
 
 def load_ms(data: bytes, repeats: int) -> float:
@@ -230,9 +240,12 @@ def variants(name: str, a: argparse.Namespace) -> tuple[dict[str, bytes], dict[s
     files[REFERENCE] = ort_static(files[BASELINE], calib.numpy())
     seconds[REFERENCE] = time.perf_counter() - t0
     for label in a.policies:
-        sparsity, bits, act_bits = POLICIES[label]
+        sparsity, bits, act_bits, layout = POLICIES[label]
+        if layout is not None and not LAYOUTS:
+            continue  # this to_onnx has one layout: the rows above are it
         t0 = time.perf_counter()
-        files[f"frandi {label}"] = frandi_export(model, Policy.uniform(model, sparsity, bits, act_bits), calib, example)
+        policy = Policy.uniform(model, sparsity, bits, act_bits)
+        files[f"frandi {label}"] = frandi_export(model, policy, calib, example, layout)
         seconds[f"frandi {label}"] = time.perf_counter() - t0
         print(f"[{name}] frandi {label}: {len(files[f'frandi {label}']):,} bytes in {seconds[f'frandi {label}']:.0f} s",
               flush=True)
@@ -252,7 +265,7 @@ def bench_model(name: str, a: argparse.Namespace) -> list[dict[str, Any]]:
         f = fusion(data)
         rows[label] = {"model": name, "file": label, "bytes": len(data), "load_ms": load_ms(data, a.loads),
                        "integer": f.integer, "convs": f.total, "qdq_left": f.qdq, "make_s": round(seconds[label], 1),
-                       "ops": f.ops}
+                       "ops": f.ops, "fp32_nodes": f.fp32}
     gen = torch.Generator().manual_seed(1)
     for threads in a.threads:
         sessions = {label: session(data, threads) for label, data in files.items()}
