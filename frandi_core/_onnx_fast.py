@@ -129,9 +129,16 @@ class _Graph:
         if name in self.inits:
             return numpy_helper.to_array(self.inits[name])
         node = self.producer.get(name)
-        if node is None or node.op_type != "Constant" or node.attribute[0].name != "value":
+        if node is None or node.op_type != "Constant":
             raise FrandiError(f"the ONNX tensor '{name}' is not a constant")
-        return numpy_helper.to_array(node.attribute[0].t)
+        a = node.attribute[0]
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        kinds = {"value_float": (a.f, np.float32), "value_int": (a.i, np.int64),
+                 "value_floats": (list(a.floats), np.float32), "value_ints": (list(a.ints), np.int64)}
+        if a.name not in kinds:
+            raise FrandiError(f"the ONNX constant '{name}' holds a {a.name}")
+        return np.array(kinds[a.name][0], kinds[a.name][1])
 
     def set(self, name: str, array: np.ndarray) -> None:
         from onnx import numpy_helper
@@ -207,6 +214,24 @@ def _integer_layer(g: _Graph, node: Any, module: nn.Module, layer: str, setting:
         node.input.append(biased)
 
 
+def _fold_casts(g: _Graph) -> None:
+    """Casts of constants (the exporter's Clip bounds of ReLU6, a CastLike to the fp32 activations) become
+    constants: onnxruntime then sees the Clip before a QuantizeLinear as bounds and folds it into the layer."""
+    from onnx import helper
+
+    for node in list(g.graph.node):
+        source = g.producer.get(node.input[0]) if node.input else None
+        constant = node.input and (node.input[0] in g.inits or getattr(source, "op_type", None) == "Constant")
+        if node.op_type == "Cast" and constant:
+            to = helper.tensor_dtype_to_np_dtype(next(a.i for a in node.attribute if a.name == "to"))
+        elif node.op_type == "CastLike" and constant and g.value(node.input[0]).dtype.kind == "f":
+            to = np.dtype(np.float32)  # the exported graph computes in fp32
+        else:
+            continue
+        g.set(node.output[0], g.value(node.input[0]).astype(to))
+        g.graph.node.remove(node)
+
+
 def _drop_dead(graph: Any) -> None:
     """Remove the nodes whose outputs nothing reads (what computed a replaced weight or bias)."""
     while True:
@@ -254,6 +279,7 @@ def to_fast_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> b
     plain = export_copy(student)
     model = export_graph(plain, example)
     g = _Graph(model.graph)
+    _fold_casts(g)
     modules = dict(student.named_modules())
     nodes = _layer_nodes(g)
     settings = policy.as_dict()
