@@ -203,22 +203,37 @@ def load_ms(data: bytes, repeats: int) -> float:
 
 def interleaved(
     sessions: dict[str, onnxruntime.InferenceSession], x: np.ndarray, *, budget: float, min_repeats: int,
-    max_repeats: int,
+    max_repeats: int, block: float = 0.05,
 ) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
-    """Run every session on ``x`` round-robin (the order rotated each round) until each ran ``min_repeats``
-    times and ``budget`` seconds per session passed, or ``max_repeats``: each one's run times (s) and output."""
+    """Run every session on ``x`` in turns (the order rotated each round) until each ran ``min_repeats`` times and
+    ``budget`` seconds per session passed, or ``max_repeats``: each one's run times (s) and output.
+
+    A turn is one untimed run, then runs timed back to back for about ``block`` seconds (at least one): the
+    untimed run lets the previous session's intra-op threads, which spin a while after their run, go idle
+    before this session is timed. A run longer than ``block`` is timed alone, without the untimed one."""
     names = list(sessions)
     feeds = {n: {s.get_inputs()[0].name: x} for n, s in sessions.items()}
-    outputs = {n: np.asarray(sessions[n].run(None, feeds[n])[0]) for n in names}  # warm-up at this shape
+    outputs, runs = {}, {}
+    for n in names:  # warm-up at this shape; its time sets the turn's length
+        t0 = time.perf_counter()
+        outputs[n] = np.asarray(sessions[n].run(None, feeds[n])[0])
+        runs[n] = max(1, min(max_repeats, round(block / max(time.perf_counter() - t0, 1e-9))))
     times: dict[str, list[float]] = {n: [] for n in names}
     start = time.perf_counter()
     for r in range(max_repeats):
-        if r >= min_repeats and time.perf_counter() - start >= budget * len(names):
+        done = all(len(t) >= min(min_repeats, max_repeats) for t in times.values())
+        if done and (time.perf_counter() - start >= budget * len(names)
+                     or all(len(t) >= max_repeats for t in times.values())):
             break
         for n in names[r % len(names):] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            sessions[n].run(None, feeds[n])
-            times[n].append(time.perf_counter() - t0)
+            if len(times[n]) >= max_repeats:
+                continue
+            if runs[n] > 1:
+                sessions[n].run(None, feeds[n])
+            for _ in range(min(runs[n], max_repeats - len(times[n]))):
+                t0 = time.perf_counter()
+                sessions[n].run(None, feeds[n])
+                times[n].append(time.perf_counter() - t0)
     return times, outputs
 
 
@@ -359,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op threads")
     p.add_argument("--budget", type=float, default=2.0, help="seconds per file and cell (default 2)")
     p.add_argument("--min-repeats", type=int, default=5)
-    p.add_argument("--max-repeats", type=int, default=300)
+    p.add_argument("--max-repeats", type=int, default=2000, help="runs per file and cell at most")
     p.add_argument("--loads", type=int, default=5, help="session loads timed per file")
     p.add_argument("--calib", type=int, default=8, help="random calibration inputs")
     p.add_argument("--torch-threads", type=int, default=2, help="torch threads for exporting and compressing")
