@@ -30,10 +30,12 @@ from ._compress import Compressor, compress, fake_quantize, magnitude_mask, quan
 from ._errors import FrandiError
 from ._files import write_atomic
 from ._hooks import capture
+from ._intpoints import ROUNDING_RULE, integer_layers, point_settings
 from ._losses import batch_stats, bn_kl, feature_loss, normalized_distance, od_from_outputs, total_variation
 from ._model import ModelSpec, build_architecture, check_input_shape, load_model, read_state_dict, weights_digest
-from ._onnx import run_onnx, to_onnx
+from ._onnx import LAYOUTS, run_onnx, to_onnx
 from ._onnx_check import OnnxParity, onnx_parity
+from ._onnx_fast import onnx_fusion
 from ._pack import Packed, load_packed, pack, pack_bits, packed, save_packed, unpack, unpack_bits
 from ._policy import LayerInfo, LayerSetting, Policy, compressible_layers
 from ._proxies import disagreement, feature_discrepancy, softmax_kl
@@ -53,6 +55,8 @@ from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, sy
 
 __all__ = [
     "ACT_SIZE_RULE",
+    "LAYOUTS",
+    "ROUNDING_RULE",
     "SIZE_RULE",
     "CALIBRATIONS",
     "OUTPUT",
@@ -91,6 +95,7 @@ __all__ = [
     "feature_discrepancy",
     "feature_loss",
     "feature_regression_",
+    "integer_layers",
     "invert",
     "layer_macs",
     "load_model",
@@ -99,12 +104,14 @@ __all__ = [
     "model_outputs",
     "model_size",
     "normalized_distance",
+    "onnx_fusion",
     "onnx_parity",
     "od_from_outputs",
     "output_discrepancy",
     "pack",
     "pack_bits",
     "packed",
+    "point_settings",
     "quantize",
     "quantize_activations_",
     "read_state_dict",

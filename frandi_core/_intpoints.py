@@ -14,6 +14,7 @@ per-layer input quantizers only (their exported graph then runs those convolutio
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,11 @@ from ._errors import FrandiError
 from ._policy import COMPRESSIBLE
 
 POINTS = "frandi_points"  # the ModuleDict (on the traced student) holding the integer points' quantizers
+TAPS = "frandi_taps"  # each container module's output, where its forward hooks (feature capture) still fire
 BIASES = "frandi_biases"  # the ModuleDict holding each integer layer's bias rounding (``BiasRounding``)
+# Names how a student with quantized activations rounds. Studies that quantize activations fingerprint it: trials
+# scored under another rounding (before integer points and bias rounding) are not comparable.
+ROUNDING_RULE = "integer-points/1"
 POINT_BITS = 8  # the runtime's own width: an integer point costs no file size and rounds as the runtime does
 
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -82,11 +87,32 @@ def _trace(model: nn.Module) -> fx.GraphModule | None:
         return None
 
 
-def plan(traced: fx.GraphModule, quantized: Mapping[str, int]) -> dict[str, str | None]:
+_traced: weakref.WeakKeyDictionary[nn.Module, fx.GraphModule | None] = weakref.WeakKeyDictionary()
+
+
+def own_points(model: nn.Module, policy: Any) -> int:
+    """How many integer points of their own (an fp32 step each in the packed file) ``policy`` gives ``model``:
+    what ``with_integer_points`` adds, counted without calibrating (the model's trace is kept per model)."""
+    if getattr(model, POINTS, None) is not None:
+        return sum(1 for p in point_settings(model).values() if not p["layer"])
+    act = policy.act_bits()
+    if not act:
+        return 0
+    if model not in _traced:
+        _traced[model] = None if isinstance(model, COMPRESSIBLE) else _trace(model)
+    traced = _traced[model]
+    if traced is None:
+        return 0
+    integer = {n for n, s in policy.layers if s.act_bits is not None and s.bits is not None}
+    return sum(1 for layer in plan(traced, act, integer).values() if layer is None)
+
+
+def plan(traced: fx.GraphModule, quantized: Mapping[str, int], integer_ok: set[str]) -> dict[str, str | None]:
     """Graph node name -> the layer whose input quantizer rounds that node's output, or None for a new 8-bit
     point; for each tensor an integer runtime rounds that the layers' input quantizers do not already cover.
 
-    ``quantized``: layer name -> activation bits of the layers the policy quantizes."""
+    ``quantized``: layer name -> activation bits of the layers the policy quantizes; ``integer_ok``: those of
+    them whose weights are quantized too (an integer runtime runs these)."""
     modules = dict(traced.named_modules())
     kinds = {n: _kind(n, modules) for n in traced.graph.nodes}
     rounded: dict[fx.Node, str] = {}  # node -> the quantized layer (largest bits) that reads it directly
@@ -100,7 +126,7 @@ def plan(traced: fx.GraphModule, quantized: Mapping[str, int]) -> dict[str, str 
     points: dict[str, str | None] = {}
     for n in traced.graph.nodes:
         k, args = kinds[n], _tensor_args(n)
-        if k == "layer" and str(n.target) in quantized:
+        if k == "layer" and str(n.target) in integer_ok:
             integer.add(n)
             from_layer.add(n)
         elif k in ("norm", "pass") and args and args[0] in integer and (k == "pass" or kinds[args[0]] == "layer"):
@@ -112,7 +138,7 @@ def plan(traced: fx.GraphModule, quantized: Mapping[str, int]) -> dict[str, str 
             for a in args:
                 points[a.name] = rounded.get(a)
     for n in from_layer:  # read by something the runtime computes in fp32: requantized there, at 8 bits
-        if n.name not in points and any(u not in integer for u in n.users):
+        if n.name not in points and any(u not in integer and u.op != "output" for u in n.users):
             points[n.name] = rounded.get(n)
     return points
 
@@ -122,17 +148,17 @@ class BiasRounding(nn.Module):
     input step x per-channel weight scale, as an int32 bias of QLinearConv / QGemm is. Added after the layer (or
     its BatchNorm) as a constant offset: gradients pass as if there were no rounding."""
 
-    def __init__(self, layer: str, module: nn.Module, norm: nn.Module | None, quantizer: ActQuantizer) -> None:
+    def __init__(self, layer: str, bits: int, module: nn.Module, norm: nn.Module | None, quantizer: ActQuantizer):
         super().__init__()
         self.layer = layer
+        self.bits = bits
         self._refs = (module, norm, quantizer)  # a tuple: not registered, the modules stay where they are
 
     @torch.no_grad()
     def offset(self) -> torch.Tensor:
         module, norm, quantizer = self._refs
-        w = module.weight.detach().double()
-        bits = _weight_bits(module)
-        scale = w.abs().flatten(1).amax(1) / (2 ** (bits - 1) - 1)
+        w = module.weight.detach().double()  # levels x scale: its largest magnitude per channel is qmax x scale
+        scale = w.abs().flatten(1).amax(1) / (2 ** (self.bits - 1) - 1)
         bias = module.bias.detach().double() if getattr(module, "bias", None) is not None else torch.zeros_like(scale)
         if isinstance(norm, _NORM):
             mult = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
@@ -148,12 +174,16 @@ class BiasRounding(nn.Module):
         return y + self.offset().to(y.dtype).view(1, -1, *([1] * (y.dim() - 2)))
 
 
-def _weight_bits(module: nn.Module) -> int:
-    plist: Any = getattr(getattr(module, "parametrizations", None), "weight", None)
-    bits = getattr(plist[0], "bits", None) if plist is not None else None
-    if bits is None:
-        raise FrandiError("bias rounding of a layer whose weights are not quantized")
-    return int(bits)
+def _integer_ok(model: nn.Module, bits: Mapping[str, int | None] | None = None) -> dict[str, int]:
+    """Layer -> weight bits of the layers with an input quantizer and quantized weights (``bits`` by layer, else
+    read from the compressed layers): those an integer runtime runs."""
+    out = {}
+    for name, m in model.named_modules():
+        plist: Any = getattr(getattr(m, "parametrizations", None), "weight", None)
+        b = bits.get(name) if bits is not None else plist[0].bits if plist is not None else None
+        if isinstance(getattr(m, ACT_QUANT, None), ActQuantizer) and b is not None:
+            out[name] = int(b)
+    return out
 
 
 def _bias_owners(traced: fx.GraphModule, layers: set[str]) -> dict[str, fx.Node]:
@@ -166,6 +196,37 @@ def _bias_owners(traced: fx.GraphModule, layers: set[str]) -> dict[str, fx.Node]
             users = list(n.users)
             norm = len(users) == 1 and users[0].op == "call_module" and isinstance(modules[str(users[0].target)], _NORM)
             out[str(n.target)] = users[0] if norm else n
+    return out
+
+
+class _Tap(nn.Module):
+    """Runs a container module's forward hooks on its output: torch.fx inlines containers, so a hook on one (a
+    feature layer of FR, a block) would never fire in the traced model. Returns nothing the graph uses."""
+
+    def __init__(self, container: nn.Module) -> None:
+        super().__init__()
+        self._refs = (container,)
+
+    def forward(self, x: torch.Tensor) -> None:
+        container = self._refs[0]
+        for hook in list(container._forward_hooks.values()):
+            hook(container, (), x)
+
+
+def _container_outputs(traced: fx.GraphModule) -> dict[str, tuple[nn.Module, fx.Node]]:
+    """Each inlined container (by name, dots as underscores) and the one node that is its output."""
+    scopes: dict[str, list[fx.Node]] = {}
+    for n in traced.graph.nodes:
+        for key in (n.meta.get("nn_module_stack") or {}):
+            scopes.setdefault(key, []).append(n)
+    modules = dict(traced.named_modules())
+    out = {}
+    for scope, nodes in scopes.items():
+        inside = set(nodes)
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        container = modules.get(scope)
+        if len(outputs) == 1 and container is not None and not (len(nodes) == 1 and nodes[0].op == "call_module"):
+            out[scope.replace(".", "_")] = (container, outputs[0])
     return out
 
 
@@ -194,20 +255,24 @@ def _insert(traced: fx.GraphModule, where: str, modules: Mapping[str, nn.Module]
         node.replace_all_uses_with(new, delete_user_cb=lambda u, new=new: u is not new)  # type: ignore[misc]
 
 
-def _integer(traced: fx.GraphModule, points: Mapping[str, nn.Module]) -> fx.GraphModule:
+def _integer(traced: fx.GraphModule, points: Mapping[str, nn.Module], layers: Mapping[str, int]) -> fx.GraphModule:
     """The traced model with the points (by node name) and, after each integer layer (input quantizer and
     quantized weights) or its BatchNorm, its bias rounding."""
     nodes = {n.name: n for n in traced.graph.nodes}
+    containers = _container_outputs(traced)  # before any node is added: they belong to no container
     _insert(traced, POINTS, points, {name: nodes[name] for name in points})
     modules = dict(traced.named_modules())
-    layers = {n for n, m in modules.items() if isinstance(getattr(m, ACT_QUANT, None), ActQuantizer)
-              and getattr(getattr(getattr(m, "parametrizations", None), "weight", [None])[0], "bits", None)}
-    owners = _bias_owners(traced, layers)
+    owners = _bias_owners(traced, set(layers))
     biases = {}
     for layer, node in owners.items():
         norm = modules[str(node.target)] if node.target != layer else None
-        biases[layer.replace(".", "_")] = BiasRounding(layer, modules[layer], norm, getattr(modules[layer], ACT_QUANT))
+        biases[layer.replace(".", "_")] = BiasRounding(layer, layers[layer], modules[layer], norm,
+                                                       getattr(modules[layer], ACT_QUANT))
     _insert(traced, BIASES, biases, {layer.replace(".", "_"): node for layer, node in owners.items()})
+    traced.add_submodule(TAPS, nn.ModuleDict({name: _Tap(c) for name, (c, _) in containers.items()}))
+    for name, (_, node) in containers.items():
+        with traced.graph.inserting_after(node):
+            traced.graph.call_module(f"{TAPS}.{name}", (node,))
     traced.recompile()
     return traced
 
@@ -231,13 +296,15 @@ def with_integer_points(
     modules, or the student itself when it has nothing to add or cannot be traced."""
     check_calibration(method)
     quantized = {n: q.bits for n, q in activation_quantizers(student).items()}
-    traced = _trace(student) if quantized else None
-    if traced is None:
+    traced = _trace(student) if quantized and not isinstance(student, COMPRESSIBLE) else None
+    layers = _integer_ok(student)
+    if traced is None or not (layers or plan(traced, quantized, set(layers))):
         return student
-    todo = plan(traced, quantized)
+    todo = plan(traced, quantized, set(layers))
     modules = dict(student.named_modules())
     new = {name: _Observer() for name, layer in todo.items() if layer is None}
-    traced = _integer(traced, {name: _shared(modules, layer) if layer else new[name] for name, layer in todo.items()})
+    traced = _integer(traced, {name: _shared(modules, layer) if layer else new[name] for name, layer in todo.items()},
+                      layers)
     was_training = traced.training
     traced.eval()
     try:
@@ -269,11 +336,14 @@ def point_settings(model: nn.Module) -> dict[str, dict[str, Any]]:
     }
 
 
-def set_integer_points(model: nn.Module, settings: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+def set_integer_points(
+    model: nn.Module, settings: Mapping[str, Mapping[str, Any]], bits: Mapping[str, int | None]
+) -> nn.Module:
     """``model`` (its input quantizers already set) with the integer points ``settings`` describes (what
-    ``point_settings`` returned) and its integer layers' bias rounding: the traced copy, or the model itself
+    ``point_settings`` returned) and the bias rounding of its integer layers (``bits``: weight bits by layer, the
+    policy's): the traced copy, or the model itself
     when it has no input quantizer or cannot be traced (then ``settings`` must be empty)."""
-    traced = _trace(model) if activation_quantizers(model) else None
+    traced = _trace(model) if activation_quantizers(model) and not isinstance(model, COMPRESSIBLE) else None
     if traced is None:
         if settings:
             raise FrandiError("the model cannot be traced by torch.fx, yet the file holds integer points")
@@ -292,7 +362,7 @@ def set_integer_points(model: nn.Module, settings: Mapping[str, Mapping[str, Any
         q = ActQuantizer(int(s["bits"]), bool(s["signed"]), 1.0, full=True)
         q.log_scale.data.copy_(exact_log(float(s["step"])))
         made[name] = q.to(device)
-    return _integer(traced, made)
+    return _integer(traced, made, _integer_ok(model, bits))
 
 
 def drop_integer_points_(model: nn.Module) -> nn.Module:

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from ._compress import strip_
 from ._errors import FrandiError
-from ._pack import packed, step_key, weight_key
+from ._pack import packed
 from ._policy import Policy
 
 
@@ -42,21 +42,6 @@ def _stripped_copy(student: nn.Module) -> nn.Module:
         if parametrize.is_parametrized(m):
             m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
     return strip_(plain)
-
-
-def _export(plain: nn.Module, example: torch.Tensor, opset: int) -> Any:
-    """torch's ONNX model of a plain model, batch dimension dynamic."""
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        program = torch.onnx.export(
-            plain, (example.detach().cpu(),), dynamo=True, optimize=False, opset_version=opset, verbose=False,
-            input_names=["input"], output_names=["output"], dynamic_shapes=({0: batch},),
-        )
-    except Exception as e:  # torch.export raises many kinds; one line naming the cause is what the user needs
-        why = f"{type(e).__name__}: {e}".split("\n")[0]
-        raise FrandiError(f"torch could not export the model to ONNX ({why})") from None
-    assert program is not None  # the dynamo exporter always returns its program
-    return program.model_proto
 
 
 def _strip(graph: Any) -> None:
@@ -88,11 +73,12 @@ def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor, *, layout
 
         packed(student, policy)  # refuses a student the policy did not make
         return to_fast_onnx(student, policy, example)
-    from ._onnx_graph import DOMAIN, OPSET, Builder, add_weight, layer_node, quantize_input
+    from ._onnx_fast import disguise_fp32_layers, export_copy, export_graph
+    from ._onnx_graph import DOMAIN, Builder, add_weight
 
     content = packed(student, policy)  # refuses a student the policy did not make
-    plain = _stripped_copy(student).cpu().eval()
-    model = _export(plain, example, OPSET)
+    plain = export_copy(student, integer_bias=False)
+    model = export_graph(plain, example)
     graph = model.graph
     state = plain.state_dict()
     exported = {init.name: init for init in graph.initializer}
@@ -105,12 +91,6 @@ def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor, *, layout
             raise FrandiError(f"the ONNX initializer '{key}' is not the student's weight (folded by the exporter?)")
         graph.initializer.remove(init)
         add_weight(b, key, layout, content.tensors)
-    for layer, a in content.activations.items():
-        node = layer_node(graph, weight_key(layer))
-        step = b.tensor(step_key(layer), content.tensors[step_key(layer)])
-        at = list(graph.node).index(node)
-        for i, new in enumerate(quantize_input(b, node, step, a["bits"], a["signed"])):
-            graph.node.insert(at + i, new)  # right before the layer: its input exists there
     _strip(graph)
     for i, node in enumerate(b.nodes):  # constants only: before every other node is a topological order
         graph.node.insert(i, node)
@@ -118,6 +98,7 @@ def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor, *, layout
     if b.functions:
         model.functions.extend(b.functions.values())
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    disguise_fp32_layers(graph)  # every layer runs in fp32 here: no DequantizeLinear before one
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:

@@ -73,9 +73,21 @@ class _ExportQuantizer(nn.Module):
         return torch.ops.frandi.qdq(x, self.step, self.lo, self.hi)
 
 
-def export_copy(student: nn.Module) -> nn.Module:
+class _Offset(nn.Module):
+    """A bias rounding's offset as a constant (the packed layout runs fp32 layers: it adds what the student adds)."""
+
+    def __init__(self, offset: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("offset", offset.detach().float().clone())
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y + self.offset.view(1, -1, *([1] * (y.dim() - 2)))
+
+
+def export_copy(student: nn.Module, *, integer_bias: bool = True) -> nn.Module:
     """A copy of the student with plain weights (its parametrizations baked in) and each activation quantizer
-    (one object however many parents share it) replaced by its export form."""
+    (one object however many parents share it) replaced by its export form; each bias rounding dropped
+    (``integer_bias``: the file rounds the bias itself, to int32 levels) or kept as a constant offset."""
     plain = copy.deepcopy(student).cpu().eval()
     for m in plain.modules():  # a deep copy shares each parametrized module's generated class with the student
         if parametrize.is_parametrized(m):
@@ -87,8 +99,8 @@ def export_copy(student: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if isinstance(child, ActQuantizer):
                 setattr(parent, name, made.setdefault(id(child), _ExportQuantizer(child)))
-            elif isinstance(child, BiasRounding):  # the file rounds the bias itself: int32 levels
-                setattr(parent, name, nn.Identity())
+            elif isinstance(child, BiasRounding):
+                setattr(parent, name, nn.Identity() if integer_bias else _Offset(child.offset()))
     return plain
 
 
@@ -112,7 +124,6 @@ class _Graph:
     """Index of an ONNX graph: producers, consumers and initializers by tensor name."""
 
     def __init__(self, graph: Any) -> None:
-        from onnx import numpy_helper
 
         self.graph = graph
         self.inits = {i.name: i for i in graph.initializer}
@@ -276,8 +287,7 @@ def to_fast_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> b
     """The fast (integer) ONNX model of ``student`` as ``compress`` returned it, for inputs like ``example``."""
     import onnx
 
-    plain = export_copy(student)
-    model = export_graph(plain, example)
+    model = export_graph(export_copy(student), example)
     g = _Graph(model.graph)
     _fold_casts(g)
     modules = dict(student.named_modules())
@@ -289,16 +299,22 @@ def to_fast_onnx(student: nn.Module, policy: Policy, example: torch.Tensor) -> b
             raise FrandiError(f"the ONNX graph has no Conv/Gemm node reading a quantized input with '{layer}'")
         _integer_layer(g, node, modules[layer], layer, settings[layer])
     _drop_dead(model.graph)
-    g = _Graph(model.graph)
-    for node in list(g.graph.node):
-        if node.op_type in ("Conv", "Gemm") and g.producer.get(node.input[1]) is None:  # fp32 weights
-            _disguise(g, node)
+    disguise_fp32_layers(model.graph)
     _strip(model.graph)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
         raise FrandiError(f"the ONNX model is not valid: {str(e).splitlines()[0]}") from None
     return bytes(model.SerializeToString())
+
+
+def disguise_fp32_layers(graph: Any) -> None:
+    """Every Conv/Gemm whose weight is not dequantized from int8 reads its quantized input through Cast/Mul."""
+    g = _Graph(graph)
+    for node in list(graph.node):
+        weight = g.producer.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type in ("Conv", "Gemm") and getattr(weight, "op_type", None) != "DequantizeLinear":
+            _disguise(g, node)
 
 
 def onnx_fusion(data: bytes) -> dict[str, int]:

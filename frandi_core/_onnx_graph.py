@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from onnx import FunctionProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
-from ._actquant import grid
 from ._errors import FrandiError
 from ._size import index_bits
 
@@ -164,29 +163,3 @@ def layer_node(graph: GraphProto, weight: str) -> NodeProto:
         if (node.op_type in ("Conv", "Gemm") and uses == weight) or (node.op_type == "MatMul" and uses in transposed):
             return node
     raise FrandiError(f"the ONNX graph has no Conv/Gemm/MatMul node using '{weight}'; cannot quantize its input")
-
-
-def quantize_input(b: Builder, node: NodeProto, step: str, bits: int, signed: bool) -> list[NodeProto]:
-    """QuantizeLinear -> Clip to the grid -> Cast -> Mul by the step on the layer node's data input, as
-    ``fake_quantize_act`` computes it (x / step, rounded half to even, clamped, times the step); returns the nodes
-    to insert before ``node``, whose data input now is their output.
-
-    Cast and Mul compute what DequantizeLinear would, bit for bit; a DequantizeLinear there would let
-    onnxruntime's default optimizations rewrite the layer (its WeightBiasQuantization turns fp32 weights into
-    per-tensor int8 and biases into int32 behind a DequantizeLinear input): another model than the student.
-    """
-    dtype = np.dtype(np.int8 if signed else np.uint8)
-    lo, hi = grid(bits, signed)
-    zero = b.const(f"{SHARED}zero_{dtype.name}", 0, dtype)  # its type makes QuantizeLinear's output type
-    q = b.name()
-    nodes = [helper.make_node("QuantizeLinear", [node.input[0], step, zero], [q])]
-    if (lo, hi) != (np.iinfo(dtype).min, np.iinfo(dtype).max):  # fewer bits, or int8's -128 (the grid has -127)
-        bounds = [b.const(f"{SHARED}{v}_{dtype.name}", v, dtype) for v in (lo, hi)]
-        clipped = b.name()
-        nodes.append(helper.make_node("Clip", [q, *bounds], [clipped]))
-        q = clipped
-    level = b.name()
-    nodes.append(helper.make_node("Cast", [q], [level], to=TensorProto.FLOAT))
-    node.input[0] = b.name()
-    nodes.append(helper.make_node("Mul", [level, step], [node.input[0]]))
-    return nodes

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,13 @@ from ._actquant import ACT_QUANT, activation_settings, set_activation_quantizers
 from ._compress import Compressor, _check_layers, quantize
 from ._errors import FrandiError
 from ._files import write_atomic
+from ._intpoints import POINTS, integer_layers, point_settings, set_integer_points
 from ._policy import LayerSetting, Policy, compressible_layers
 from ._size import WeightLayout, index_bits, plain_state, weight_layout
 
 FORMAT = "frandi-packed/1"
 ACT_FORMAT = "frandi-packed/2"  # a file with input quantizers: a reader that knows only FORMAT refuses it
+INT_FORMAT = "frandi-packed/3"  # ... with integer points and the integer runtime's bias rounding (``_intpoints``)
 
 
 def pack_bits(values: np.ndarray, width: int) -> np.ndarray:
@@ -57,6 +59,11 @@ def _raw(t: torch.Tensor) -> torch.Tensor:
 def weight_key(layer: str) -> str:
     """The state_dict key of a layer's weight (the layer may be the model itself, named "")."""
     return f"{layer}.weight" if layer else "weight"
+
+
+def point_key(name: str) -> str:
+    """The packed tensor holding an integer point's step."""
+    return f"{POINTS}.{name}:step"
 
 
 def step_key(layer: str) -> str:
@@ -133,6 +140,7 @@ class Packed:
     tensors: dict[str, torch.Tensor]
     layouts: dict[str, dict[str, Any]]
     activations: dict[str, dict[str, Any]]
+    points: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _pack_activations(
@@ -173,20 +181,25 @@ def packed(student: nn.Module, policy: Policy) -> Packed:
             "positions": layout.positions,
         }
     steps, activations = _pack_activations(student, policy)
-    return Packed(tensors | steps, layouts, activations)
+    points = {n: {k: v for k, v in p.items() if k != "step"} for n, p in point_settings(student).items()}
+    steps |= {point_key(n): torch.tensor(p["step"], dtype=torch.float32)
+              for n, p in point_settings(student).items() if not p["layer"]}
+    return Packed(tensors | steps, layouts, activations, points)
 
 
 def pack(student: nn.Module, policy: Policy, metrics: dict[str, Any] | None = None) -> bytes:
     """The packed file's bytes for ``student``, as ``compress(model, policy)`` returned it (recovered or not)."""
     content = packed(student, policy)
     meta = {
-        "format": ACT_FORMAT if content.activations else FORMAT,
+        "format": INT_FORMAT if integer_layers(student) else ACT_FORMAT if content.activations else FORMAT,
         "policy": policy.to_json(),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
         "layouts": json.dumps(content.layouts, sort_keys=True),
     }
     if content.activations:  # only then: files of policies without them keep their old header
         meta["activations"] = json.dumps(content.activations, sort_keys=True)
+    if content.points:
+        meta["points"] = json.dumps(content.points, sort_keys=True)
     return save(content.tensors, metadata=meta | {"sha256": _digest(content.tensors, meta)})
 
 
@@ -208,7 +221,7 @@ def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
     except (SafetensorError, OSError) as e:
         raise FrandiError(f"cannot read packed file '{path}' ({e}); export it again") from None
-    if meta.get("format") not in (FORMAT, ACT_FORMAT):
+    if meta.get("format") not in (FORMAT, ACT_FORMAT, INT_FORMAT):
         raise FrandiError(f"'{path}' is not a {FORMAT} file (format {meta.get('format')!r}); export it again")
     stated = meta.pop("sha256", None)
     if stated != _digest(tensors, meta):
@@ -240,24 +253,31 @@ def _unpack_weight(key: str, layout: dict[str, Any], tensors: dict[str, torch.Te
     return w.view(shape)
 
 
-def _contents(path: str | Path) -> tuple[dict[str, torch.Tensor], Policy, dict[str, Any], dict[str, dict[str, Any]]]:
-    """A packed file's state_dict, policy, metrics and input quantizers ({"bits", "signed", "step"} by layer)."""
+def _contents(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], Policy, dict[str, Any], dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """A packed file's state_dict, policy, metrics, input quantizers ({"bits", "signed", "step"} by layer) and
+    integer points ({"bits", "signed", "layer", "step"} by name; None for a file from before them)."""
     tensors, meta = _read(path)
     layouts = json.loads(meta["layouts"])
     activations = json.loads(meta.get("activations", "{}"))
+    points = json.loads(meta.get("points", "{}")) if meta["format"] == INT_FORMAT else None
     try:
         state = {k: _unpack_weight(k, v, tensors) for k, v in layouts.items()}
         for layer, a in activations.items():
             a["step"] = float(tensors[step_key(layer)].reshape(()))
+        for name, p in (points or {}).items():
+            if not p["layer"]:
+                p["step"] = float(tensors[point_key(name)].reshape(()))
     except (KeyError, RuntimeError, ValueError, IndexError) as e:
         raise FrandiError(f"packed file '{path}' is inconsistent ({e}); export it again") from None
     state |= {k: v for k, v in tensors.items() if ":" not in k}
-    return state, Policy.from_json(meta["policy"]), json.loads(meta["metrics"]), activations
+    return state, Policy.from_json(meta["policy"]), json.loads(meta["metrics"]), activations, points
 
 
 def unpack(path: str | Path) -> tuple[dict[str, torch.Tensor], Policy, dict[str, Any]]:
     """A packed file's state_dict (the original architecture's names), policy and metrics."""
-    state, policy, metrics, _ = _contents(path)
+    state, policy, metrics, _, _ = _contents(path)
     return state, policy, metrics
 
 
@@ -265,7 +285,7 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
     """A copy of ``model`` (the original architecture, any weights) holding the packed file's weights and input
     quantizers, in eval mode: bit for bit the compressed student that was packed (its outputs too, activation
     quantization included). The model passed in is never modified."""
-    state, _, _, activations = _contents(path)
+    state, policy, _, activations, points = _contents(path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -281,6 +301,8 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
     target.load_state_dict(state, strict=True)
     try:
         set_activation_quantizers_(target, activations)
+        if points is not None:  # a file from before integer points: its student rounded at layer inputs only
+            target = set_integer_points(target, points, {n: s.bits for n, s in policy.layers})
     except (FrandiError, KeyError, TypeError) as e:
         raise FrandiError(f"packed file '{path}': its activation quantizers do not fit this model ({e})") from None
     return target.eval()

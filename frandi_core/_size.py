@@ -13,7 +13,7 @@ from torch import nn
 
 from ._actquant import ACT_QUANT
 from ._compress import _check_layers
-from ._intpoints import POINTS
+from ._intpoints import POINTS, own_points
 from ._policy import LayerSetting, Policy, compressible_layers
 
 PARAMETRIZED = ".parametrizations."
@@ -23,7 +23,7 @@ SIZE_RULE = "packed-bytes/1"
 # The rule for policies that quantize activations: SIZE_RULE plus one fp32 step per such layer (the packed file
 # stores them since packed-bytes/2). Only studies that may quantize activations fingerprint it, so the others
 # keep their fingerprint.
-ACT_SIZE_RULE = "packed-bytes/2"
+ACT_SIZE_RULE = "packed-bytes/3"  # /3: also one fp32 step per integer point of its own (``_intpoints``)
 ACT_STEP_BYTES = 4  # an activation-quantized layer's fp32 step
 
 
@@ -134,5 +134,5 @@ def model_size(model: nn.Module, policy: Policy) -> SizeReport:
             size += layout.nbytes - w.numel() * w.element_size()
         nonzero += nnz
         total += layer.numel
-    size += ACT_STEP_BYTES * len(policy.act_bits())
+    size += ACT_STEP_BYTES * (len(policy.act_bits()) + own_points(model, policy))
     return SizeReport(bits=8 * size, dense_bits=8 * dense, nonzero=nonzero, weights=total)

@@ -18,10 +18,13 @@ from frandi_core import (
     Policy,
     activation_settings,
     bn_kl_loss,
+    integer_layers,
     load_model,
     model_outputs,
+    onnx_fusion,
     onnx_parity,
     pack,
+    point_settings,
     strip_,
     to_onnx,
     write_atomic,
@@ -100,20 +103,34 @@ def _export_bytes(fmt: str, student: torch.nn.Module, policy: Policy, metrics: d
     """The exported file's bytes; the ONNX model is checked against the student on the held-out batch first."""
     if fmt == "packed":
         return pack(student, policy, metrics)
-    if fmt == "onnx":
-        data = to_onnx(student, policy, heldout)
+    if fmt in ("onnx", "onnx-packed"):
+        data = to_onnx(student, policy, heldout, layout="fast" if fmt == "onnx" else "packed")
         parity = onnx_parity(student, data, heldout)
         if not parity.ok(ONNX_TOLERANCE):
             raise ConfigError(f"the ONNX model's outputs differ from the student's ({parity.describe()}; tolerance "
                               f"{ONNX_TOLERANCE}); nothing written; export --format packed instead")
         print(f"ONNX outputs on the held-out batch: {parity.describe()}")
+        print(fusion_line(data, student, fast=fmt == "onnx"))
         return data
     buf = io.BytesIO()
-    activations = activation_settings(student)  # before strip_ drops the quantizers
+    activations, points = activation_settings(student), point_settings(student)  # before strip_ drops them
     state = {k: v.detach().cpu() for k, v in strip_(student).state_dict().items()}
     policy_data = json.loads(policy.to_json())
-    torch.save({"state_dict": state, "policy": policy_data, "metrics": metrics, "activations": activations}, buf)
+    torch.save({"state_dict": state, "policy": policy_data, "metrics": metrics, "activations": activations,
+                "points": points}, buf)
     return buf.getvalue()
+
+
+def fusion_line(data: bytes, student: torch.nn.Module, *, fast: bool) -> str:
+    """How onnxruntime runs the exported layers: how many on integer kernels, and the integer-capable ones it
+    did not fuse (a slower file, said plainly)."""
+    fusion = onnx_fusion(data)
+    capable = len(integer_layers(student))
+    line = (f"onnxruntime runs {fusion['integer']} of {fusion['total']} Conv/Gemm layers on integer kernels "
+            f"({capable} have quantized weights and inputs)")
+    if fast and fusion["integer"] < capable:
+        line += f"; {capable - fusion['integer']} of those run in fp32 (an op between them it cannot fuse)"
+    return line
 
 
 def _record_packed(study: optuna.Study, trial: int, nbytes: int) -> bool:

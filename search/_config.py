@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frandi_core import ACT_SIZE_RULE, SIZE_RULE, FrandiError, RecoveryConfig, SynthConfig
+from frandi_core import ACT_SIZE_RULE, ROUNDING_RULE, SIZE_RULE, FrandiError, RecoveryConfig, SynthConfig
 
 
 class ConfigError(FrandiError):
@@ -129,6 +129,8 @@ class StudyConfig:
         }
         if self.study.max_bops is not None:
             keep["max_bops"] = self.study.max_bops
+        if self.quantizes_activations:  # only then: the others keep their fingerprint
+            keep["rounding"] = ROUNDING_RULE
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     @property
@@ -161,7 +163,7 @@ class StudyConfig:
             "space": self._section("space"),
             "recovery": self._section("recovery"),
             "size accounting": self.size_rule,
-        }
+        } | ({"activation rounding": ROUNDING_RULE} if self.quantizes_activations else {})
 
     @property
     def size_rule(self) -> str:

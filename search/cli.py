@@ -74,11 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="file to write (written whole or not at all)")
     c.add_argument(
         "--format",
-        choices=["packed", "onnx", "state_dict"],
+        choices=["packed", "onnx", "onnx-packed", "state_dict"],
         default="packed",
-        help="packed: safetensors of the bytes the size objective counts (frandi_core.load_packed); onnx: the same "
-        "packed weights, unpacked in the graph, and quantized activations, for onnxruntime; state_dict: "
-        "{'state_dict', 'policy', 'metrics', 'activations'} for torch.load",
+        help="packed: safetensors of the bytes the size objective counts (frandi_core.load_packed), the smallest "
+        "file; onnx: for speed, the QDQ model onnxruntime runs on integer kernels (layers with quantized weights "
+        "and inputs); onnx-packed: the packed weights unpacked in the graph, small but fp32 convolutions; "
+        "state_dict: {'state_dict', 'policy', 'metrics', 'activations', 'points'} for torch.load",
     )
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     c.add_argument("--attach", action="store_true", help="also store the file on the trial's dashboard page")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -20,10 +22,13 @@ from frandi_core import (
     feature_regression_,
     model_outputs,
     output_discrepancy,
+    point_settings,
     set_activation_quantizers_,
     strip_,
     teacher_targets,
 )
+from frandi_core._intpoints import set_integer_points
+from frandi_core._onnx import _stripped_copy
 
 from .conftest import assert_unchanged, snapshot
 
@@ -165,12 +170,16 @@ def test_settings_round_trip_to_the_same_outputs(reference: nn.Module, synthetic
             q.log_scale.add_(0.01234)
     settings = activation_settings(student)
     assert set(settings) == set(policy.act_bits()) and all(s["bits"] == 4 for s in settings.values())
-    plain = strip_(compress(reference, policy, calibration=synthetic.recovery))  # the same weights, no quantizers
+    plain = copy.deepcopy(reference)  # the same weights, no quantizers
+    plain.load_state_dict(_stripped_copy(student).state_dict())
     set_activation_quantizers_(plain, settings)
     assert activation_settings(plain) == settings
-    assert torch.equal(model_outputs(plain, synthetic.heldout), model_outputs(student, synthetic.heldout))
+    bits = {n: s.bits for n, s in policy.layers}
+    restored = set_integer_points(plain, point_settings(student), bits)  # and the rounding between layers
+    assert torch.equal(model_outputs(restored, synthetic.heldout), model_outputs(student, synthetic.heldout))
     set_activation_quantizers_(plain, settings)  # again: still one quantizer and one hook per layer
-    assert torch.equal(model_outputs(plain, synthetic.heldout), model_outputs(student, synthetic.heldout))
+    restored = set_integer_points(plain, point_settings(student), bits)
+    assert torch.equal(model_outputs(restored, synthetic.heldout), model_outputs(student, synthetic.heldout))
     for bad, match in (({"nope": settings["stem.0"]}, "not a Conv/Linear layer"),
                        ({"stem.0": settings["stem.0"] | {"bits": 9}}, "integer in 2..8")):
         with pytest.raises(FrandiError, match=match):

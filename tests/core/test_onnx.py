@@ -1,5 +1,6 @@
-"""ONNX export of the digits model, compressed and recovered, with and without quantized activations: valid, the
-packed file's bytes in the graph, the student's outputs on the held-out batch and its accuracy on real data."""
+"""ONNX export of the digits model, compressed and recovered, with and without quantized activations, in both
+layouts: valid, the packed file's bytes in the graph (packed) or every integer layer on integer kernels (fast), the
+student's outputs on the held-out batch and its accuracy on real data."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from torch import nn
 
 from frandi_core import (
+    LAYOUTS,
     LayerSetting,
     Policy,
     RecoveryConfig,
@@ -16,6 +18,8 @@ from frandi_core import (
     compress,
     compressible_layers,
     feature_regression_,
+    integer_layers,
+    onnx_fusion,
     onnx_parity,
     packed,
     run_onnx,
@@ -32,13 +36,14 @@ POLICIES = {  # weight bits, activation bits; 50% sparsity, first and last layer
 }
 
 
-@pytest.fixture(scope="module", params=list(POLICIES))
+@pytest.fixture(scope="module", params=[(p, layout) for p in POLICIES for layout in LAYOUTS])
 def student_and_onnx(
     request: pytest.FixtureRequest, reference: nn.Module, synthetic: SyntheticData
-) -> tuple[nn.Module, Policy, bytes]:
+) -> tuple[nn.Module, Policy, bytes, str]:
     """The digits ResNet at 50% sparsity, W4 (A4/A8), first and last layers W8 (A8), recovered with 40 FR steps
-    (learning the activation steps too)."""
-    bits, act = POLICIES[request.param]
+    (learning the activation steps too), exported in a layout."""
+    name, layout = request.param
+    bits, act = POLICIES[name]
     policy = Policy.uniform(reference, 0.5, bits, act)
     first, *_, last = dict(policy.layers)
     edge = LayerSetting(0.0, 8, None if act is None else 8)
@@ -48,13 +53,19 @@ def student_and_onnx(
         p.requires_grad_(True)
     feature_regression_(student, teacher_targets(reference, synthetic.recovery), RecoveryConfig(steps=40))
     assert len(activation_quantizers(student)) == (0 if act is None else len(compressible_layers(reference)))
-    return student.eval(), policy, to_onnx(student, policy, synthetic.heldout)
+    return student.eval(), policy, to_onnx(student, policy, synthetic.heldout, layout=layout), layout
 
 
-def test_onnx_is_valid_and_holds_the_packed_bytes(student_and_onnx: tuple[nn.Module, Policy, bytes]) -> None:
-    student, policy, data = student_and_onnx
+def test_onnx_is_valid_and_holds_the_packed_bytes(student_and_onnx: tuple[nn.Module, Policy, bytes, str]) -> None:
+    student, policy, data, layout = student_and_onnx
     model = onnx.load_from_string(data)
     onnx.checker.check_model(model, full_check=True)
+    if layout == "fast":  # every layer with quantized weights and input runs on integer kernels, the rest in fp32
+        fusion = onnx_fusion(data)
+        assert fusion["total"] == len(compressible_layers(student))
+        assert fusion["integer"] == len(integer_layers(student)), fusion
+        assert (fusion["integer"] > 0) == bool(policy.act_bits())
+        return
     content = packed(student, policy)
     stored = {i.name: i.raw_data for i in model.graph.initializer}
     parts = {k: v for k, v in content.tensors.items() if ":" in k}
@@ -67,18 +78,18 @@ def test_onnx_is_valid_and_holds_the_packed_bytes(student_and_onnx: tuple[nn.Mod
 
 
 def test_onnx_outputs_match_on_the_heldout_batch(
-    student_and_onnx: tuple[nn.Module, Policy, bytes], synthetic: SyntheticData
+    student_and_onnx: tuple[nn.Module, Policy, bytes, str], synthetic: SyntheticData
 ) -> None:
-    student, _, data = student_and_onnx
+    student, _, data, _ = student_and_onnx
     parity = onnx_parity(student, data, synthetic.heldout)
     assert parity.error <= TOLERANCE and parity.mismatched == 0, parity.describe()
     assert parity.flipped <= parity.samples // 10, parity.describe()  # ties are rare (0-2 of 64 measured)
 
 
 def test_onnx_real_accuracy_matches_within_a_tenth_of_a_point(
-    student_and_onnx: tuple[nn.Module, Policy, bytes],
+    student_and_onnx: tuple[nn.Module, Policy, bytes, str],
 ) -> None:
-    student, _, data = student_and_onnx
+    student, _, data, _ = student_and_onnx
     test = labeled_data("digits", "test")
     torch_acc = accuracy(student, test)
     x, y = test.tensors

@@ -19,6 +19,7 @@ from frandi_core import (
     compress,
     compressible_layers,
     fake_quantize_act,
+    integer_layers,
     model_size,
     onnx_parity,
     packed,
@@ -32,7 +33,7 @@ from .test_pack import CALIBRATION, odd_model, random_policies
 
 FUNCTION_BYTES = 1_100  # most a model-local function (one per kind of stored weight, at most 5) takes
 LAYER_BYTES = 600  # most a compressed layer adds: its call, its parts' names and framing, a few small constants
-ACT_LAYER_BYTES = 300  # most an activation-quantized layer adds: its step and 4 nodes
+ACT_LAYER_BYTES = 600  # most a quantizer adds: its step, Q/Clip/DQ from the exporter, Cast/Sub/Mul before an fp32 layer
 
 
 def linear(n_in: int, n_out: int, identity: bool = False) -> nn.Module:
@@ -63,7 +64,7 @@ def test_in_graph_unpacking_gives_the_student_s_weight_exactly(
     policy = Policy.from_dict({"": LayerSetting(sparsity, bits)})
     student = compress(model, policy)
     eye = torch.eye(n_in)
-    got = run_onnx(to_onnx(student, policy, eye), eye)
+    got = run_onnx(to_onnx(student, policy, eye, layout="packed"), eye)
     assert torch.equal(got, student.weight.detach().T)
 
 
@@ -83,7 +84,7 @@ def test_activation_quantization_is_fake_quantize_act_bit_for_bit(bits: int, sig
         x = torch.cat([x, torch.zeros(-len(x) % 64)]).view(-1, 64)
         student = compress(model, policy, calibration=x)
         set_activation_quantizers_(student, {"": {"bits": bits, "signed": signed, "step": float(step)}})
-        got = run_onnx(to_onnx(student, policy, x), x)
+        got = run_onnx(to_onnx(student, policy, x, layout="packed"), x)
         assert torch.equal(got, fake_quantize_act(x, step, bits, signed))
 
 
@@ -92,7 +93,7 @@ def test_onnxruntime_folds_the_unpacking_when_it_loads(tmp_path: Path) -> None:
     names = [layer.name for layer in compressible_layers(model)]
     policy = Policy.from_dict({names[0]: LayerSetting(0.5, 3, 4), names[1]: LayerSetting(0.0, 4),
                                names[2]: LayerSetting(0.95), names[3]: LayerSetting(0.9, 6, 8)})
-    data = to_onnx(compress(model, policy, calibration=CALIBRATION), policy, CALIBRATION)
+    data = to_onnx(compress(model, policy, calibration=CALIBRATION), policy, CALIBRATION, layout="packed")
     stored = onnx.load_from_string(data)
     kinds = {f.name.rstrip("0123456789") for f in stored.functions}  # layers 0 and 3 share one: 3 kinds, not 4
     assert {f.domain for f in stored.functions} == {"frandi"} and len(stored.functions) == 3
@@ -113,21 +114,27 @@ def test_file_bytes_are_the_size_objective_plus_the_graph(arch: str) -> None:
     graph (measured on its fp32 export) and a bounded graph cost per compressed or activation-quantized layer."""
     model = odd_model() if arch == "odd" else resnet(widths=(4, 8)).eval()
     x = CALIBRATION if arch == "odd" else torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    architecture = len(to_onnx(model, Policy(), x)) - model_size(model, Policy()).bytes
+    architecture = len(to_onnx(model, Policy(), x, layout="packed")) - model_size(model, Policy()).bytes
     for policy in random_policies(model, 8, seed=1):
         student = compress(model, policy, calibration=x)
-        data = to_onnx(student, policy, x)
+        data = to_onnx(student, policy, x, layout="packed")
         stored = onnx.load_from_string(data)
         inits = {i.name: i for i in stored.graph.initializer}
         content = packed(student, policy)
+        steps = {i.raw_data for n, i in inits.items() if n.endswith(".step")}  # "<quantizer module>.step"
         for name, t in content.tensors.items():
-            if ":" in name:  # a packed weight's part or an activation step: the packed file's bytes
+            if name.endswith(":step"):  # an activation step: under one of its quantizer's module names
+                assert t.numpy().tobytes() in steps, name
+            elif ":" in name:  # a packed weight's part: the packed file's bytes
                 assert inits[name].raw_data == t.numpy().tobytes(), name
         assert not set(content.layouts) & set(inits)  # no dense copy of a compressed weight
         functions = [f.ByteSize() for f in stored.functions]
         assert all(f <= FUNCTION_BYTES for f in functions)
         graph = len(data) - model_size(model, policy).bytes - architecture
-        most = sum(functions) + LAYER_BYTES * len(content.layouts) + ACT_LAYER_BYTES * len(content.activations)
+        # and the integer layers' bias offsets (an fp32 per channel: the student rounds their biases)
+        offsets = sum(4 * dict(model.named_modules())[n].weight.shape[0] for n in integer_layers(student))
+        quantizers = len(content.activations) + len(content.points)
+        most = sum(functions) + LAYER_BYTES * len(content.layouts) + ACT_LAYER_BYTES * quantizers + offsets
         assert 0 < graph <= most, (policy, graph, most)
 
 
@@ -136,9 +143,9 @@ def test_parity_check_catches_a_wrong_step_and_a_wrong_weight() -> None:
     x = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     policy = Policy.uniform(model, 0.5, 4, 4)
     student = compress(model, policy, calibration=x)
-    data = to_onnx(student, policy, x)
+    data = to_onnx(student, policy, x, layout="packed")
     assert onnx_parity(student, data, x).ok(1e-4)
-    for name, change in (("layer1.0.conv2.act_quant:step", 1.01), ("head.2.weight:scale", 1.001)):
+    for name, change in (("layer1.0.conv2.act_quant.step", 1.01), ("head.2.weight:scale", 1.001)):
         wrong = onnx.load_from_string(data)
         (init,) = [i for i in wrong.graph.initializer if i.name == name]
         init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(change), name))
@@ -149,19 +156,19 @@ def test_parity_check_catches_a_wrong_step_and_a_wrong_weight() -> None:
 
 def test_a_model_without_compression_exports_as_fp32(tmp_path: Path) -> None:
     model = odd_model()
-    data = to_onnx(model, Policy(), CALIBRATION)
+    data = to_onnx(model, Policy(), CALIBRATION, layout="packed")
     stored = onnx.load_from_string(data)
     assert not stored.functions and all(i.data_type != TensorProto.UINT8 for i in stored.graph.initializer)
     assert onnx_parity(model, data, CALIBRATION).ok(1e-4)
 
 
 def test_linear_only_model_named_empty_gets_its_input_quantized() -> None:
-    """The model itself is the one layer (named ""): its weight key is "weight", its step "act_quant:step"."""
+    """The model itself is the one layer (named ""): its weight key is "weight", its step "act_quant.step"."""
     torch.manual_seed(0)
     model: nn.Module = nn.Linear(6, 3).eval()
     policy = Policy.from_dict({"": LayerSetting(0.5, 4, 3)})
     x = torch.randn(64, 6)
     student = compress(model, policy, calibration=x)
-    data = to_onnx(student, policy, x)
-    assert {"weight:levels", "act_quant:step"} <= {i.name for i in onnx.load_from_string(data).graph.initializer}
+    data = to_onnx(student, policy, x, layout="packed")
+    assert {"weight:levels", "act_quant.step"} <= {i.name for i in onnx.load_from_string(data).graph.initializer}
     assert onnx_parity(student, data, x).ok(1e-4)
