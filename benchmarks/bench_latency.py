@@ -48,6 +48,7 @@ import torchvision
 from onnxruntime import quantization
 from torch import nn
 
+import frandi_core
 from frandi_core import Policy, compress, load_model, to_onnx
 from search import load_config, model_spec
 from studies.experiments import markdown_table
@@ -56,7 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "studies" / "experiments" / "results"
 INTEGER = {"QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
            "DynamicQuantizeMatMul"}  # Conv/Gemm/MatMul on integer kernels, any domain
-FLOAT = {"Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+FLOAT = {"Conv", "FusedConv", "NhwcFusedConv", "NchwcConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul",
+         "FusedMatMul"}
 BASELINE = "fp32 torch.onnx.export"
 REFERENCE = "ort quantize_static"
 # label -> (sparsity, weight bits, activation bits, to_onnx layout: None for its default)
@@ -180,15 +182,21 @@ class Fusion:
 
 
 def fusion(data: bytes) -> Fusion:
-    """Count the optimized graph's nodes (saved by a session with ``optimized_model_filepath``)."""
+    """Count the optimized graph's nodes (saved by a session with ``optimized_model_filepath``); the integer and
+    total counts from ``frandi_core.onnx_fusion`` where frandi_core has it (the count ``frandi export`` prints)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "optimized.onnx"
         session(data, 1, path)
         graph = onnx.load(str(path), load_external_data=False).graph
     ops = collections.Counter(n.op_type for n in graph.node)
     integer = sum(ops[o] for o in INTEGER)
-    return Fusion(integer, integer + sum(ops[o] for o in FLOAT), ops["QuantizeLinear"] + ops["DequantizeLinear"],
-                  dict(sorted(ops.items())), {n.name: n.op_type for n in graph.node if n.op_type in FLOAT})
+    total = integer + sum(ops[o] for o in FLOAT)
+    counter = getattr(frandi_core, "onnx_fusion", None)
+    if counter is not None:
+        counted = counter(data)
+        integer, total = counted["integer"], counted["total"]
+    return Fusion(integer, total, ops["QuantizeLinear"] + ops["DequantizeLinear"], dict(sorted(ops.items())),
+                  {n.name: n.op_type for n in graph.node if n.op_type in FLOAT})
 
 
 def load_ms(data: bytes, repeats: int) -> float:
