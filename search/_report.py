@@ -29,17 +29,18 @@ def feasible(t: FrozenTrial) -> bool:
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete, feasible trials that no other trial beats on OD, size and (in a study with a BOPs objective)
-    bit operations; sorted by size. The front is found on a summary of each trial; only its trials are read whole."""
-    with_bops = METRICS["bops"] in (study.metric_names or [])
+    """Complete, feasible trials that no other trial beats on OD, size and (in a study with such objectives)
+    bit operations and latency; sorted by size. The front is found on a summary of each trial; only its trials
+    are read whole."""
+    names = study.metric_names or []
+    extra = [attr for metric, attr in (("bops", "bops"), ("latency", "latency_ms")) if METRICS[metric] in names]
 
     def key(t: TrialSummary) -> tuple[float, ...]:
-        k = (t.values[0], float(t.user_attrs["size_bits"]))
-        return (*k, float(t.user_attrs["bops"])) if with_bops else k
+        return (t.values[0], float(t.user_attrs["size_bits"]), *(float(t.user_attrs[a]) for a in extra))
 
     trials = [
         t
-        for t in _optuna.trial_summaries(study, ("size_bits", "bops"))
+        for t in _optuna.trial_summaries(study, ("size_bits", "bops", "latency_ms"))
         if t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values())
     ]
     storage = _optuna.study_storage(study)
@@ -81,6 +82,7 @@ def row(t: FrozenTrial, packed_bytes: int | None = None) -> dict[str, Any]:
         "bits": bits_summary(policy),
         "act_bits": bits_summary(policy, activations=True),
         "gbops": None if bops is None else round(float(bops) / 1e9, 4),
+        **({"latency_ms": round(float(t.user_attrs["latency_ms"]), 3)} if "latency_ms" in t.user_attrs else {}),
         "baseline": bool(t.user_attrs.get("baseline", False)),
     }
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 FINGERPRINT = "frandi:fingerprint"
 CONFIG = "frandi:config"
-METRICS = {"od": "OD", "size": "size_kib", "bops": "GBOPs"}
+METRICS = {"od": "OD", "size": "size_kib", "bops": "GBOPs", "latency": "latency_ms"}
 WARM_SECONDS = "frandi:warm_start_seconds"
 
 

@@ -159,8 +159,9 @@ def claim(study: optuna.Study, storage: Storage) -> int | None:
 
 
 def objective_values(cfg: StudyConfig, r: TrialResult) -> list[float]:
-    """The trial's values in the order of study.objectives: the score (OD by default), size in KiB, GBOPs."""
-    value = {"od": r.score, "size": r.size_bits / 8192, "bops": r.bops / 1e9}
+    """The trial's values in the order of study.objectives: the score (OD by default), size in KiB, GBOPs,
+    predicted latency in ms."""
+    value = {"od": r.score, "size": r.size_bits / 8192, "bops": r.bops / 1e9, "latency": r.latency_ms or 0.0}
     return [value[o] for o in cfg.study.objectives]
 
 
@@ -224,12 +225,16 @@ def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg:
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
         "threads": torch.get_num_threads(),  # CPU results move with the thread count; export reuses it
     }
+    if r.latency_ms is not None:
+        attrs["latency_ms"] = r.latency_ms
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
     if cfg.study.min_ratio is not None:
         trial.set_constraint("min_ratio", cfg.study.min_ratio - r.ratio)  # feasible when <= 0
     if cfg.study.max_bops is not None:
         trial.set_constraint("max_bops", (r.bops - cfg.study.max_bops) / cfg.study.max_bops)
+    if cfg.study.max_latency_ms is not None and r.latency_ms is not None:
+        trial.set_constraint("max_latency_ms", (r.latency_ms - cfg.study.max_latency_ms) / cfg.study.max_latency_ms)
     _tell(study, trial, objective_values(cfg, r))
 
 
