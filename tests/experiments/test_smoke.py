@@ -14,7 +14,15 @@ import pytest
 import torch
 
 from search import labeled_data, labeled_set, load_config, open_for, open_study, stored_accuracy
-from studies.experiments import act_quantization, fr_vs_finetune, od_accuracy, pruning, quantization, search_pays
+from studies.experiments import (
+    act_quantization,
+    fast_onnx,
+    fr_vs_finetune,
+    od_accuracy,
+    pruning,
+    quantization,
+    search_pays,
+)
 
 
 def _outputs(out: Path, stem: str) -> list[dict[str, str]]:
@@ -66,6 +74,15 @@ def test_pruning_hits_the_ratio(quick: Callable[..., list], tmp_path: Path) -> N
     assert abs(float(rows[0]["ratio"]) - 2.0) < 0.01
     orig, fr = _accuracies(rows, "original", "fr_synthetic")
     assert math.isclose(float(rows[0]["fr_minus_original"]), fr - orig, abs_tol=0.011)
+
+
+def test_fast_onnx_keeps_the_students_accuracy(quick: Callable[..., list], tmp_path: Path) -> None:
+    rows = quick(fast_onnx)
+    assert [r["policy"] for r in rows] == ["W8A8", "W4A4"]
+    for r in rows:
+        assert r["mismatched"] == 0 and abs(r["onnxruntime"] - r["pytorch"]) <= 0.3, r  # one digit image of 360
+        assert r["integer_layers"].startswith(tuple(f"{n} of" for n in range(1, 100)))  # integer kernels used
+    assert (tmp_path / "fast_onnx_digits.md").is_file()
 
 
 def test_quantization(quick: Callable[..., list], tmp_path: Path) -> None:
