@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -107,6 +108,7 @@ def _stopped(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def run(folder: Path, rounds: int, seed: int) -> None:
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # retried_trial_number
     folder.mkdir(parents=True, exist_ok=True)
     save_littered(folder / "littered.pt")
     rng = random.Random(seed)
