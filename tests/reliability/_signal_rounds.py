@@ -24,6 +24,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import optuna
+import torch._dynamo  # noqa: F401  (imported by the first Adam: here, before any round, so no stop cuts it in two)
 from optuna.trial import TrialState
 
 import search._signals as signals
@@ -121,9 +122,9 @@ def run(folder: Path, rounds: int, seed: int) -> None:
         on_unraisable(unraisable)
 
     signals._on_unraisable = counting  # type: ignore[assignment]
-    # round 0 first imports what the command imports lazily (torch._dynamo, sympy, ...), stopped late: an import cut
-    # in two by a stop leaves half a package behind for the next round in this process, as it never does in a
-    # command, which exits
+    # what the command imports lazily is imported before the rounds (torch._dynamo above), and round 0 is stopped
+    # late: an import cut in two by a stop leaves half a package behind for the next round in this process, as it
+    # never does in a command, which exits
     for k in range(rounds + 1):
         print(json.dumps(_round(folder, k, rng, retried, WARM_UP if k == 0 else None)), flush=True)
 
