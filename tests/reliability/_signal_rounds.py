@@ -35,7 +35,7 @@ from tests.reliability._models import save_littered
 from tests.tiny_study import study_text
 
 retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
-DELAY = (0.0, 1.4)  # seconds after the round starts; a round runs for ever unless stopped
+DELAY = (0.0, 2.0)  # seconds after the round starts; a round runs for ever unless stopped
 WARM_UP = 4.0  # the first round's delay: past synthesis and a few trials
 PATIENCE = 60.0
 
@@ -45,7 +45,7 @@ def _round(folder: Path, k: int, rng: random.Random, retried: list[int], delay: 
     study = folder / f"r{k}.toml"
     text = study_text(
         name=f"r{k}", url=url, architecture="tests.reliability._models:littered", kwargs="{}",
-        weights="littered.pt", n_trials=100_000, iterations=20 + k % 7, steps=5, baselines="[0.5]",
+        weights="littered.pt", n_trials=100_000, iterations=6 + k % 5, steps=5, baselines="[0.5]",
         heartbeat_interval=1, grace_period=3,
     )  # fmt: skip
     study.write_text(text.replace("seed = 0", f"seed = {k}"))
