@@ -67,6 +67,9 @@ class _Stop:
     retry: bool = False  # that raise was swallowed: raise it again
     depth: int = 0  # nesting of deferred_interrupts()
     deadline: bool = False  # the hard deadline passed: raised as DeadlinePassed, after any stop
+    in_hook: bool = False  # inside our unraisable hook, which would swallow a raise too
+    resend: threading.Event = field(default_factory=threading.Event)  # wakes the thread that sends a retry
+    closed: bool = False  # interrupts_raise() ended: the sending thread ends
     event: threading.Event = field(default_factory=threading.Event)  # set when a stop is recorded
 
 
@@ -82,8 +85,8 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     if _stop.signum is None:
         _stop.signum = signum
         _stop.event.set()
-    elif not _stop.retry:
-        return  # a stop is already under way: this one must not cut its clean-up short
+    elif not _stop.retry or _stop.in_hook:
+        return  # a stop is already under way: this one must not cut its clean-up short (or: sent again too soon)
     _stop.retry = False
     if _stop.depth:
         return  # held: raised when the deferred block ends
@@ -92,21 +95,36 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
 
 def _on_alarm(_signum: int, _frame: FrameType | None) -> None:
     _stop.deadline = True
+    if _stop.in_hook:
+        return
+    _stop.retry = False
     if not _stop.depth and _stop.signum is None:
         raise DeadlinePassed()
 
 
 def _on_unraisable(unraisable: Any) -> None:
-    """A stop raised where Python swallows exceptions: send the signal again, to be raised at the next bytecode."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt) and (_stop.signum is not None or _stop.deadline):
-        _stop.retry = True
-        # sent from another thread: sent from this one, Python would run the handler at once, inside this hook,
-        # which swallows its exception too
-        target = threading.main_thread().ident or 0
-        signum = _stop.signum or signal.SIGALRM
-        threading.Thread(target=signal.pthread_kill, args=(target, signum), name="frandi-resend", daemon=True).start()
-        return
-    _previous_hook(unraisable)
+    """A stop raised where Python swallows exceptions: have it sent again, to be raised at the next bytecode."""
+    _stop.in_hook = True
+    try:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and (_stop.signum is not None or _stop.deadline):
+            _stop.retry = True
+            _stop.resend.set()
+            return
+        _previous_hook(unraisable)
+    finally:
+        _stop.in_hook = False
+
+
+def _resender(stop: _Stop) -> None:
+    """Send the signal again to the main thread until its handler raised it (outside our hook).
+
+    A thread of its own: sent from the hook, Python would run the handler at once, inside the hook."""
+    target = threading.main_thread().ident or 0
+    while stop.resend.wait() and not stop.closed:
+        while stop.retry and not stop.closed:
+            signal.pthread_kill(target, stop.signum or signal.SIGALRM)
+            time.sleep(0.05)
+        stop.resend.clear()
 
 
 class _AfterStop(logging.Filter):
@@ -163,7 +181,8 @@ def interrupts_raise(*, sigint: bool = True) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # only the main thread can set handlers
         yield
         return
-    _stop = _Stop()
+    _stop = stop = _Stop()
+    threading.Thread(target=_resender, args=(stop,), name="frandi-resend", daemon=True).start()
     signals = (signal.SIGTERM, signal.SIGINT) if sigint else (signal.SIGTERM,)
     _previous_hook, previous_hook = sys.unraisablehook, sys.unraisablehook
     sys.unraisablehook = _on_unraisable
@@ -181,6 +200,8 @@ def interrupts_raise(*, sigint: bool = True) -> Iterator[None]:
         sys.unraisablehook = previous_hook
         for printer in printers:
             printer.removeFilter(quiet)
+        stop.closed = True
+        stop.resend.set()
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -180,16 +181,12 @@ def _produce(
     owner: str,
     heartbeat: float,
 ) -> bytes:
-    """Run make() under our claim and store its result; the claim is released if make() fails."""
+    """Run make() under our claim and store its result (the caller releases the claim if this fails)."""
     with _Heartbeat(session, key, owner, heartbeat):
-        try:
-            data = make()
-            if not isinstance(data, bytes | bytearray | memoryview):
-                raise TypeError(f"make() for blob {key!r} returned {type(data).__name__}, expected bytes")
-            data = bytes(data)
-        except BaseException:
-            _release(session, key, owner)
-            raise
+        data = make()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"make() for blob {key!r} returned {type(data).__name__}, expected bytes")
+        data = bytes(data)
     with session() as s:
         result = s.execute(
             update(blobs)
@@ -203,6 +200,27 @@ def _produce(
         return stored
     put_blob(session, key, data, meta)
     return data
+
+
+def _claim_and_produce(
+    session: SessionFactory,
+    key: str,
+    owner: str,
+    take: Callable[[], bool],
+    make: Callable[[], bytes],
+    meta: dict[str, Any] | None,
+    heartbeat: float,
+) -> bytes | None:
+    """take() the claim as ``owner`` and produce the blob; None when the claim went to someone else.
+
+    Whatever stops this (make() failing, Ctrl-C between the claim and make(), or inside the claim's own commit),
+    our pending row, if there is one, is released so that nobody waits for it.
+    """
+    try:
+        return _produce(session, key, make, meta, owner, heartbeat) if take() else None
+    except BaseException:
+        _release(session, key, owner)
+        raise
 
 
 def get_or_create_blob(
@@ -232,8 +250,11 @@ def get_or_create_blob(
         row = _read(session, key)
         if row is None:
             owner = _new_owner()
-            if _claim(session, key, owner):
-                return _produce(session, key, make, meta, owner, stale_after / 4)
+            made = _claim_and_produce(
+                session, key, owner, partial(_claim, session, key, owner), make, meta, stale_after / 4
+            )
+            if made is not None:
+                return made
             continue
         if row.state == READY:
             data = _verified(session, key, row)
@@ -254,8 +275,11 @@ def get_or_create_blob(
             _log.warning(
                 "%s: %s went silent for %.0f s; taking over", what or f"blob {key!r}", row.owner, stale_after
             )
-            if _take_over(session, key, row, owner):
-                return _produce(session, key, make, meta, owner, stale_after / 4)
+            made = _claim_and_produce(
+                session, key, owner, partial(_take_over, session, key, row, owner), make, meta, stale_after / 4
+            )
+            if made is not None:
+                return made
             continue
         if now >= deadline:
             raise StorageError(

@@ -57,7 +57,7 @@ class _Litter:
         sys.modules.pop("tests.reliability._fresh", None)
         importlib.import_module("tests.reliability._fresh")
         total = 0
-        for i in range(10_000):
+        for i in range(3000):
             total += i * i
 
 

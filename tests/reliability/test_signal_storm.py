@@ -46,5 +46,5 @@ def test_every_signal_at_a_random_moment_ends_the_search_as_a_stop(tmp_path: Pat
     phases = {"synthesis": 0, "trials": 0}
     for r in rounds:
         phases["trials" if r["complete"] or r["stopped_trials"] else "synthesis"] += 1
-    assert min(phases.values()) >= 20, phases  # the signals landed before and during the trials
+    assert min(phases.values()) >= 15, phases  # the signals landed before and during the trials
     assert max(r["retried_raises"] for r in rounds) >= 1  # some raises were swallowed, sent again, and still stopped
