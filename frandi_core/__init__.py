@@ -31,6 +31,7 @@ from ._errors import FrandiError
 from ._files import write_atomic
 from ._hooks import capture
 from ._intpoints import ROUNDING_RULE, integer_layers, point_settings
+from ._latency import LATENCY_RULE, LatencyTable, latency_target, measure_latency
 from ._losses import batch_stats, bn_kl, feature_loss, normalized_distance, od_from_outputs, total_variation
 from ._model import ModelSpec, build_architecture, check_input_shape, load_model, read_state_dict, weights_digest
 from ._onnx import LAYOUTS, run_onnx, to_onnx
@@ -55,7 +56,9 @@ from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, sy
 
 __all__ = [
     "ACT_SIZE_RULE",
+    "LATENCY_RULE",
     "LAYOUTS",
+    "LatencyTable",
     "ROUNDING_RULE",
     "SIZE_RULE",
     "CALIBRATIONS",
@@ -97,10 +100,12 @@ __all__ = [
     "feature_regression_",
     "integer_layers",
     "invert",
+    "latency_target",
     "layer_macs",
     "load_model",
     "load_packed",
     "magnitude_mask",
+    "measure_latency",
     "model_outputs",
     "model_size",
     "normalized_distance",

@@ -75,6 +75,16 @@ def _kind(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
     return "other"
 
 
+def _same(node: fx.Node, modules: Mapping[str, nn.Module]) -> fx.Node:
+    """The node whose tensor ``node`` is (through Identity / Dropout modules, which return their input)."""
+    while node.op == "call_module" and isinstance(modules[str(node.target)], (nn.Identity, nn.Dropout)):
+        arg = node.args[0]
+        if not isinstance(arg, fx.Node):
+            break
+        node = arg
+    return node
+
+
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
     return [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
 
@@ -133,9 +143,10 @@ def plan(traced: fx.GraphModule, quantized: Mapping[str, int], integer_ok: set[s
             integer.add(n)
             if args[0] in from_layer:
                 from_layer.add(n)
-        elif k in ("add", "pool") and args and all(a in integer or a in rounded for a in args):
+        elif k in ("add", "pool") and args and all(a in integer or _same(a, modules) in rounded for a in args):
             integer.add(n)
-            for a in args:
+            for a in args:  # through an identity, the tensor a layer already rounds: rounded there, once
+                a = _same(a, modules) if _same(a, modules) in rounded else a
                 points[a.name] = rounded.get(a)
     for n in from_layer:  # read by something the runtime computes in fp32: requantized there, at 8 bits
         if n.name not in points and any(u not in integer and u.op != "output" for u in n.users):
@@ -156,13 +167,17 @@ class BiasRounding(nn.Module):
 
     @torch.no_grad()
     def offset(self) -> torch.Tensor:
-        module, norm, quantizer = self._refs
+        module: Any = self._refs[0]  # a Conv/Linear (its weight a parametrization or a plain tensor)
+        norm: Any = self._refs[1] if isinstance(self._refs[1], _NORM) else None
+        quantizer = self._refs[2]
         w = module.weight.detach().double()  # levels x scale: its largest magnitude per channel is qmax x scale
         scale = w.abs().flatten(1).amax(1) / (2 ** (self.bits - 1) - 1)
         bias = module.bias.detach().double() if getattr(module, "bias", None) is not None else torch.zeros_like(scale)
-        if isinstance(norm, _NORM):
-            mult = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
-            shift = (bias - norm.running_mean.double()) * mult + norm.bias.detach().double()
+        if norm is not None:
+            mean, var = norm.running_mean, norm.running_var
+            assert mean is not None and var is not None  # a norm the runtime folds tracks its statistics
+            mult = norm.weight.detach().double() / torch.sqrt(var.double() + norm.eps)
+            shift = (bias - mean.double()) * mult + norm.bias.detach().double()
             scale = scale * mult
         else:
             shift = bias

@@ -83,14 +83,14 @@ def to_onnx(student: nn.Module, policy: Policy, example: torch.Tensor, *, layout
     state = plain.state_dict()
     exported = {init.name: init for init in graph.initializer}
     b = Builder({n for node in graph.node for n in (*node.input, *node.output)} | set(exported))
-    for key, layout in content.layouts.items():
+    for key, parts in content.layouts.items():
         init = exported.get(key)
         if init is None:
             raise FrandiError(f"the ONNX graph holds no initializer '{key}'; cannot store that weight packed")
         if not np.array_equal(onnx.numpy_helper.to_array(init), state[key].numpy()):
             raise FrandiError(f"the ONNX initializer '{key}' is not the student's weight (folded by the exporter?)")
         graph.initializer.remove(init)
-        add_weight(b, key, layout, content.tensors)
+        add_weight(b, key, parts, content.tensors)
     _strip(graph)
     for i, node in enumerate(b.nodes):  # constants only: before every other node is a topological order
         graph.node.insert(i, node)

@@ -60,7 +60,7 @@ def _quantized_tensors(model: Any, modules: list[str], quantizers: dict[str, Act
     from ._onnx_fast import STEP
     from ._onnx_graph import layer_node
 
-    by_step = {}
+    by_step: dict[str, str] = {}
     for node in model.graph.node:
         if node.op_type in ("DequantizeLinear", "Mul") and len(node.input) > 1 and node.input[1].endswith(f".{STEP}"):
             by_step.setdefault(node.input[1].removesuffix(f".{STEP}"), node.output[0])

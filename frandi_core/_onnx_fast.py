@@ -49,8 +49,9 @@ def _(x: torch.Tensor, step: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 def _qdq_onnx(x: Any, step: Any, lo: int, hi: int) -> Any:
     """The ONNX form of ``qdq``: QuantizeLinear to uint8 (zero point 0, or 128 for a signed grid: onnxruntime
     fuses layers whose tensors are all uint8) -> Clip to the grid's levels -> DequantizeLinear."""
-    from onnxscript import ir
-    from onnxscript import opset21 as op
+    from onnxscript import ir, opset21
+
+    op: Any = opset21  # onnxscript's stubs type these ops for its own script functions, not for tracing
 
     zp = 128 if lo < 0 else 0
     zero = op.Constant(value=ir.tensor(np.array(zp, np.uint8)))
@@ -81,7 +82,8 @@ class _Offset(nn.Module):
         self.register_buffer("offset", offset.detach().float().clone())
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return y + self.offset.view(1, -1, *([1] * (y.dim() - 2)))
+        offset = self.get_buffer("offset")
+        return y + offset.view(1, -1, *([1] * (y.dim() - 2)))
 
 
 def export_copy(student: nn.Module, *, integer_bias: bool = True) -> nn.Module:

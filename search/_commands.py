@@ -32,20 +32,25 @@ from frandi_core import (
 
 from ._artifacts import artifact_dir, artifact_store, attach
 from ._config import ConfigError, StudyConfig
+from ._duration import parse_duration
 from ._launch import check_model, launch
 from ._open import open_for
+from ._optuna import fast_reads
 from ._report import PACKED, format_rows, front_rows
 from ._report import status as status_of
 from ._rerun import finished_trials, rerun
 from ._sensitivity import cached_sensitivity, format_table, heatmap
 from ._study import open_study, to_start_key
 from ._trial import TrialRunner, cached_batches, model_spec
-from ._worker import check_device, set_threads, stale_trials, work
+from ._worker import Deadline, check_device, set_threads, stale_trials, work
 
 
-def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool, fmt: str) -> int:
+def search(
+    cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool, fmt: str, hard_timeout: float | None = None
+) -> int:
     t0 = time.perf_counter()
-    launch(cfg, storage_override=storage, force=force, progress=progress)
+    deadline = Deadline.after(timeout_of(cfg), hard_timeout)
+    launch(cfg, storage_override=storage, force=force, progress=progress, deadline=deadline)
     wall = time.perf_counter() - t0
     with open_for(cfg, storage, mode="read") as st:  # launch closed its storage: report from a fresh one
         study = open_study(cfg, st)
@@ -57,6 +62,13 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
         f"({wall:.0f} s this run)"
     )
     print(format_rows(front, fmt))
+    if s["complete"] < cfg.study.n_trials and deadline.passed():
+        print(
+            f"frandi: time limit reached: the study holds {s['complete']} of {cfg.study.n_trials} "
+            "finished trials; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 0
     if s["complete"] < cfg.study.n_trials and not s["running"]:
         why = (
             f"last failure: {failed[-1].user_attrs.get('fail_reason', 'unknown')}"
@@ -71,13 +83,21 @@ def search(cfg: StudyConfig, storage: str | None, *, force: bool, progress: bool
     return 0
 
 
-def worker(cfg: StudyConfig, storage: str | None, *, device: str, threads: int | None) -> int:
+def worker(
+    cfg: StudyConfig, storage: str | None, *, device: str, threads: int | None, hard_timeout: float | None = None
+) -> int:
+    deadline = Deadline.after(timeout_of(cfg), hard_timeout)
     check_device(device)
     index = 1 + secrets.randbelow(2**31)  # its own sampler seed: 64 joining workers share one about 1 in 270,000
     with open_for(cfg, storage, mode="write") as st:
-        n = work(cfg, st, device=device, worker_index=index, threads=threads, progress=True)
-    print(f"worker done: ran {n} trial(s)")
+        n = work(cfg, st, device=device, worker_index=index, threads=threads, progress=True, deadline=deadline)
+    print(f"worker done: ran {n} trial(s)" + ("; time limit reached" if deadline.passed() else ""))
     return 0
+
+
+def timeout_of(cfg: StudyConfig) -> float | None:
+    """The study's soft time limit in seconds ([study] timeout, or --timeout), None without one."""
+    return None if cfg.study.timeout is None else parse_duration(cfg.study.timeout, "study.timeout")
 
 
 def status(cfg: StudyConfig, storage: str | None, *, fmt: str) -> int:
@@ -129,7 +149,8 @@ def fusion_line(data: bytes, student: torch.nn.Module, *, fast: bool) -> str:
     line = (f"onnxruntime runs {fusion['integer']} of {fusion['total']} Conv/Gemm layers on integer kernels "
             f"({capable} have quantized weights and inputs)")
     if fast and fusion["integer"] < capable:
-        line += f"; {capable - fusion['integer']} of those run in fp32 (an op between them it cannot fuse)"
+        line += (f"; {capable - fusion['integer']} of those run in fp32 (a layer writing the model's fp32 output, "
+                 "or an op after it that onnxruntime cannot fuse)")
     return line
 
 
@@ -204,7 +225,9 @@ def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) ->
     with open_for(cfg, storage, mode="read") as st:
         open_study(cfg, st)
         print(f"optuna-dashboard on http://{host}:{port}/ for {st.masked_url} (Ctrl-C to stop)")
-        optuna_dashboard.run_server(st.optuna, host=host, port=port, artifact_store=artifact_store(cfg, st))
+        optuna_dashboard.run_server(
+            fast_reads(st.optuna), host=host, port=port, artifact_store=artifact_store(cfg, st)
+        )
     return 0
 
 

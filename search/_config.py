@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import tomllib
 import types
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frandi_core import ACT_SIZE_RULE, ROUNDING_RULE, SIZE_RULE, FrandiError, RecoveryConfig, SynthConfig
+from frandi_core import ACT_SIZE_RULE, LATENCY_RULE, ROUNDING_RULE, SIZE_RULE, FrandiError, RecoveryConfig, SynthConfig
+
+from ._duration import parse_duration
 
 
 class ConfigError(FrandiError):
@@ -21,7 +24,7 @@ class ConfigError(FrandiError):
 
 
 SAMPLERS = ("tpe", "nsga2", "random")
-OBJECTIVES = ("od", "size", "bops")
+OBJECTIVES = ("od", "size", "bops", "latency")
 # Keys that only matter when activations are quantized: a study file that quantizes none leaves them out of its
 # fingerprint, so studies stored before activation quantization existed resume with the fingerprint they had.
 ACTIVATION_KEYS: dict[str, tuple[str, ...]] = {
@@ -42,12 +45,14 @@ class StudySection:
     sampler: str = "tpe"
     seed: int = 0
     n_trials: int = 50
-    objectives: tuple[str, ...] = ("od", "size")  # "od" first, then "size" and/or "bops"; ("od",) needs a budget
+    objectives: tuple[str, ...] = ("od", "size")  # "od" first, then "size", "bops", "latency"; ("od",) needs a budget
     min_ratio: float | None = None  # constraint: compression ratio >= min_ratio
     max_bops: float | None = None  # constraint: bit operations (MACs x weight bits x activation bits) <= max_bops
+    max_latency_ms: float | None = None  # constraint: predicted latency on the [latency] target <= max_latency_ms
     baselines: tuple[float, ...] = (0.25, 0.5, 0.75)  # uniform sparsities enqueued first, at the top bits
     artifacts: str | None = None  # folder for files export --attach stores (default: beside the SQLite database)
     score: str = "od"  # the first objective: OD (eq. 3), or "od+feature_od" (plus OD on the FR feature layers)
+    timeout: str | None = None  # e.g. "90m": no trial starts after it (from the command's start); not fingerprinted
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,16 @@ ALLOCATED_ONLY = ("rules", "offsets", "warm_starts")  # keys a layerwise study i
 
 
 @dataclass(frozen=True)
+class LatencySection:
+    """[latency]: the target a latency objective or budget is predicted for (onnxruntime on this CPU), from a
+    per-layer table measured once per study (``frandi_core.measure_latency``)."""
+
+    threads: int = 1  # onnxruntime intra-op threads
+    batch: int = 1  # inputs per run
+    repeats: int = 30  # timed runs per table entry (medians)
+
+
+@dataclass(frozen=True)
 class RunSection:
     """[run]: how workers run here; changes to it never invalidate past trials."""
 
@@ -112,6 +127,7 @@ class StudyConfig:
     synthetic: SynthConfig = SynthConfig()
     space: SpaceSection = SpaceSection()
     recovery: RecoveryConfig = RecoveryConfig()
+    latency: LatencySection = LatencySection()
     run: RunSection = RunSection()
     base_dir: Path = Path(".")
 
@@ -131,6 +147,9 @@ class StudyConfig:
             keep["max_bops"] = self.study.max_bops
         if self.quantizes_activations:  # only then: the others keep their fingerprint
             keep["rounding"] = ROUNDING_RULE
+        if self.uses_latency:  # the target and how a latency is predicted decide the objective's values
+            keep["latency"] = dataclasses.asdict(self.latency) | {"rule": LATENCY_RULE}
+            keep["max_latency_ms"] = self.study.max_latency_ms
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     @property
@@ -163,7 +182,14 @@ class StudyConfig:
             "space": self._section("space"),
             "recovery": self._section("recovery"),
             "size accounting": self.size_rule,
-        } | ({"activation rounding": ROUNDING_RULE} if self.quantizes_activations else {})
+        } | ({"activation rounding": ROUNDING_RULE} if self.quantizes_activations else {}) | (
+            {"latency": dataclasses.asdict(self.latency) | {"rule": LATENCY_RULE},
+             "study.max_latency_ms": self.study.max_latency_ms} if self.uses_latency else {})
+
+    @property
+    def uses_latency(self) -> bool:
+        """Whether trials predict their latency: a latency objective or budget."""
+        return "latency" in self.study.objectives or self.study.max_latency_ms is not None
 
     @property
     def size_rule(self) -> str:
@@ -282,16 +308,31 @@ def _validate(cfg: StudyConfig) -> None:
         or len(set(s.objectives)) < len(s.objectives)
     ):
         raise ConfigError(
-            f'study.objectives {list(s.objectives)} is invalid; use ["od", "size"], ["od", "bops"], '
-            '["od", "size", "bops"] or ["od"]'
+            f'study.objectives {list(s.objectives)} is invalid; use "od" then any of "size", "bops", "latency", '
+            'each once, e.g. ["od", "size"] or ["od", "latency"]'
         )
     if s.score not in SCORES:
         raise ConfigError(f"study.score '{s.score}' is unknown; use one of {', '.join(SCORES)}")
     if s.objectives[0] != "od":
         raise ConfigError('study.objectives must start with "od" (the label-free accuracy proxy)')
-    if s.objectives == ("od",) and s.min_ratio is None and s.max_bops is None:
+    if s.objectives == ("od",) and s.min_ratio is None and s.max_bops is None and s.max_latency_ms is None:
         raise ConfigError(
-            'study.objectives = ["od"] needs a budget: set study.min_ratio (e.g. 2.0) or study.max_bops'
+            'study.objectives = ["od"] needs a budget: set study.min_ratio (e.g. 2.0), study.max_bops or '
+            "study.max_latency_ms"
+        )
+    if s.max_latency_ms is not None and s.max_latency_ms <= 0:
+        raise ConfigError(f"study.max_latency_ms must be > 0 (milliseconds per batch), got {s.max_latency_ms}")
+    lat = cfg.latency
+    if lat.threads < 1 or lat.batch < 1 or lat.repeats < 1:
+        raise ConfigError(
+            f"latency.threads, latency.batch and latency.repeats must be >= 1, got {lat.threads}, {lat.batch}, "
+            f"{lat.repeats}"
+        )
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if cfg.uses_latency and missing:
+        raise ConfigError(
+            f"a latency objective or study.max_latency_ms is measured with onnxruntime on the exported model, and "
+            f"{', '.join(missing)} is not installed; pip install 'frandi[onnx]', or remove them"
         )
     if s.min_ratio is not None and s.min_ratio < 1:
         raise ConfigError(f"study.min_ratio must be >= 1, got {s.min_ratio}")
@@ -299,6 +340,8 @@ def _validate(cfg: StudyConfig) -> None:
         raise ConfigError(f"study.max_bops must be > 0 (bit operations, e.g. 2.5e9), got {s.max_bops}")
     if s.n_trials < 1:
         raise ConfigError(f"study.n_trials must be >= 1, got {s.n_trials}")
+    if s.timeout is not None:
+        parse_duration(s.timeout, "study.timeout")
     lo, hi = (sp.sparsity + (None, None))[:2] if len(sp.sparsity) == 2 else (None, None)
     if lo is None or hi is None or not 0 <= lo <= hi < 1:
         raise ConfigError(
@@ -344,6 +387,7 @@ SECTIONS = {
     "synthetic": SynthConfig,
     "space": SpaceSection,
     "recovery": RecoveryConfig,
+    "latency": LatencySection,
     "run": RunSection,
 }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 
 import optuna
@@ -19,11 +18,11 @@ from storage import Storage
 from ._allocate import study_space
 from ._config import ConfigError, StudyConfig
 from ._open import open_for
-from ._signals import Terminated
+from ._signals import check, deferred_interrupts, received, wait
 from ._space import SearchSpace
-from ._study import counts, create_or_resume
+from ._study import counts, create_or_resume, stamp_fingerprint
 from ._trial import TrialRunner, cached_batches, model_spec
-from ._worker import check_device, set_threads, work, worker_main
+from ._worker import Deadline, check_device, set_threads, work, worker_main
 
 
 def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module, SearchSpace]:
@@ -69,8 +68,11 @@ def _prepare(
     """prepare(), also returning the batches (and their key), for a worker in this process to reuse."""
     teacher, space = checked
     if cfg.space.mode == "layerwise":
-        study = create_or_resume(cfg, storage, space, force=force)
-        return study, cached_batches(cfg, storage, teacher, device=device, progress=progress)
+        # the new fingerprint only once its batches exist: a --force whose synthesis fails leaves the old one
+        study = create_or_resume(cfg, storage, space, force=force, stamp=False)
+        batches = cached_batches(cfg, storage, teacher, device=device, progress=progress)
+        stamp_fingerprint(study, cfg)
+        return study, batches
     # allocated: baselines and warm starts are parameters of the allocated space, which needs the batches
     # and the sensitivity table first
     key, data = cached_batches(cfg, storage, teacher, device=device, progress=progress)
@@ -81,9 +83,15 @@ def _prepare(
 
 
 def launch(
-    cfg: StudyConfig, *, storage_override: str | None = None, force: bool = False, progress: bool = True
+    cfg: StudyConfig,
+    *,
+    storage_override: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    deadline: Deadline | None = None,
 ) -> optuna.Study:
-    """Run the study to n_trials finished trials with cfg.run.workers processes; resume when it exists."""
+    """Run the study to n_trials finished trials with cfg.run.workers processes (or until ``deadline``); resume
+    when it exists."""
     devices = [check_device(d) for d in cfg.run.devices]
     n = cfg.run.workers
     threads = set_threads(cfg.run.threads, n)  # as many as one worker gets: more threads than cores thrash
@@ -96,21 +104,21 @@ def launch(
             bar = tqdm(total=cfg.study.n_trials, desc=f"study {study.study_name}", unit="trial",
                        disable=not progress, initial=done)
             with bar:
-                work(cfg, storage, device=devices[0], threads=threads, runner=runner,
+                work(cfg, storage, device=devices[0], threads=threads, runner=runner, deadline=deadline,
                      on_trial=lambda done: bar.update(min(done, cfg.study.n_trials) - bar.n))
             return study
         ctx = mp.get_context("spawn")
         procs = [
             ctx.Process(
                 target=worker_main,
-                args=(cfg, storage.url, devices[i % len(devices)], i, threads, os.getpid()),
+                args=(cfg, storage.url, devices[i % len(devices)], i, threads, os.getpid(), deadline),
                 name=f"frandi-worker-{i}",
             )
             for i in range(n)
         ]
-        for p in procs:
-            p.start()
         try:
+            for p in procs:
+                p.start()
             _watch(study, procs, cfg.study.n_trials, progress)
         except KeyboardInterrupt:
             _stop(procs)
@@ -128,11 +136,12 @@ def launch(
 def _stop(procs: list, patience: float = 60) -> None:
     """SIGTERM each worker once (each fails and re-queues its trial), wait for them, then kill what is left
     (its trial goes stale and is retried by the next run)."""
-    for p in procs:
-        if p.is_alive() and p.pid:
+    started = [p for p in procs if p.pid is not None]
+    for p in started:
+        if p.is_alive():
             os.kill(p.pid, signal.SIGTERM)
     deadline = time.monotonic() + patience
-    for p in procs:
+    for p in started:
         p.join(timeout=max(deadline - time.monotonic(), 0))
         if p.is_alive():
             p.kill()
@@ -140,27 +149,17 @@ def _stop(procs: list, patience: float = 60) -> None:
 
 
 def _watch(study: optuna.Study, procs: list, n_trials: int, progress: bool) -> None:
-    """Show progress until the workers exit. Ctrl-C and SIGTERM only set a flag, so neither lands inside a database
+    """Show progress until the workers exit. Ctrl-C and SIGTERM are held, so neither lands inside a database
     call (a query interrupted half-way leaves the connection unusable); they are raised between polls."""
-    stop = threading.Event()
-    got: list[int] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        got.append(signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=n_trials, desc=f"study {study.study_name}", unit="trial", disable=not progress)
     try:
-        while any(p.is_alive() for p in procs) and not stop.is_set():
-            done = counts(study)[TrialState.COMPLETE]
-            bar.update(min(done, n_trials) - bar.n)
-            stop.wait(0.5)
-        if not stop.is_set():
-            bar.update(min(counts(study)[TrialState.COMPLETE], n_trials) - bar.n)
+        with deferred_interrupts(release=False):
+            while any(p.is_alive() for p in procs) and received() is None:
+                done = counts(study)[TrialState.COMPLETE]
+                bar.update(min(done, n_trials) - bar.n)
+                wait(0.5)
+            if received() is None:
+                bar.update(min(counts(study)[TrialState.COMPLETE], n_trials) - bar.n)
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         bar.close()
-    if got:
-        raise Terminated if got[0] == signal.SIGTERM else KeyboardInterrupt
+    check()

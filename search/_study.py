@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from storage import Storage
 
+from . import _optuna
 from ._config import ConfigError, StudyConfig
 from ._space import SearchSpace
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 FINGERPRINT = "frandi:fingerprint"
 CONFIG = "frandi:config"
-METRICS = {"od": "OD", "size": "size_kib", "bops": "GBOPs"}
+METRICS = {"od": "OD", "size": "size_kib", "bops": "GBOPs", "latency": "latency_ms"}
 WARM_SECONDS = "frandi:warm_start_seconds"
 
 
@@ -49,7 +50,7 @@ def open_study(cfg: StudyConfig, storage: Storage, *, worker_index: int = 0) -> 
         raise ConfigError(
             f"study '{cfg.study.name}' does not exist in {storage.masked_url}; start it with frandi search"
         ) from None
-    study.sampler = make_sampler(cfg, worker_index, len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(cfg, worker_index, _optuna.trial_count(study))  # a COUNT: no trial read whole
     return study
 
 
@@ -58,10 +59,16 @@ def _changed_sections(old: dict, new: dict) -> list[str]:
 
 
 def create_or_resume(
-    cfg: StudyConfig, storage: Storage, space: SearchSpace | AllocatedSpace, *, force: bool = False
+    cfg: StudyConfig,
+    storage: Storage,
+    space: SearchSpace | AllocatedSpace,
+    *,
+    force: bool = False,
+    stamp: bool = True,
 ) -> optuna.Study:
     """Create the study or resume it; refuse a changed study file unless ``force``; enqueue the baselines and
-    warm starts once (not again on resume); top up the trials to start."""
+    warm starts once (not again on resume); top up the trials to start. ``stamp=False`` leaves the study file's
+    fingerprint to the caller (``stamp_fingerprint``), once what the new file needs (its batches) exists."""
     study = optuna.create_study(
         study_name=cfg.study.name,
         storage=storage.optuna,
@@ -83,12 +90,8 @@ def create_or_resume(
             f"study '{cfg.study.name}' was run with a different study file ({what} changed), so past trials "
             "would not be comparable; use a new study.name, or --force to continue anyway"
         )
-    if old != fingerprint:
-        study.set_user_attr(FINGERPRINT, fingerprint)
-        study.set_user_attr(CONFIG, json.dumps(cfg.comparable(), sort_keys=True))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRICS[o] for o in cfg.study.objectives])
+    if stamp:
+        stamp_fingerprint(study, cfg)
     if not study.user_attrs.get("frandi:baselines"):
         for params in baselines(cfg, space):
             study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
@@ -104,6 +107,17 @@ def create_or_resume(
             study.set_user_attr("frandi:warm_starts", True)
     top_up(study, storage, cfg.study.n_trials)
     return study
+
+
+def stamp_fingerprint(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Record that the study now runs ``cfg``'s study file (its fingerprint, what it compares, metric names)."""
+    if study.user_attrs.get(FINGERPRINT) == cfg.fingerprint():
+        return
+    study.set_user_attr(FINGERPRINT, cfg.fingerprint())
+    study.set_user_attr(CONFIG, json.dumps(cfg.comparable(), sort_keys=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRICS[o] for o in cfg.study.objectives])
 
 
 def warm_start_seconds(study: optuna.Study) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -11,7 +12,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from frandi_core import (
+    LATENCY_RULE,
     OUTPUT,
+    LatencyTable,
     ModelSpec,
     Policy,
     SyntheticData,
@@ -20,8 +23,10 @@ from frandi_core import (
     compressible_layers,
     feature_discrepancy,
     feature_regression_,
+    latency_target,
     layer_macs,
     load_model,
+    measure_latency,
     model_outputs,
     model_size,
     output_discrepancy,
@@ -103,6 +108,23 @@ class TrialResult:
     bops: int
     score: float
     kept: str = "recovered"
+    latency_ms: float | None = None  # predicted on the study's [latency] target, if the study uses latency
+
+
+def cached_latency(cfg: StudyConfig, storage: Storage, batch_key: str, teacher: torch.nn.Module) -> LatencyTable:
+    """The study's latency table on its [latency] target, from the storage; exactly one worker measures it (on
+    CPU, a copy of the teacher), so every trial of the study is predicted from the same table."""
+    lat = cfg.latency
+    key = f"latency/{batch_key}/{latency_target(lat.threads, lat.batch)}/repeats={lat.repeats}/{LATENCY_RULE}"
+
+    def make() -> bytes:
+        model = copy.deepcopy(teacher).cpu().eval()
+        example = torch.zeros(1, *cfg.model.input_shape)
+        return measure_latency(model, example, threads=lat.threads, batch=lat.batch, repeats=lat.repeats).to_json(
+        ).encode()
+
+    raw = storage.get_or_create_blob(key, make, what="the latency table", meta={"kind": "latency"})
+    return LatencyTable.from_json(raw.decode())
 
 
 class TrialRunner:
@@ -137,6 +159,7 @@ class TrialRunner:
         )
         self.teacher_out = model_outputs(self.teacher, self.heldout)
         self.macs = layer_macs(self.teacher, cfg.model.input_shape)
+        self.latency = cached_latency(cfg, storage, self.batch_key, self.teacher) if cfg.uses_latency else None
         self.space: SearchSpace | AllocatedSpace = study_space(
             cfg.space, storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out, self.targets.inputs
         )
@@ -176,8 +199,9 @@ class TrialRunner:
             "od": t4 - t3,
             "total": t4 - t0,
         }
+        latency = None if self.latency is None else self.latency.predict(policy)
         result = TrialResult(
-            od, od_before, size.bits, size.ratio, size.density, seconds, bops(self.macs, policy), score, kept
+            od, od_before, size.bits, size.ratio, size.density, seconds, bops(self.macs, policy), score, kept, latency
         )
         return student, result
 

@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import optuna
 import torch
@@ -21,11 +22,40 @@ from storage import Storage, StorageError, atomic, connection_lost, lost_storage
 from . import _optuna
 from ._config import ConfigError, StudyConfig
 from ._open import open_for
-from ._signals import deferred_interrupts, exit_with_parent, interrupts_raise, raise_held
+from ._signals import (
+    EXIT_CODES,
+    DeadlinePassed,
+    check,
+    deferred_interrupts,
+    exit_with_parent,
+    hard_deadline,
+    interrupts_raise,
+    raise_held,
+)
 from ._study import counts, open_study, to_start_key
 from ._trial import TrialResult, TrialRunner
 
 log = logging.getLogger("frandi.worker")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a run stops starting trials (``soft``) and stops the ones in flight (``hard``), as time.time() values."""
+
+    soft: float | None = None
+    hard: float | None = None
+
+    @classmethod
+    def after(cls, soft: float | None, hard: float | None, start: float | None = None) -> Deadline:
+        """The deadline ``soft`` / ``hard`` seconds after ``start`` (default now); None: no such limit. A hard limit
+        alone is also the soft one."""
+        t0 = time.time() if start is None else start
+        soft = hard if soft is None else soft
+        return cls(None if soft is None else t0 + soft, None if hard is None else t0 + hard)
+
+    def passed(self) -> bool:
+        """Whether the soft deadline has passed (the run stopped starting trials)."""
+        return self.soft is not None and time.time() >= self.soft
 
 
 def check_device(device: str) -> str:
@@ -129,8 +159,9 @@ def claim(study: optuna.Study, storage: Storage) -> int | None:
 
 
 def objective_values(cfg: StudyConfig, r: TrialResult) -> list[float]:
-    """The trial's values in the order of study.objectives: the score (OD by default), size in KiB, GBOPs."""
-    value = {"od": r.score, "size": r.size_bits / 8192, "bops": r.bops / 1e9}
+    """The trial's values in the order of study.objectives: the score (OD by default), size in KiB, GBOPs,
+    predicted latency in ms."""
+    value = {"od": r.score, "size": r.size_bits / 8192, "bops": r.bops / 1e9, "latency": r.latency_ms or 0.0}
     return [value[o] for o in cfg.study.objectives]
 
 
@@ -194,12 +225,16 @@ def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg:
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
         "threads": torch.get_num_threads(),  # CPU results move with the thread count; export reuses it
     }
+    if r.latency_ms is not None:
+        attrs["latency_ms"] = r.latency_ms
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
     if cfg.study.min_ratio is not None:
         trial.set_constraint("min_ratio", cfg.study.min_ratio - r.ratio)  # feasible when <= 0
     if cfg.study.max_bops is not None:
         trial.set_constraint("max_bops", (r.bops - cfg.study.max_bops) / cfg.study.max_bops)
+    if cfg.study.max_latency_ms is not None and r.latency_ms is not None:
+        trial.set_constraint("max_latency_ms", (r.latency_ms - cfg.study.max_latency_ms) / cfg.study.max_latency_ms)
     _tell(study, trial, objective_values(cfg, r))
 
 
@@ -242,11 +277,37 @@ def work(
     max_failures: int | None = None,
     on_trial: Callable[[int], None] | None = None,
     runner: TrialRunner | None = None,
+    deadline: Deadline | None = None,
 ) -> int:
-    """Pull and run trials until the study holds n_trials finished ones; returns how many this worker ran.
+    """Pull and run trials until the study holds n_trials finished ones, or the deadline passed; returns how many
+    this worker ran.
 
     ``runner``: one the caller built for this study (``frandi search`` in-process, teacher and batches loaded).
+    ``deadline``: no trial starts after ``deadline.soft``; at ``deadline.hard`` the trial in flight is re-queued.
     """
+    deadline = deadline or Deadline()
+    try:
+        with hard_deadline(deadline.hard):
+            return _work(cfg, storage, device, worker_index, threads, progress, poll, max_failures, on_trial, runner,
+                         deadline.soft)  # fmt: skip
+    except DeadlinePassed:
+        log.warning("the hard deadline passed: the trial in flight was stopped and queued again")
+        return 0
+
+
+def _work(
+    cfg: StudyConfig,
+    storage: Storage,
+    device: str,
+    worker_index: int,
+    threads: int | None,
+    progress: bool,
+    poll: float,
+    max_failures: int | None,
+    on_trial: Callable[[int], None] | None,
+    runner: TrialRunner | None,
+    soft: float | None,
+) -> int:
     set_threads(cfg.run.threads if threads is None else threads, cfg.run.workers)
     worker = f"{os.uname().nodename}:{os.getpid()}:{device}"
     study = open_study(cfg, storage, worker_index=worker_index)
@@ -255,6 +316,9 @@ def work(
     done = failed = 0
     limit = cfg.study.n_trials if max_failures is None else max_failures
     while True:
+        check()  # a safe point: once a stop is recorded, no trial starts
+        if soft is not None and time.time() >= soft:
+            return done
         if storage.optuna.get_heartbeat_interval():
             fail_stale_trials(study)
         with claimed(study, storage) as trial_id:
@@ -288,7 +352,10 @@ def work(
         time.sleep(poll)  # others are running trials that may still fail and be retried
 
 
-def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: int, threads: int, parent: int) -> None:
+def worker_main(
+    cfg: StudyConfig, storage_url: str, device: str, worker_index: int, threads: int, parent: int,
+    deadline: Deadline | None = None,
+) -> None:
     """Entry point of a spawned worker process: SIGTERM behaves like Ctrl-C so the trial is told FAIL and retried.
 
     Ctrl-C itself is ignored: the launcher sends one SIGTERM, so a trial is never interrupted twice. A worker
@@ -300,9 +367,10 @@ def worker_main(cfg: StudyConfig, storage_url: str, device: str, worker_index: i
     try:
         with interrupts_raise(sigint=False):
             with open_for(cfg, storage_url) as storage:  # the launcher's URL, already resolved
-                work(cfg, storage, device=device, worker_index=worker_index, threads=threads)
+                work(cfg, storage, device=device, worker_index=worker_index, threads=threads, deadline=deadline)
+            check()  # a SIGTERM recorded but never raised still ends this worker as terminated
     except KeyboardInterrupt:
-        pass
+        raise SystemExit(EXIT_CODES[signal.SIGTERM]) from None
     except (FrandiError, StorageError) as e:
         raise SystemExit(f"frandi worker {worker_index}: error: {e}") from None
     except optuna.exceptions.StorageInternalError as e:

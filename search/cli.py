@@ -17,8 +17,9 @@ from storage import StorageError, lost_storage
 from . import _commands as commands
 from ._config import ConfigError, StudyConfig, load_config, replace
 from ._data import FASHION_ROOT
+from ._duration import parse_duration
 from ._evaluate import evaluate
-from ._signals import Terminated, interrupts_raise
+from ._signals import interrupts_raise, stop_code
 
 
 def _writable(path: str, *, overwrite: bool = True) -> Path:
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--n-trials", type=int, help="finished trials the study should hold (default: [study] n_trials)"
     )
+    _timeouts(c)
     c.add_argument("--force", action="store_true", help="resume even though the study file changed")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.add_argument(
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("worker", "join an existing study from this (or any) machine and run trials until it is done")
     c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     c.add_argument("--threads", type=int, help="torch threads (default: [run] threads; 0 = all cores)")
+    _timeouts(c)
 
     c = cmd("status", "trials done / running / failed and the best OD so far")
     c.add_argument("--format", choices=["table", "json"], default="table")
@@ -109,6 +112,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _timeouts(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--timeout", metavar="DURATION",
+        help="no trial starts after this long (e.g. 45s, 90m, 2h; default: [study] timeout); trials in flight "
+        "finish, the front is printed, exit 0; the same command resumes",
+    )  # fmt: skip
+    c.add_argument(
+        "--hard-timeout", metavar="DURATION",
+        help="after this long, the trials in flight are stopped and queued again (then as --timeout)",
+    )  # fmt: skip
+
+
+def _with_timeouts(cfg: StudyConfig, a: argparse.Namespace) -> tuple[StudyConfig, float | None]:
+    """The config with --timeout in [study] timeout, and --hard-timeout in seconds (checked: one line, exit 2)."""
+    if a.timeout is not None:
+        parse_duration(a.timeout, "--timeout")
+        cfg = replace(cfg, "study", timeout=a.timeout)
+    hard = None if a.hard_timeout is None else parse_duration(a.hard_timeout, "--hard-timeout")
+    soft = None if cfg.study.timeout is None else parse_duration(cfg.study.timeout)
+    if hard is not None and soft is not None and hard < soft:
+        raise ConfigError(f"--hard-timeout {a.hard_timeout} is shorter than the timeout {cfg.study.timeout}; "
+                          "make it longer, or leave it out")
+    return cfg, hard
+
+
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse option values out of range before anything is loaded or opened."""
     if getattr(args, "threads", None) is not None and args.threads < 0:
@@ -137,7 +165,13 @@ def _search(cfg: StudyConfig, a: argparse.Namespace) -> int:
         if a.n_trials < 1:
             raise ConfigError(f"--n-trials must be >= 1, got {a.n_trials}")
         cfg = replace(cfg, "study", n_trials=a.n_trials)
-    return commands.search(cfg, a.storage, force=a.force, progress=not a.no_progress, fmt=a.format)
+    cfg, hard = _with_timeouts(cfg, a)
+    return commands.search(cfg, a.storage, force=a.force, progress=not a.no_progress, fmt=a.format, hard_timeout=hard)
+
+
+def _worker(cfg: StudyConfig, a: argparse.Namespace) -> int:
+    cfg, hard = _with_timeouts(cfg, a)
+    return commands.worker(cfg, a.storage, device=a.device, threads=a.threads, hard_timeout=hard)
 
 
 def _export(cfg: StudyConfig, a: argparse.Namespace) -> int:
@@ -155,7 +189,7 @@ def _png(a: argparse.Namespace) -> Path | None:
 # command -> what it does with the study file's config and the parsed options
 COMMANDS: dict[str, Callable[[StudyConfig, argparse.Namespace], int]] = {
     "search": _search,
-    "worker": lambda cfg, a: commands.worker(cfg, a.storage, device=a.device, threads=a.threads),
+    "worker": _worker,
     "status": lambda cfg, a: commands.status(cfg, a.storage, fmt=a.format),
     "pareto": lambda cfg, a: commands.pareto(cfg, a.storage, fmt=a.format),
     "export": _export,
@@ -177,24 +211,24 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with interrupts_raise():
+        try:  # a recorded SIGTERM / Ctrl-C is exit 143 / 130 with its line, never 0
+            return stop_code(_exit_code(args))
+        except KeyboardInterrupt as e:  # the stop's exception, wherever it was raised
+            return stop_code(0, e)
+
+
+def _exit_code(args: argparse.Namespace) -> int:
+    """Run the command; each kind of error is its one line and exit 2. A stop signal is reported by stop_code."""
     try:
-        with interrupts_raise():
-            return run(args)
+        return run(args)
     except (FrandiError, StorageError) as e:
         print(f"frandi: error: {e}", file=sys.stderr)
-        return 2
     except optuna.exceptions.StorageInternalError as e:  # the database went away for longer than we wait
         print(f"frandi: error: {lost_storage(e)}", file=sys.stderr)
-        return 2
-    except Terminated:
-        print("frandi: terminated; run the same command again to resume", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("\nfrandi: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
     except json.JSONDecodeError as e:
         print(f"frandi: error: stored data is not valid JSON ({e})", file=sys.stderr)
-        return 2
+    return 2
 
 
 if __name__ == "__main__":

@@ -210,13 +210,15 @@ def get_or_create_blob(
     key: str,
     make: Callable[[], bytes],
     *,
-    meta: dict[str, Any] | None = None,
-    what: str | None = None,
-    poll: float = 0.5,
-    timeout: float = 3600,
-    stale_after: float = 600,
+    meta: dict[str, Any] | None,
+    what: str | None,
+    poll: float,
+    timeout: float,
+    stale_after: float,
 ) -> bytes:
     """Return the blob under ``key``; if missing, exactly one caller across processes runs make() for it.
+
+    Every setting is the caller's: the defaults are declared once, by ``Storage.get_or_create_blob``.
 
     The maker touches its claim every ``stale_after / 4`` s. Waiters poll until the blob is ready, saying once
     what they wait for; a claim whose row went ``stale_after`` seconds (by the waiter's own clock, so clock skew

@@ -63,7 +63,8 @@ def test_onnx_is_valid_and_holds_the_packed_bytes(student_and_onnx: tuple[nn.Mod
     if layout == "fast":  # every layer with quantized weights and input runs on integer kernels, the rest in fp32
         fusion = onnx_fusion(data)
         assert fusion["total"] == len(compressible_layers(student))
-        assert fusion["integer"] == len(integer_layers(student)), fusion
+        # all but head.2, which writes the fp32 logits: onnxruntime fuses no Gemm without a quantized output
+        assert fusion["integer"] == len(integer_layers(student)) - 1, fusion
         assert (fusion["integer"] > 0) == bool(policy.act_bits())
         return
     content = packed(student, policy)

@@ -194,6 +194,34 @@ def test_changed_study_file_is_refused_unless_forced(study_file, frandi) -> None
     assert sum(t.state == TrialState.COMPLETE for t in trials_of(path)) == 4
 
 
+def test_forced_change_whose_synthesis_fails_leaves_the_old_fingerprint(study_file, frandi, monkeypatch) -> None:
+    """--force rewrites the fingerprint only once the new file's batches exist: after a failed synthesis the
+    study still belongs to the old file, which resumes without --force, and the new file is still refused."""
+    import search._trial
+    from frandi_core import FrandiError
+
+    old = study_file(n_trials=2)
+    assert frandi("search", old, "--no-progress")[0] == 0
+    before = load_config(old).fingerprint()
+    changed = study_file("changed.toml", n_trials=2)
+    changed.write_text(changed.read_text().replace("iterations = 10", "iterations = 11"))  # new batches needed
+
+    def fail(*args, **kwargs):
+        raise FrandiError("synthesis failed: out of memory")
+
+    with monkeypatch.context() as m:
+        m.setattr(search._trial, "synthesize", fail)
+        code, _, err = frandi("search", changed, "--no-progress", "--force")
+    assert code == 2 and "out of memory" in err, err
+    cfg = load_config(old)
+    with open_for(cfg) as st:
+        assert open_study(cfg, st).user_attrs["frandi:fingerprint"] == before
+    code, _, err = frandi("search", changed, "--no-progress")
+    assert code == 2 and "synthetic changed" in err, err
+    code, _, err = frandi("search", old, "--no-progress", "--n-trials", 3)
+    assert code == 0, err
+
+
 def test_study_sized_by_an_older_rule_is_refused(study_file, frandi) -> None:
     """Trials whose size was counted another way cannot share a Pareto front with new ones."""
     assert frandi("search", study_file(n_trials=2), "--no-progress")[0] == 0
