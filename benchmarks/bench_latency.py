@@ -49,7 +49,7 @@ from onnxruntime import quantization
 from torch import nn
 
 import frandi_core
-from frandi_core import Policy, compress, load_model, to_onnx
+from frandi_core import Policy, compress, load_model, pack, to_onnx
 from search import load_config, model_spec
 from studies.experiments import markdown_table
 
@@ -64,7 +64,8 @@ REFERENCE = "ort quantize_static"
 # label -> (sparsity, weight bits, activation bits, to_onnx layout: None for its default)
 POLICIES: dict[str, tuple[float, int, int | None, str | None]] = {
     "W8A8": (0.0, 8, 8, None), "W4A8": (0.0, 4, 8, None), "W4A4": (0.0, 4, 4, None),
-    "W8A8 50% sparse": (0.5, 8, 8, None), "W8 weights only": (0.0, 8, None, None), "W8A8 packed": (0.0, 8, 8, "packed"),
+    "W8A8 50% sparse": (0.5, 8, 8, None), "W8 weights only": (0.0, 8, None, None),
+    "W8A8 packed": (0.0, 8, 8, "packed"),
 }
 LAYOUTS = "layout" in inspect.signature(to_onnx).parameters  # to_onnx(..., layout=) exists: fast by default
 
@@ -148,11 +149,12 @@ def ort_static(fp32: bytes, calib: np.ndarray) -> bytes:
 
 def frandi_export(
     model: nn.Module, policy: Policy, calib: torch.Tensor, example: torch.Tensor, layout: str | None = None
-) -> bytes:
+) -> tuple[bytes, int]:
     """What ``frandi export --format onnx`` writes for ``policy`` (compressed, not recovered), in ``to_onnx``'s
-    ``layout`` (None: its default)."""
+    ``layout`` (None: its default), and the bytes of the packed safetensors file of the same student."""
     student = compress(model, policy, calibration=calib)
-    return to_onnx(student, policy, example) if layout is None else to_onnx(student, policy, example, layout=layout)
+    data = to_onnx(student, policy, example) if layout is None else to_onnx(student, policy, example, layout=layout)
+    return data, len(pack(student, policy))
 
 
 # ---- onnxruntime
@@ -248,14 +250,14 @@ def interleaved(
 # ---- one model
 
 
-def variants(name: str, a: argparse.Namespace) -> tuple[dict[str, bytes], dict[str, float]]:
-    """The model's files, row order, and the seconds each took to make."""
+def variants(name: str, a: argparse.Namespace) -> tuple[dict[str, bytes], dict[str, float], dict[str, int]]:
+    """The model's files, row order, the seconds each took to make, and the packed file's bytes (frandi rows)."""
     case = MODELS[name]
     model = case.build().eval()
     gen = torch.Generator().manual_seed(0)
     calib = torch.randn(a.calib, *case.shape, generator=gen)
     example = calib[:1]
-    files, seconds = {}, {}
+    files, seconds, packed = {}, {}, {}
     t0 = time.perf_counter()
     files[BASELINE] = torch_export(model, example)
     seconds[BASELINE] = time.perf_counter() - t0
@@ -268,11 +270,11 @@ def variants(name: str, a: argparse.Namespace) -> tuple[dict[str, bytes], dict[s
             continue  # this to_onnx has one layout: the rows above are it
         t0 = time.perf_counter()
         policy = Policy.uniform(model, sparsity, bits, act_bits)
-        files[f"frandi {label}"] = frandi_export(model, policy, calib, example, layout)
+        files[f"frandi {label}"], packed[f"frandi {label}"] = frandi_export(model, policy, calib, example, layout)
         seconds[f"frandi {label}"] = time.perf_counter() - t0
         print(f"[{name}] frandi {label}: {len(files[f'frandi {label}']):,} bytes in {seconds[f'frandi {label}']:.0f} s",
               flush=True)
-    return files, seconds
+    return files, seconds, packed
 
 
 def cell(batch: int, threads: int) -> str:
@@ -281,12 +283,13 @@ def cell(batch: int, threads: int) -> str:
 
 def bench_model(name: str, a: argparse.Namespace) -> list[dict[str, Any]]:
     """Make the model's files, count what onnxruntime fuses, time them: one row per file."""
-    files, seconds = variants(name, a)
+    files, seconds, packed = variants(name, a)
     shape = MODELS[name].shape
     rows: dict[str, dict[str, Any]] = {}
     for label, data in files.items():
         f = fusion(data)
         rows[label] = {"model": name, "file": label, "bytes": len(data), "load_ms": load_ms(data, a.loads),
+                       "packed_bytes": packed.get(label),
                        "integer": f.integer, "convs": f.total, "qdq_left": f.qdq, "make_s": round(seconds[label], 1),
                        "ops": f.ops, "fp32_nodes": f.fp32}
     gen = torch.Generator().manual_seed(1)
@@ -334,6 +337,7 @@ def table(rows: Sequence[dict[str, Any]], a: argparse.Namespace) -> str:
             line[f"{c} speed-up"] = f"{r[f'{c} x']:.2f}x"
         line["load ms"] = f"{r['load_ms']:.1f}"
         line["bytes"] = f"{r['bytes']:,}"
+        line["packed bytes"] = "-" if r.get("packed_bytes") is None else f"{r['packed_bytes']:,}"
         line["int Conv/Gemm"] = f"{r['integer']}/{r['convs']}"
         line["Q/DQ left"] = r["qdq_left"]
         line["rel err"] = f"{r['rel_err']:.2g}"
@@ -356,8 +360,9 @@ def write(rows: list[dict[str, Any]], a: argparse.Namespace, wall: float, loads:
         f"inputs (seed 0) for both quantizers; frandi rows are compressed, not recovered."
     )
     notes = (
-        "load ms: median session creation from the file's bytes, 1 thread. int Conv/Gemm: Conv, Gemm and MatMul "
-        "nodes on integer kernels (QLinearConv, QGemm, QLinearMatMul, MatMulInteger, ...) in onnxruntime's "
+        "load ms: median session creation from the file's bytes, 1 thread. packed bytes: the packed safetensors "
+        "file of the same student (`frandi export --format packed`, `frandi_core.pack`). int Conv/Gemm: Conv, Gemm "
+        "and MatMul nodes on integer kernels (QLinearConv, QGemm, QLinearMatMul, MatMulInteger, ...) in onnxruntime's "
         "optimized graph / all of them (integer + Conv, FusedConv, Gemm, MatMul, ...). Q/DQ left: QuantizeLinear "
         "and DequantizeLinear nodes in that graph. rel err: relative L2 distance of the outputs from the fp32 "
         f"file's on the batch-{max(a.batches)} input (random weights: not an accuracy)."

@@ -26,6 +26,7 @@ def test_rows_and_speed_ups_against_the_torch_export(tmp_path: Path) -> None:
     assert base["integer"] == 0 and base["convs"] == 10  # 9 convolutions and the Linear layer, all fp32
     assert ort_int8["integer"] == ort_int8["convs"] == 10  # onnxruntime fuses its own QDQ file
     assert frandi["convs"] == 10 and 0 < frandi["rel_err"] < 0.5
+    assert base["packed_bytes"] is None and 0 < frandi["packed_bytes"] < base["bytes"]
     md = (tmp_path / "bench_latency.md").read_text()
     for r in rows:
         assert f"| digits | {r['file']} | {bench_latency.fmt_ms(r['b1 t1 ms'])} | {r['b1 t1 x']:.2f}x |" in md
