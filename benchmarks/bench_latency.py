@@ -49,7 +49,7 @@ from onnxruntime import quantization
 from torch import nn
 
 import frandi_core
-from frandi_core import Policy, compress, load_model, pack, to_onnx
+from frandi_core import Policy, compress, load_model, measure_latency, pack, to_onnx
 from search import load_config, model_spec
 from studies.experiments import markdown_table
 
@@ -292,6 +292,16 @@ def bench_model(name: str, a: argparse.Namespace) -> list[dict[str, Any]]:
                        "packed_bytes": packed.get(label),
                        "integer": f.integer, "convs": f.total, "qdq_left": f.qdq, "make_s": round(seconds[label], 1),
                        "ops": f.ops, "fp32_nodes": f.fp32}
+    if a.predict:  # the latency table a study would measure, per batch at the first thread count
+        model = MODELS[name].build().eval()
+        example = torch.zeros(1, *shape)
+        for batch in a.batches:
+            table = measure_latency(model, example, threads=a.threads[0], batch=batch, repeats=a.min_repeats * 4)
+            for label in rows:
+                spec = POLICIES.get(label.removeprefix("frandi "))
+                if spec is not None and spec[3] is None:  # the fast layout: what the table predicts
+                    policy = Policy.uniform(model, spec[0], spec[1], spec[2])
+                    rows[label][f"{cell(batch, a.threads[0])} predicted x"] = table.base_ms / table.predict(policy)
     gen = torch.Generator().manual_seed(1)
     for threads in a.threads:
         sessions = {label: session(data, threads) for label, data in files.items()}
@@ -341,6 +351,10 @@ def table(rows: Sequence[dict[str, Any]], a: argparse.Namespace) -> str:
         line["int Conv/Gemm"] = f"{r['integer']}/{r['convs']}"
         line["Q/DQ left"] = r["qdq_left"]
         line["rel err"] = f"{r['rel_err']:.2g}"
+        for c in cells:
+            if f"{c} predicted x" in r:  # the latency table's speed-up against the measured one
+                predicted = r[f"{c} predicted x"]
+                line[f"{c} predicted"] = f"{predicted:.2f}x ({predicted / r[f'{c} x'] - 1:+.0%})"
         out.append(line)
     return markdown_table(out)
 
@@ -391,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--loads", type=int, default=5, help="session loads timed per file")
     p.add_argument("--calib", type=int, default=8, help="random calibration inputs")
     p.add_argument("--torch-threads", type=int, default=2, help="torch threads for exporting and compressing")
+    p.add_argument("--predict", action="store_true",
+                   help="also the latency table's predicted speed-up of each fast-layout row (measure_latency)")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
     a.argv = list(argv) if argv is not None else sys.argv[1:]
