@@ -117,6 +117,27 @@ def own_points(model: nn.Module, policy: Any) -> int:
     return sum(1 for layer in plan(traced, act, integer).values() if layer is None)
 
 
+def readers(traced: fx.GraphModule, quantized: Mapping[str, int]) -> dict[str, list[str]]:
+    """Graph node name -> the quantized layers that read its output directly at the largest of their widths:
+    those share one quantizer (the tensor is rounded once, as the integer runtime stores it once)."""
+    found: dict[str, list[str]] = {}
+    for n in traced.graph.nodes:
+        if n.op == "call_module" and str(n.target) in quantized and n.args and isinstance(n.args[0], fx.Node):
+            found.setdefault(n.args[0].name, []).append(str(n.target))
+    out = {}
+    for src, layers in found.items():
+        top = max(quantized[layer] for layer in layers)
+        out[src] = [layer for layer in layers if quantized[layer] == top]
+    return out
+
+
+def _tie(modules: Mapping[str, nn.Module], layers: list[str], q: nn.Module) -> None:
+    """Make ``q`` the input quantizer of every layer in ``layers``, applied by the graph (their hooks off)."""
+    for layer in layers:
+        modules[layer].add_module(ACT_QUANT, q)
+        detach_input_hook_(modules[layer])
+
+
 def plan(traced: fx.GraphModule, quantized: Mapping[str, int], integer_ok: set[str]) -> dict[str, str | None]:
     """Graph node name -> the layer whose input quantizer rounds that node's output, or None for a new 8-bit
     point; for each tensor an integer runtime rounds that the layers' input quantizers do not already cover.
@@ -125,15 +146,19 @@ def plan(traced: fx.GraphModule, quantized: Mapping[str, int], integer_ok: set[s
     them whose weights are quantized too (an integer runtime runs these)."""
     modules = dict(traced.named_modules())
     kinds = {n: _kind(n, modules) for n in traced.graph.nodes}
+    nodes = {n.name: n for n in traced.graph.nodes}
+    points: dict[str, str | None] = {}
     rounded: dict[fx.Node, str] = {}  # node -> the quantized layer (largest bits) that reads it directly
     for n in traced.graph.nodes:
         if kinds[n] == "layer" and str(n.target) in quantized and n.args and isinstance(n.args[0], fx.Node):
             src, layer = n.args[0], str(n.target)
             if src not in rounded or quantized[layer] > quantized[rounded[src]]:
                 rounded[src] = layer
+    for name, group in readers(traced, quantized).items():
+        if len(group) > 1:  # several layers read it at one width: the runtime quantizes it once, for all
+            points[name] = rounded[nodes[name]]
     integer: set[fx.Node] = set()  # nodes computed by integer kernels
     from_layer: set[fx.Node] = set()  # ... of which a quantized layer's output (or its epilogue): needs requantizing
-    points: dict[str, str | None] = {}
     for n in traced.graph.nodes:
         k, args = kinds[n], _tensor_args(n)
         if k == "layer" and str(n.target) in integer_ok:
@@ -318,8 +343,11 @@ def with_integer_points(
     todo = plan(traced, quantized, set(layers))
     modules = dict(student.named_modules())
     new = {name: _Observer() for name, layer in todo.items() if layer is None}
-    traced = _integer(traced, {name: _shared(modules, layer) if layer else new[name] for name, layer in todo.items()},
-                      layers)
+    made = {name: _shared(modules, layer) if layer else new[name] for name, layer in todo.items()}
+    for src, group in readers(traced, quantized).items():
+        if src in made and len(group) > 1:
+            _tie(modules, group, made[src])
+    traced = _integer(traced, made, layers)
     was_training = traced.training
     traced.eval()
     try:
@@ -377,6 +405,10 @@ def set_integer_points(
         q = ActQuantizer(int(s["bits"]), bool(s["signed"]), 1.0, full=True)
         q.log_scale.data.copy_(exact_log(float(s["step"])))
         made[name] = q.to(device)
+    quantized = {n: q.bits for n, q in activation_quantizers(model).items()}
+    for src, group in readers(traced, quantized).items():
+        if src in made and len(group) > 1:
+            _tie(modules, group, made[src])
     return _integer(traced, made, _integer_ok(model, bits))
 
 

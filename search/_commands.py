@@ -130,7 +130,7 @@ def _export_bytes(fmt: str, student: torch.nn.Module, policy: Policy, metrics: d
             raise ConfigError(f"the ONNX model's outputs differ from the student's ({parity.describe()}; tolerance "
                               f"{ONNX_TOLERANCE}); nothing written; export --format packed instead")
         print(f"ONNX outputs on the held-out batch: {parity.describe()}")
-        print(fusion_line(data, student, fast=fmt == "onnx"))
+        print(fusion_line(data, student, policy, fast=fmt == "onnx"))
         return data
     buf = io.BytesIO()
     activations, points = activation_settings(student), point_settings(student)  # before strip_ drops them
@@ -141,15 +141,17 @@ def _export_bytes(fmt: str, student: torch.nn.Module, policy: Policy, metrics: d
     return buf.getvalue()
 
 
-def fusion_line(data: bytes, student: torch.nn.Module, *, fast: bool) -> str:
+def fusion_line(data: bytes, student: torch.nn.Module, policy: Policy, *, fast: bool) -> str:
     """How onnxruntime runs the exported layers: how many on integer kernels, and the integer-capable ones it
-    did not fuse (a slower file, said plainly)."""
+    does not (a slower file, said plainly, with the reason)."""
     fusion = onnx_fusion(data)
-    capable = len(integer_layers(student))
+    asked = sum(1 for _, s in policy.layers if s.bits is not None and s.act_bits is not None)
     line = (f"onnxruntime runs {fusion['integer']} of {fusion['total']} Conv/Gemm layers on integer kernels "
-            f"({capable} have quantized weights and inputs)")
-    if fast and fusion["integer"] < capable:
-        line += (f"; {capable - fusion['integer']} of those run in fp32 (a layer writing the model's fp32 output, "
+            f"({asked} have quantized weights and inputs)")
+    if fast and len(integer_layers(student)) < asked:
+        line += "; torch.fx could not trace the model, so they run in fp32 (rounded as the student rounds)"
+    elif fast and fusion["integer"] < asked:
+        line += (f"; {asked - fusion['integer']} of those run in fp32 (a layer writing the model's fp32 output, "
                  "or an op after it that onnxruntime cannot fuse)")
     return line
 

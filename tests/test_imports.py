@@ -87,6 +87,7 @@ def test_the_check_sees_a_private_import(tmp_path, monkeypatch) -> None:
     (tmp_path / "search").mkdir()
     (tmp_path / "search" / "ok.py").write_text("from ._worker import claim\nfrom search._config import replace\n")
     (tmp_path / "tests" / "core").mkdir(parents=True)  # a test may read the package it tests, and no other
-    (tmp_path / "tests" / "core" / "t.py").write_text("from frandi_core._pack import pack\nfrom search._worker import x\n")
+    bad = "from frandi_core._pack import pack\nfrom search._worker import x\n"
+    (tmp_path / "tests" / "core" / "t.py").write_text(bad)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert private_imports() == ["benchmarks/bad.py:4: search._worker", "tests/core/t.py:2: search._worker"]
