@@ -30,7 +30,7 @@ from ._compress import Compressor, compress, fake_quantize, magnitude_mask, quan
 from ._errors import FrandiError
 from ._files import write_atomic
 from ._hooks import capture
-from ._intpoints import ROUNDING_RULE, integer_layers, point_settings
+from ._intpoints import ROUNDING_RULE, integer_layers, point_settings, set_integer_points
 from ._latency import LATENCY_RULE, LatencyTable, latency_target, measure_latency
 from ._losses import batch_stats, bn_kl, feature_loss, normalized_distance, od_from_outputs, total_variation
 from ._model import ModelSpec, build_architecture, check_input_shape, load_model, read_state_dict, weights_digest
@@ -124,6 +124,7 @@ __all__ = [
     "run_onnx",
     "save_packed",
     "set_activation_quantizers_",
+    "set_integer_points",
     "softmax_kl",
     "strip_",
     "synthesize",

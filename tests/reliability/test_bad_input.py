@@ -257,7 +257,7 @@ CASES = [
         [("[study]", '[study]\nobjectives = ["od", "flops"]')],
         ["search", S],
         "study.objectives ['od', 'flops'] is invalid",
-        '["od", "bops"]',
+        '["od", "latency"]',
     ),
     (
         "negative-max-bops",

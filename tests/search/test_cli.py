@@ -149,7 +149,7 @@ def test_export_reproduces_od_and_loads_strictly(study_file, frandi, tmp_path) -
     code, msg, err = frandi("export", study_file(), "--trial", t.number, "--out", out, "--format", "state_dict")
     assert code == 0, err
     saved = torch.load(out, weights_only=True)
-    assert set(saved) == {"state_dict", "policy", "metrics", "activations"} and saved["activations"] == {}
+    assert set(saved) == {"state_dict", "policy", "metrics", "activations", "points"} and saved["activations"] == {}
     assert abs(saved["metrics"]["od"] - t.values[0]) <= 1e-4
     model = build_architecture("frandi_core.models:resnet", {"widths": [4, 8]})
     model.load_state_dict(saved["state_dict"], strict=True)

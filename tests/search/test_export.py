@@ -26,7 +26,9 @@ from frandi_core import (
     model_size,
     onnx_parity,
     packed,
+    point_settings,
     set_activation_quantizers_,
+    set_integer_points,
     strip_,
 )
 from search import ConfigError, TrialRunner, artifact_dir, load_config, open_for, open_study
@@ -121,9 +123,11 @@ def test_packed_export_is_the_size_objective_and_loads_bit_identical(work: Path,
 def test_onnx_export_runs_in_onnxruntime_with_the_packed_weights(work: Path, frandi) -> None:
     t = quantized_trial(work)
     out = work / "m.onnx"
-    code, msg, err = frandi("export", work / "study.toml", "--trial", t.number, "--out", out, "--format", "onnx")
+    fmt = "onnx-packed"  # the small layout; --format onnx is the fast one (tests/core/test_onnx_fast.py)
+    code, msg, err = frandi("export", work / "study.toml", "--trial", t.number, "--out", out, "--format", fmt)
     assert code == 0, err
     assert "ONNX outputs on the held-out batch: max |ONNX - PyTorch| / max |PyTorch| = " in msg
+    assert "onnxruntime runs 0 of" in msg  # packed weights: fp32 convolutions, said
     model = onnx.load(out)
     onnx.checker.check_model(model, full_check=True)
     policy = Policy.from_json(t.user_attrs["policy"])
@@ -140,7 +144,8 @@ def test_state_dict_format_is_today_s_file_plus_activations(work: Path, frandi) 
     out = work / "m.pt"
     assert frandi("export", work / "study.toml", "--trial", t.number, "--out", out, "--format", "state_dict")[0] == 0
     saved = torch.load(out, weights_only=True)
-    assert set(saved) == {"state_dict", "policy", "metrics", "activations"} and saved["activations"] == {}
+    assert set(saved) == {"state_dict", "policy", "metrics", "activations", "points"} and saved["activations"] == {}
+    assert saved["points"] == {}  # weights only: no activation is rounded
     build_architecture(*ARCH).load_state_dict(saved["state_dict"], strict=True)
 
 
@@ -166,7 +171,7 @@ def test_activation_quantized_trial_keeps_its_quantizers_in_every_format(
     expect = model_outputs(student, runner.heldout)
     settings = activation_settings(student)
     assert set(settings) == set(policy.act_bits())
-    files = {fmt: tmp_path / f"m.{fmt}" for fmt in ("packed", "onnx", "state_dict")}
+    files = {fmt: tmp_path / f"m.{fmt}" for fmt in ("packed", "onnx", "onnx-packed", "state_dict")}
     for fmt, out in files.items():
         code, msg, err = frandi("export", tmp_path / "study.toml", "--trial", t.number, "--out", out, "--format", fmt)
         assert code == 0, err
@@ -175,13 +180,16 @@ def test_activation_quantized_trial_keeps_its_quantizers_in_every_format(
     loaded = load_packed(files["packed"], build_architecture(*ARCH))
     assert activation_settings(loaded) == settings
     assert torch.equal(model_outputs(loaded, runner.heldout), expect)
-    parity = onnx_parity(student, files["onnx"].read_bytes(), runner.heldout)
-    assert parity.ok(1e-4) and parity.flipped <= 1, parity.describe()
+    for fmt in ("onnx", "onnx-packed"):
+        parity = onnx_parity(student, files[fmt].read_bytes(), runner.heldout)
+        assert parity.ok(1e-4) and parity.flipped <= 1, (fmt, parity.describe())
     saved = torch.load(files["state_dict"], weights_only=True)
-    assert saved["activations"] == settings
+    assert saved["activations"] == settings and saved["points"] == point_settings(student)
     plain = build_architecture(*ARCH)
     plain.load_state_dict(saved["state_dict"], strict=True)
-    assert torch.equal(model_outputs(set_activation_quantizers_(plain, saved["activations"]), runner.heldout), expect)
+    restored = set_integer_points(set_activation_quantizers_(plain, saved["activations"]), saved["points"],
+                                  {n: s.bits for n, s in policy.layers})
+    assert torch.equal(model_outputs(restored, runner.heldout), expect)
 
 
 def dashboard_get(app, path: str) -> tuple[str, bytes]:
