@@ -351,10 +351,10 @@ def table(rows: Sequence[dict[str, Any]], a: argparse.Namespace) -> str:
         line["int Conv/Gemm"] = f"{r['integer']}/{r['convs']}"
         line["Q/DQ left"] = r["qdq_left"]
         line["rel err"] = f"{r['rel_err']:.2g}"
-        for c in cells:
-            if f"{c} predicted x" in r:  # the latency table's speed-up against the measured one
-                predicted = r[f"{c} predicted x"]
-                line[f"{c} predicted"] = f"{predicted:.2f}x ({predicted / r[f'{c} x'] - 1:+.0%})"
+        for c in cells if a.predict else ():  # the latency table's speed-up against the measured one
+            predicted = r.get(f"{c} predicted x")
+            error = "" if predicted is None else f" ({predicted / r[f'{c} x'] - 1:+.0%})"
+            line[f"{c} predicted"] = "-" if predicted is None else f"{predicted:.2f}x{error}"
         out.append(line)
     return markdown_table(out)
 

@@ -80,3 +80,40 @@ def test_a_model_torch_fx_cannot_trace_runs_in_fp32_as_the_student_rounds() -> N
     assert not integer_layers(student)  # no integer points, no bias rounding: per-layer input quantizers only
     data = to_onnx(student, policy, x[:1])
     assert onnx_fusion(data)["integer"] == 0 and onnx_parity(student, data, x).ok(1e-4)
+
+
+class InvertedResidual(nn.Module):
+    """A MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 project (no ReLU), residual add; ReLU6 between."""
+
+    def __init__(self, c: int, expand: int = 4) -> None:
+        super().__init__()
+        h = c * expand
+        self.body = nn.Sequential(
+            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
+            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
+            nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def test_a_mobilenet_style_net_runs_depthwise_relu6_adds_and_pooling_on_integer_kernels(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+        InvertedResidual(8), InvertedResidual(8),
+        nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()
+    x = torch.randn(64, 1, 8, 8)
+    policy = Policy.uniform(model, 0.0, 8, 8)
+    student = compress(model, policy, calibration=x)
+    data = to_onnx(student, policy, x[:1])
+    ops = optimized_ops(data, tmp_path)
+    convs = sum(1 for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert ops.count("QLinearConv") == convs  # depthwise ones too, each ReLU6 folded into its quantization
+    assert ops.count("QLinearAdd") == 2 and "Add" not in ops and "Clip" not in ops
+    assert onnx_fusion(data)["integer"] == convs  # the Linear writes the fp32 output
+    parity = onnx_parity(student, data, x)
+    assert parity.ok(1e-4) and parity.flipped <= len(x) // 10, parity.describe()

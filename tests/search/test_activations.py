@@ -164,3 +164,18 @@ def test_a_study_that_quantizes_activations_counts_their_steps_in_its_size_rule(
     assert code == 2 and err.count("\n") == 1 and "size accounting changed" in err and "--force" in err
     with open_for(cfg) as st:
         assert len(open_study(cfg, st).get_trials(states=(TrialState.COMPLETE,))) == 2  # nothing was added
+
+
+def test_a_study_scored_under_the_old_rounding_is_refused_on_resume(study_file, frandi, monkeypatch) -> None:
+    """A study that quantizes activations fingerprints how its students round (ROUNDING_RULE: integer points and
+    bias rounding); one scored before is refused with one line naming why; weights-only studies are unaffected."""
+    import search._config as config
+
+    plain = load_config(study_file())
+    assert "activation rounding" not in plain.comparable()
+    path = edit(study_file(n_trials=2), "bits = [4, 8, 32]", ACT_SPACE)
+    with monkeypatch.context() as m:  # the code before integer points: another rule
+        m.setattr(config, "ROUNDING_RULE", "layer-inputs/0")
+        assert frandi("search", path, "--no-progress")[0] == 0
+    code, _, err = frandi("search", edit(path, "n_trials = 2", "n_trials = 3"), "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "activation rounding changed" in err and "--force" in err
