@@ -71,12 +71,17 @@ class Untraceable(nn.Module):
         return self.b(y).mean((2, 3))
 
 
-def test_a_model_torch_fx_cannot_trace_runs_in_fp32_as_the_student_rounds() -> None:
+def untraceable_student() -> tuple[nn.Module, Policy, torch.Tensor]:
+    """``Untraceable`` at W8A8, its activation ranges from 32 random inputs: (student, policy, inputs)."""
     torch.manual_seed(0)
     model = Untraceable().eval()
     x = torch.randn(32, 1, 8, 8)
     policy = Policy.uniform(model, 0.0, 8, 8)
-    student = compress(model, policy, calibration=x)
+    return compress(model, policy, calibration=x), policy, x
+
+
+def test_a_model_torch_fx_cannot_trace_runs_in_fp32_as_the_student_rounds() -> None:
+    student, policy, x = untraceable_student()
     assert not integer_layers(student)  # no integer points, no bias rounding: per-layer input quantizers only
     data = to_onnx(student, policy, x[:1])
     assert onnx_fusion(data)["integer"] == 0 and onnx_parity(student, data, x).ok(1e-4)

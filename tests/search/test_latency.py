@@ -89,16 +89,10 @@ def test_latency_without_onnxruntime_is_refused_with_one_line(study_file, monkey
 
 def test_export_says_when_layers_asked_to_be_integer_run_in_fp32() -> None:
     """A model torch.fx cannot trace keeps its layers in fp32 in the fast file: frandi export's line says why."""
-    import torch
-
-    from frandi_core import compress, to_onnx
+    from frandi_core import to_onnx
     from search._commands import fusion_line
-    from tests.core.test_onnx_fast import Untraceable
+    from tests.core.test_onnx_fast import untraceable_student
 
-    torch.manual_seed(0)
-    model = Untraceable().eval()
-    x = torch.randn(32, 1, 8, 8)
-    policy = Policy.uniform(model, 0.0, 8, 8)
-    student = compress(model, policy, calibration=x)
+    student, policy, x = untraceable_student()
     line = fusion_line(to_onnx(student, policy, x[:1]), student, policy, fast=True)
     assert "0 of 2" in line and "(2 have quantized weights and inputs)" in line and "could not trace" in line
