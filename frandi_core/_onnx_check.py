@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._actquant import ACT_QUANT, ActQuantizer
+from ._actquant import ActQuantizer
 from ._errors import FrandiError
 from ._hooks import capture
 from ._onnx import _need, session
-from ._pack import weight_key
 
 # An input within this many steps of a rounding tie may round either way. Measured on the digits ResNet (W8A8,
 # W4A8, W4A4, 1,920 random samples each): every first flip lay within 1e-4 of a tie, some beyond 1e-5.
@@ -54,11 +53,9 @@ class OnnxParity:
 
 
 def _quantized_tensors(model: Any, modules: list[str], quantizers: dict[str, ActQuantizer]) -> dict[str, str]:
-    """Quantizer module name -> the ONNX tensor holding its dequantized output: in the fast layout the output of
-    a DequantizeLinear (or Cast/Mul) reading the step ``<module>.step``; in the packed layout the data input of
-    the layer's node."""
+    """Quantizer module name -> the ONNX tensor holding its dequantized output: that of the DequantizeLinear (or
+    Cast/Mul before an fp32 layer) reading the step ``<module>.step``, under any of the quantizer's names."""
     from ._onnx_fast import STEP
-    from ._onnx_graph import layer_node
 
     by_step: dict[str, str] = {}
     for node in model.graph.node:
@@ -67,10 +64,9 @@ def _quantized_tensors(model: Any, modules: list[str], quantizers: dict[str, Act
     out: dict[str, str] = {}
     for name in modules:  # each quantizer's steps go by one of its module names (it may have several)
         found = [by_step[p] for p, q in quantizers.items() if q is quantizers[name] and p in by_step]
-        if found:
-            out[name] = found[0]
-        else:  # the packed layout: the layer's quantized input
-            out[name] = layer_node(model.graph, weight_key(name.removesuffix(f".{ACT_QUANT}"))).input[0]
+        if not found:
+            raise FrandiError(f"the ONNX graph does not quantize with '{name}' (no '{name}.{STEP}'); export it again")
+        out[name] = found[0]
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from onnx import FunctionProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import FunctionProto, NodeProto, TensorProto, helper, numpy_helper
 
 from ._errors import FrandiError
 from ._size import index_bits
@@ -153,13 +153,3 @@ def add_weight(b: Builder, key: str, layout: dict[str, Any], tensors: dict[str, 
     shaped = b.op("Reshape", [_place(b, key, layout, levels, np.dtype(np.int8)), shape])
     b.op("DequantizeLinear", [shaped, f"{key}:scale"], key, axis=0)
     b.outline(start, f"levels_{layout['positions']}")
-
-
-def layer_node(graph: GraphProto, weight: str) -> NodeProto:
-    """The Conv or Gemm (or MatMul of the transposed weight) node of the layer whose weight is ``weight``."""
-    transposed = {n.output[0] for n in graph.node if n.op_type == "Transpose" and n.input[0] == weight}
-    for node in graph.node:
-        uses = node.input[1] if len(node.input) > 1 else None
-        if (node.op_type in ("Conv", "Gemm") and uses == weight) or (node.op_type == "MatMul" and uses in transposed):
-            return node
-    raise FrandiError(f"the ONNX graph has no Conv/Gemm/MatMul node using '{weight}'; cannot quantize its input")
