@@ -30,18 +30,23 @@ def _need(module: str) -> Any:
         raise FrandiError(f"ONNX export needs the '{module}' package; pip install 'frandi[onnx]'") from None
 
 
-def _stripped_copy(student: nn.Module) -> nn.Module:
-    """A plain copy of a compressed student; the student keeps its parametrizations.
+def own_copy(student: nn.Module) -> nn.Module:
+    """A deep copy of a compressed student whose parametrizations can be removed without touching the student's.
 
-    A deep copy shares each parametrized module's generated class with the original, and ``strip_`` deletes
-    the weight property from that class: each copied module gets a class of its own first.
+    A deep copy shares each parametrized module's generated class with the original, and removing a
+    parametrization deletes the weight property from that class: each copied module gets a class of its own.
     """
     plain = copy.deepcopy(student)
     for m in plain.modules():
         cls = type(m)
         if parametrize.is_parametrized(m):
             m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-    return strip_(plain)
+    return plain
+
+
+def _stripped_copy(student: nn.Module) -> nn.Module:
+    """A plain copy of a compressed student; the student keeps its parametrizations."""
+    return strip_(own_copy(student))
 
 
 def _strip(graph: Any) -> None:

@@ -13,7 +13,6 @@ alone (behind a DequantizeLinear it would re-quantize their fp32 weights per ten
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from torch.nn.utils import parametrize
 from ._actquant import ActQuantizer, grid
 from ._errors import FrandiError
 from ._intpoints import BiasRounding, integer_layers
-from ._onnx import _strip
+from ._onnx import _strip, own_copy
 from ._pack import _compressed, weight_key
 from ._policy import Policy
 
@@ -90,11 +89,9 @@ def export_copy(student: nn.Module, *, integer_bias: bool = True) -> nn.Module:
     """A copy of the student with plain weights (its parametrizations baked in) and each activation quantizer
     (one object however many parents share it) replaced by its export form; each bias rounding dropped
     (``integer_bias``: the file rounds the bias itself, to int32 levels) or kept as a constant offset."""
-    plain = copy.deepcopy(student).cpu().eval()
-    for m in plain.modules():  # a deep copy shares each parametrized module's generated class with the student
-        if parametrize.is_parametrized(m):
-            cls = type(m)
-            m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    plain = own_copy(student).cpu().eval()
+    for m in plain.modules():
+        if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
     made: dict[int, nn.Module] = {}
     for parent in list(plain.modules()):
