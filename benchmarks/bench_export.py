@@ -35,7 +35,8 @@ from frandi_core import (
     run_onnx,
     to_onnx,
 )
-from search import TrialRunner, accuracy, labeled_data, load_config, open_for
+from frandi_core.data import accuracy, labeled_data
+from search import TrialRunner, load_config, open_for
 
 
 def policies(model: torch.nn.Module) -> dict[str, Policy]:

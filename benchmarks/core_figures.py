@@ -25,7 +25,7 @@ from frandi_core import (
     synthesize,
     teacher_targets,
 )
-from search import accuracy, labeled_data
+from frandi_core.data import accuracy, labeled_data
 
 
 def main(argv: list[str] | None = None) -> None:

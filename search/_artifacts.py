@@ -11,7 +11,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
-from storage import Storage
+from storage import Storage, StorageError
 
 from ._config import ConfigError, StudyConfig
 
@@ -50,7 +50,7 @@ def attach(storage: Storage, study: optuna.Study, trial: FrozenTrial, folder: Pa
         FileSystemArtifactStore(folder).write(artifact_id, io.BytesIO(data))
     except OSError as e:
         (folder / artifact_id).unlink(missing_ok=True)
-        raise ConfigError(
+        raise StorageError(
             f"cannot store the artifact in '{folder}': {e.strerror or e}; the export itself was written"
         ) from None
     meta = {"artifact_id": artifact_id, "filename": name, "mimetype": "application/octet-stream", "encoding": None}

@@ -31,8 +31,9 @@ from frandi_core import (
 )
 
 from ._artifacts import artifact_dir, artifact_store, attach
-from ._config import ConfigError, StudyConfig
+from ._config import StudyConfig
 from ._duration import parse_duration
+from ._errors import ExportError, UsageError
 from ._launch import check_model, launch
 from ._open import open_for
 from ._optuna import fast_reads
@@ -127,7 +128,7 @@ def _export_bytes(fmt: str, student: torch.nn.Module, policy: Policy, metrics: d
         data = to_onnx(student, policy, heldout, layout="fast" if fmt == "onnx" else "packed")
         parity = onnx_parity(student, data, heldout)
         if not parity.ok(ONNX_TOLERANCE):
-            raise ConfigError(f"the ONNX model's outputs differ from the student's ({parity.describe()}; tolerance "
+            raise ExportError(f"the ONNX model's outputs differ from the student's ({parity.describe()}; tolerance "
                               f"{ONNX_TOLERANCE}); nothing written; export --format packed instead")
         print(f"ONNX outputs on the held-out batch: {parity.describe()}")
         print(fusion_line(data, student, policy, fast=fmt == "onnx"))
@@ -180,7 +181,7 @@ def export(
         student, r, moved = rerun(runner, t)
         stored = t.values[0]
         if moved > tolerance:
-            raise ConfigError(
+            raise ExportError(
                 f"trial {trial} re-ran to {cfg.study.score} {r.score:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
                 "the model, batches or code changed since; nothing written"
             )
@@ -217,7 +218,7 @@ def _check_address(host: str, port: int) -> None:
             sock.bind(address)
     except OSError as e:
         why = e.strerror or str(e)
-        raise ConfigError(f"cannot serve on {host}:{port} ({why}); choose another --port or --host") from None
+        raise UsageError(f"cannot serve on {host}:{port} ({why}); choose another --port or --host") from None
 
 
 def dashboard(cfg: StudyConfig, storage: str | None, *, host: str, port: int) -> int:

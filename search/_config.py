@@ -17,11 +17,7 @@ from typing import Any
 from frandi_core import ACT_SIZE_RULE, LATENCY_RULE, ROUNDING_RULE, SIZE_RULE, FrandiError, RecoveryConfig, SynthConfig
 
 from ._duration import parse_duration
-
-
-class ConfigError(FrandiError):
-    """A study file is malformed: the message names the key and what to write instead."""
-
+from ._errors import ConfigError
 
 SAMPLERS = ("tpe", "nsga2", "random")
 OBJECTIVES = ("od", "size", "bops", "latency")

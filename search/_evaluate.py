@@ -2,7 +2,7 @@
 
 Optional: the search itself never needs labels. A user who does have a labeled set can check that OD
 ranks policies as accuracy does (Spearman and Kendall) and keep each trial's accuracy in the study.
-The labeled data is read by _data.py, accuracy and correlations are computed by _scoring.py.
+The labeled data and accuracy come from frandi_core.data; correlations are computed by _scoring.py.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ._config import ConfigError, StudyConfig
-from ._data import labeled_set
+from frandi_core.data import accuracy, labeled_set
+
+from ._config import StudyConfig
+from ._errors import UsageError
 from ._open import open_for
 from ._report import format_rows
 from ._rerun import rerun
-from ._scoring import accuracy, choose_trials, correlations, store_accuracy
+from ._scoring import choose_trials, correlations, store_accuracy
 from ._study import open_study
 from ._trial import TrialRunner
 from ._worker import check_device, set_threads
@@ -30,7 +32,7 @@ def parse_trials(text: str | None) -> list[int] | None:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--trials must be comma-separated trial numbers, got '{text}'") from None
+        raise UsageError(f"--trials must be comma-separated trial numbers, got '{text}'") from None
 
 
 def evaluate(

@@ -15,7 +15,7 @@ from torch import nn
 
 from frandi_core import Policy
 
-from ._config import ConfigError
+from ._errors import UsageError
 from ._trial import TrialResult, TrialRunner
 
 
@@ -26,9 +26,9 @@ def finished_trials(study: optuna.Study, numbers: Sequence[int], *, verb: str) -
     for n in numbers:
         t = trials.get(n)
         if t is None:
-            raise ConfigError(f"trial {n} does not exist in study '{study.study_name}' (0..{len(trials) - 1})")
+            raise UsageError(f"trial {n} does not exist in study '{study.study_name}' (0..{len(trials) - 1})")
         if t.state != TrialState.COMPLETE:
-            raise ConfigError(f"trial {n} is {t.state.name}, not COMPLETE; {verb} a finished trial")
+            raise UsageError(f"trial {n} is {t.state.name}, not COMPLETE; {verb} a finished trial")
         chosen.append(t)
     return chosen
 

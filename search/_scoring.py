@@ -1,4 +1,4 @@
-"""Scoring trials with labels (frandi evaluate): top-1 accuracy, its rank correlation with OD, where it is kept.
+"""Scoring trials with labels (frandi evaluate): accuracy's rank correlation with OD, and where accuracy is kept.
 
 Where the accuracy is kept: Optuna refuses to change a finished trial's user attributes
 (UpdateFinishedTrialError), and Optuna's tables are never written directly, so the accuracies live in one
@@ -13,28 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
-from torch.utils.data import TensorDataset
 
-from ._config import ConfigError
+from frandi_core import MissingDependency
+
+from ._errors import UsageError
 from ._report import pareto_trials
 from ._rerun import finished_trials
 
 ACCURACY = "frandi:accuracy"  # study user attribute: trial number -> real top-1 accuracy (percent)
-
-
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, data: TensorDataset, *, batch_size: int = 256) -> float:
-    """Top-1 accuracy in percent of ``model`` (eval mode) on a labeled TensorDataset, on the model's device."""
-    model.eval()
-    x, y = data.tensors
-    device = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        pred = model(x[i : i + batch_size].to(device)).argmax(1).cpu()
-        correct += int((pred == y[i : i + batch_size]).sum())
-    return 100.0 * correct / len(x)
 
 
 def correlations(od: Sequence[float], acc: Sequence[float]) -> dict[str, float | None]:
@@ -42,7 +29,7 @@ def correlations(od: Sequence[float], acc: Sequence[float]) -> dict[str, float |
     try:
         from scipy import stats
     except ImportError:
-        raise ConfigError("frandi evaluate needs scipy for the correlations: pip install scipy") from None
+        raise MissingDependency("frandi evaluate needs scipy for the correlations: pip install scipy") from None
     if len(od) < 3 or len(set(od)) < 2 or len(set(acc)) < 2:
         return {"spearman": None, "kendall": None}
     rho = float(stats.spearmanr(od, acc).statistic)
@@ -59,7 +46,7 @@ def choose_trials(study: optuna.Study, numbers: Sequence[int] | None) -> list[Fr
         if t.user_attrs.get("baseline"):
             picked[t.number] = t
     if not picked:
-        raise ConfigError(f"study '{study.study_name}' has no finished trials yet; run frandi search first")
+        raise UsageError(f"study '{study.study_name}' has no finished trials yet; run frandi search first")
     return [picked[n] for n in sorted(picked)]
 
 

@@ -20,7 +20,8 @@ from frandi_core import FrandiError, NonFiniteError
 from storage import Storage, StorageError, atomic, connection_lost, lost_storage
 
 from . import _optuna
-from ._config import ConfigError, StudyConfig
+from ._config import StudyConfig
+from ._errors import UsageError
 from ._open import open_for
 from ._signals import (
     EXIT_CODES,
@@ -63,14 +64,14 @@ def check_device(device: str) -> str:
     try:
         d = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"device '{device}' is not a torch device; use cpu, cuda or cuda:N") from None
+        raise UsageError(f"device '{device}' is not a torch device; use cpu, cuda or cuda:N") from None
     if d.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device '{device}' asked for, but this machine has no CUDA GPU; use --devices cpu")
+            raise UsageError(f"device '{device}' asked for, but this machine has no CUDA GPU; use --devices cpu")
         if d.index is not None and d.index >= torch.cuda.device_count():
-            raise ConfigError(f"device '{device}' does not exist: {torch.cuda.device_count()} GPU(s) here")
+            raise UsageError(f"device '{device}' does not exist: {torch.cuda.device_count()} GPU(s) here")
     elif d.type != "cpu":
-        raise ConfigError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
+        raise UsageError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
     return device
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import optuna
 
 from frandi_core import FrandiError
+from frandi_core.data import FASHION_ROOT
 from storage import StorageError, lost_storage
 
 from . import _commands as commands
-from ._config import ConfigError, StudyConfig, load_config, replace
-from ._data import FASHION_ROOT
+from ._config import StudyConfig, load_config, replace
 from ._duration import parse_duration
+from ._errors import UsageError
 from ._evaluate import evaluate
 from ._signals import interrupts_raise, stop_code
 
@@ -27,11 +28,11 @@ def _writable(path: str, *, overwrite: bool = True) -> Path:
     p = Path(path)
     parent = p.resolve().parent
     if p.is_dir():
-        raise ConfigError(f"output path '{p}' is a folder; give a file name")
+        raise UsageError(f"output path '{p}' is a folder; give a file name")
     if p.exists() and not overwrite:
-        raise ConfigError(f"'{p}' already exists; pass --overwrite to replace it, or choose another name")
+        raise UsageError(f"'{p}' already exists; pass --overwrite to replace it, or choose another name")
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ConfigError(f"cannot write '{p}': folder '{parent}' does not exist or is not writable")
+        raise UsageError(f"cannot write '{p}': folder '{parent}' does not exist or is not writable")
     return p
 
 
@@ -132,7 +133,7 @@ def _with_timeouts(cfg: StudyConfig, a: argparse.Namespace) -> tuple[StudyConfig
     hard = None if a.hard_timeout is None else parse_duration(a.hard_timeout, "--hard-timeout")
     soft = None if cfg.study.timeout is None else parse_duration(cfg.study.timeout)
     if hard is not None and soft is not None and hard < soft:
-        raise ConfigError(f"--hard-timeout {a.hard_timeout} is shorter than the timeout {cfg.study.timeout}; "
+        raise UsageError(f"--hard-timeout {a.hard_timeout} is shorter than the timeout {cfg.study.timeout}; "
                           "make it longer, or leave it out")
     return cfg, hard
 
@@ -140,30 +141,30 @@ def _with_timeouts(cfg: StudyConfig, a: argparse.Namespace) -> tuple[StudyConfig
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse option values out of range before anything is loaded or opened."""
     if getattr(args, "threads", None) is not None and args.threads < 0:
-        raise ConfigError(f"--threads must be >= 0 (0 = cores / workers), got {args.threads}")
+        raise UsageError(f"--threads must be >= 0 (0 = cores / workers), got {args.threads}")
     if getattr(args, "tolerance", None) is not None and not args.tolerance >= 0:  # NaN too
-        raise ConfigError(f"--tolerance must be a number >= 0, got {args.tolerance}")
+        raise UsageError(f"--tolerance must be a number >= 0, got {args.tolerance}")
     if getattr(args, "port", None) is not None and not 0 < args.port < 65536:
-        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
     if getattr(args, "png", None) and Path(args.png).suffix.lower() != ".png":
-        raise ConfigError(f"--png '{args.png}' must name a .png file")
+        raise UsageError(f"--png '{args.png}' must name a .png file")
 
 
 def _search(cfg: StudyConfig, a: argparse.Namespace) -> int:
     if a.workers is not None:
         if a.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {a.workers}")
+            raise UsageError(f"--workers must be >= 1, got {a.workers}")
         cfg = replace(cfg, "run", workers=a.workers)
     if a.devices is not None:
         devices = tuple(d.strip() for d in a.devices.split(",") if d.strip())
         if not devices:
-            raise ConfigError(f"--devices '{a.devices}' names no device; write e.g. cpu or cuda:0,cuda:1")
+            raise UsageError(f"--devices '{a.devices}' names no device; write e.g. cpu or cuda:0,cuda:1")
         cfg = replace(cfg, "run", devices=devices)
     if a.threads is not None:
         cfg = replace(cfg, "run", threads=a.threads)
     if a.n_trials is not None:
         if a.n_trials < 1:
-            raise ConfigError(f"--n-trials must be >= 1, got {a.n_trials}")
+            raise UsageError(f"--n-trials must be >= 1, got {a.n_trials}")
         cfg = replace(cfg, "study", n_trials=a.n_trials)
     cfg, hard = _with_timeouts(cfg, a)
     return commands.search(cfg, a.storage, force=a.force, progress=not a.no_progress, fmt=a.format, hard_timeout=hard)

@@ -16,7 +16,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 
 from frandi_core import build_architecture
-from search import FASHION_ROOT, accuracy, labeled_data
+from frandi_core.data import FASHION_ROOT, accuracy, labeled_data
 
 ARCHS = {
     "resnet": "frandi_core.models:resnet",

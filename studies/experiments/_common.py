@@ -24,17 +24,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from frandi_core import Policy, compress, model_size
-from search import (
-    FASHION_ROOT,
-    StudyConfig,
-    TrialResult,
-    TrialRunner,
-    accuracy,
-    labeled_data,
-    load_config,
-    open_for,
-    replace,
-)
+from frandi_core.data import FASHION_ROOT, accuracy, labeled_data
+from search import StudyConfig, TrialResult, TrialRunner, load_config, open_for, replace
 from storage import Storage
 
 HERE = Path(__file__).resolve().parent

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from search import FASHION_ROOT
+from frandi_core.data import FASHION_ROOT
 from studies.train import train
 
 from ._common import RESULTS

@@ -27,7 +27,7 @@ from frandi_core import (
     teacher_targets,
     to_onnx,
 )
-from search import accuracy, labeled_data
+from frandi_core.data import accuracy, labeled_data
 
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| relative to max |PyTorch|, as frandi export checks
 POLICIES = {  # weight bits, activation bits; 50% sparsity, first and last layers dense W8 (A8 where A is set)

@@ -26,7 +26,7 @@ from frandi_core import (
     strip_,
     teacher_targets,
 )
-from search import accuracy, labeled_data
+from frandi_core.data import accuracy, labeled_data
 
 from .conftest import assert_unchanged, snapshot
 

@@ -9,11 +9,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import optuna
 import pytest
-import torch
 
-from search import labeled_data, labeled_set, load_config, open_for, open_study, stored_accuracy
 from studies.experiments import (
     act_quantization,
     fast_onnx,
@@ -112,66 +109,3 @@ def test_search_pays(quick: Callable[..., list], tmp_path: Path) -> None:
     assert len(uniform) == 2 and len(searched) == 1
     assert all(float(r["ratio"]) >= 2.99 for r in rows)
     _accuracies(rows, "fr_synthetic")
-
-
-def test_evaluate_stores_accuracy_and_prints_correlations(
-    tiny_study: Callable[..., Path], frandi: Callable[..., tuple[int, str, str]]
-) -> None:
-    study = tiny_study(n_trials=4)
-    code, _, err = frandi("search", study, "--no-progress")
-    assert code == 0, err
-    code, out, err = frandi("evaluate", study, "--data", "digits", "--trials", "0,1,2,3")
-    assert code == 0, err
-    assert re.search(r"Spearman [+-]\d\.\d{3}, Kendall [+-]\d\.\d{3}", out), out
-    cfg = load_config(study)
-    with open_for(cfg) as st:
-        s = open_study(cfg, st)
-        stored = stored_accuracy(s)
-        assert "frandi:accuracy" in s.user_attrs  # the stored format: one study attribute
-        trials = {t.number: t for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
-    assert sorted(stored) == [0, 1, 2, 3]
-    table = {}
-    for line in out.splitlines():
-        cells = line.split()
-        if len(cells) == 5 and cells[0].isdigit():
-            table[int(cells[0])] = (float(cells[1]), float(cells[3]))
-    assert sorted(table) == [0, 1, 2, 3]
-    for n, rec in stored.items():
-        assert 0.0 <= rec["accuracy"] <= 100.0 and rec["samples"] == 360 and rec["data"] == "digits"
-        assert table[n] == (round(trials[n].values[0], 5), round(rec["accuracy"], 2))
-    # the sparsest baseline (0.9 everywhere) loses accuracy that the mildest (0.2) keeps
-    by_sparsity = {float(t.user_attrs["density"]): stored[n]["accuracy"] for n, t in trials.items()}
-    assert by_sparsity[max(by_sparsity)] > by_sparsity[min(by_sparsity)]
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--data", "mnist"], "unknown"),
-        (["--data", "torchvision:NoSuchSet", "--root", "."], "no data set class"),
-        (["--data", "fashion"], "needs --root"),
-        (["--data", "digits", "--trials", "99"], "does not exist"),
-        (["--data", "digits", "--trials", "a,b"], "comma-separated"),
-        (["--data", "digits", "--limit", "0"], "--limit"),
-    ],
-)
-def test_evaluate_bad_input(
-    tiny_study: Callable[..., Path], frandi: Callable[..., tuple[int, str, str]], args: list[str], message: str
-) -> None:
-    study = tiny_study(n_trials=1)
-    if "--trials" in args:
-        assert frandi("search", study, "--no-progress")[0] == 0
-    code, _, err = frandi("evaluate", study, *args)
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist: the files as published
-
-
-@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
-def test_fashion_preset_matches_the_training_data() -> None:
-    """evaluate reads Fashion-MNIST through torchvision transforms; the result must equal the training tensors."""
-    ours = labeled_set("fashion", str(FASHION), (1, 28, 28), limit=200)
-    theirs = labeled_data("fashion", "test", FASHION)
-    assert torch.equal(ours.tensors[1], theirs.tensors[1][:200])
-    assert torch.allclose(ours.tensors[0], theirs.tensors[0][:200], atol=1e-5)

@@ -20,7 +20,8 @@ import torch
 from optuna.trial import TrialState
 
 from frandi_core import load_model
-from search import cached_batches, load_config, model_spec, open_for
+from search import load_config, model_spec, open_for
+from search._trial import cached_batches
 from search.cli import main
 from tests import blob_rows
 from tests.conftest_pg import PgServer

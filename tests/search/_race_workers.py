@@ -24,7 +24,7 @@ def _study(storage: Storage, name: str) -> optuna.Study:
 
 def claim_all(storage: Storage, name: str) -> list[int]:
     """Claim WAITING trials, together with the other processes, until none is left; the ids this one won."""
-    from search import claim_waiting
+    from search._worker import claim_waiting
 
     with storage:
         study = _study(storage, name)
@@ -37,7 +37,7 @@ def claim_all(storage: Storage, name: str) -> list[int]:
 
 def reap(storage: Storage, name: str) -> None:
     """Fail the study's stale trials (and enqueue their retries) at the same moment as the other processes."""
-    from search import fail_stale_trials
+    from search._worker import fail_stale_trials
 
     with storage:
         study = _study(storage, name)

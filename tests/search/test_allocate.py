@@ -12,18 +12,11 @@ import torch
 
 from frandi_core import LayerSetting, Policy, compress, compressible_layers, model_outputs, output_discrepancy
 from frandi_core.models import resnet
-from search import (
-    AllocatedSpace,
-    Probe,
-    SearchSpace,
-    SpaceSection,
-    candidates,
-    choose,
-    load_config,
-    measure,
-    open_for,
-    open_study,
-)
+from search import AllocatedSpace, load_config, open_for, open_study
+from search._config import SpaceSection
+from search._knapsack import choose
+from search._sensitivity import Probe, candidates, measure
+from search._space import SearchSpace
 from tests.tiny_study import make_weights, study_text
 
 STEP = 0.05

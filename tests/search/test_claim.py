@@ -8,15 +8,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import (
-    check_model,
-    claim,
-    create_or_resume,
-    load_config,
-    open_for,
-    open_study,
-    to_start_key,
-)
+from search import check_model, claim, create_or_resume, load_config, open_for, open_study
+from search._study import to_start_key
 from storage import Storage
 from tests.optuna_ids import trial_id
 

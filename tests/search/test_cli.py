@@ -14,16 +14,8 @@ import torch
 from optuna.trial import TrialState
 
 from frandi_core import Policy, build_architecture
-from search import (
-    TrialRunner,
-    check_model,
-    create_or_resume,
-    load_config,
-    open_for,
-    open_study,
-    replace,
-    to_start_key,
-)
+from search import TrialRunner, check_model, create_or_resume, load_config, open_for, open_study, replace
+from search._study import to_start_key
 from search.cli import COMMANDS, main
 
 

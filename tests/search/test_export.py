@@ -31,8 +31,9 @@ from frandi_core import (
     set_integer_points,
     strip_,
 )
-from search import ConfigError, TrialRunner, artifact_dir, load_config, open_for, open_study
-from search import rerun as rerun_trial
+from search import ConfigError, TrialRunner, load_config, open_for, open_study
+from search._artifacts import artifact_dir
+from search._rerun import rerun as rerun_trial
 from search.cli import main
 from tests.tiny_study import make_weights, study_text
 

@@ -12,7 +12,8 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from search import OptunaChanged, check_optuna, claim_waiting, stale_trials
+from search._optuna import OptunaChanged, check_optuna
+from search._worker import claim_waiting, stale_trials
 from storage import Storage, open_storage
 from tests.optuna_ids import trial_id
 

@@ -1,7 +1,8 @@
-"""Labeled data, for the optional accuracy check (frandi evaluate) and for training reference models.
+"""Labeled data and top-1 accuracy, for training reference models and for the optional accuracy check.
 
-The search itself never needs labels. One home for the presets' splits and normalization constants: the
-reference models are trained on what ``labeled_data`` returns, and ``frandi evaluate`` checks them on the same.
+The method never needs labels; this module is for checking it. One home for the presets' splits and normalization
+constants: the reference models are trained on what ``labeled_data`` returns, and ``frandi evaluate`` checks them
+on the same.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ._config import ConfigError
+from ._errors import DataError, MissingDependency
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def digits(split: str = "test", seed: int = 0) -> TensorDataset:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise ConfigError("--data digits needs scikit-learn: pip install scikit-learn") from None
+        raise MissingDependency("--data digits needs scikit-learn: pip install scikit-learn") from None
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.long)
@@ -64,14 +65,14 @@ def read_idx(path: Path) -> np.ndarray:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:  # not gzip, cut short, unreadable
-        raise ConfigError(f"cannot read '{path}': {e}; --root expects {FASHION_ROOT}") from None
+        raise DataError(f"cannot read '{path}': {e}; --root expects {FASHION_ROOT}") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
-        raise ConfigError(f"'{path}' is not an IDX file of unsigned bytes; --root expects {FASHION_ROOT}")
+        raise DataError(f"'{path}' is not an IDX file of unsigned bytes; --root expects {FASHION_ROOT}")
     ndim = raw[3]
     dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, offset=4))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ConfigError(f"'{path}' is truncated: {data.size} bytes for dims {dims}")
+        raise DataError(f"'{path}' is truncated: {data.size} bytes for dims {dims}")
     return data.reshape(dims)
 
 
@@ -89,10 +90,10 @@ def fashion_arrays(split: str, root: str | Path | None = None) -> tuple[torch.Te
     folder = DEBIAN_FASHION if root is None else Path(root)
     paths = [_find(folder, name) for name in FASHION_FILES[split]]
     if None in paths:
-        raise ConfigError(f"--root '{folder}' holds no Fashion-MNIST {split} split; it expects {FASHION_ROOT}")
+        raise DataError(f"--root '{folder}' holds no Fashion-MNIST {split} split; it expects {FASHION_ROOT}")
     images, labels = (torch.from_numpy(read_idx(p).copy()) for p in paths if p is not None)
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-        raise ConfigError(f"--root '{folder}': images {tuple(images.shape)} and labels {tuple(labels.shape)} do "
+        raise DataError(f"--root '{folder}': images {tuple(images.shape)} and labels {tuple(labels.shape)} do "
                           f"not pair up; it expects {FASHION_ROOT}")
     return images, labels.long()
 
@@ -110,7 +111,7 @@ def labeled_data(name: str, split: str, root: str | Path | None = None) -> Tenso
         return digits(split)
     if name == "fashion":
         return fashion(split, root)
-    raise ConfigError(f"unknown data set '{name}'; use digits or fashion")
+    raise DataError(f"unknown data set '{name}'; use digits or fashion")
 
 
 class _FashionImages(Dataset):
@@ -135,7 +136,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--{what} must be comma-separated numbers, got '{text}'") from None
+        raise DataError(f"--{what} must be comma-separated numbers, got '{text}'") from None
 
 
 def _rgb(image: Any) -> Any:
@@ -157,14 +158,14 @@ def labeled_set(
     normalized by --mean/--std (the presets know their own). ``limit`` keeps the first N samples.
     """
     if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
+        raise DataError(f"--limit must be >= 1, got {limit}")
     ds = digits("test") if data == "digits" else _image_set(
         data, root, input_shape, _floats(mean, "mean"), _floats(std, "std"), limit
     )
     if limit is not None and limit < len(ds):
         ds = TensorDataset(*(t[:limit] for t in ds.tensors))
     if tuple(ds.tensors[0].shape[1:]) != tuple(input_shape):
-        raise ConfigError(
+        raise DataError(
             f"--data {data} gives inputs of shape {tuple(ds.tensors[0].shape[1:])}, the study's model takes "
             f"{tuple(input_shape)}"
         )
@@ -185,22 +186,22 @@ def _image_set(
     preset = PRESETS.get(data)
     name = data.removeprefix("torchvision:")
     if data not in ("folder", "fashion") and not data.startswith("torchvision:"):
-        raise ConfigError(
+        raise DataError(
             f"--data '{data}' is unknown; use digits, fashion, folder, or torchvision:CLASS "
             "(a class of torchvision.datasets, e.g. torchvision:FashionMNIST)"
         )
     cls = getattr(torchvision.datasets, name, None) if data.startswith("torchvision:") else None
     if data.startswith("torchvision:") and not isinstance(cls, type):
-        raise ConfigError(f"--data '{data}': torchvision.datasets has no data set class '{name}'")
+        raise DataError(f"--data '{data}': torchvision.datasets has no data set class '{name}'")
     expects = f"; it expects {FASHION_ROOT}" if data == "fashion" else ""
     if root is None:
-        raise ConfigError(f"--data {data} needs --root, the folder holding the data set{expects}")
+        raise DataError(f"--data {data} needs --root, the folder holding the data set{expects}")
     if not Path(root).is_dir():
-        raise ConfigError(f"--root '{root}' is not a folder{expects}")
+        raise DataError(f"--root '{root}' is not a folder{expects}")
     if preset is not None:
         mean, std = mean or preset.mean, std or preset.std
     if len(input_shape) != 3:
-        raise ConfigError(f"image data needs a model input shape [C, H, W], the study has {list(input_shape)}")
+        raise DataError(f"image data needs a model input shape [C, H, W], the study has {list(input_shape)}")
     channels, h, w = input_shape
     steps: list[Any] = [transforms.Grayscale(1) if channels == 1 else transforms.Lambda(_rgb)]
     steps += [transforms.Resize((h, w)), transforms.ToTensor()]
@@ -217,12 +218,25 @@ def _image_set(
                 ds = cls(root, train=False, download=False, transform=tf)
             except TypeError:  # data sets named by split rather than train=True/False (SVHN, ...)
                 ds = cls(root, split="test", download=False, transform=tf)
-    except ConfigError:
+    except DataError:
         raise
     except (RuntimeError, OSError, TypeError, ValueError) as e:
-        raise ConfigError(f"cannot read --data {data} under '{root}': {e}") from None
+        raise DataError(f"cannot read --data {data} under '{root}': {e}") from None
     if len(ds) == 0:
-        raise ConfigError(f"--data {data} under '{root}' holds no samples")
+        raise DataError(f"--data {data} under '{root}' holds no samples")
     n = len(ds) if limit is None else min(limit, len(ds))
     xs, ys = zip(*(ds[i] for i in range(n)), strict=True)
     return TensorDataset(torch.stack(xs), torch.tensor(ys))
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, data: TensorDataset, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent of ``model`` (eval mode) on a labeled TensorDataset, on the model's device."""
+    model.eval()
+    x, y = data.tensors
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        pred = model(x[i : i + batch_size].to(device)).argmax(1).cpu()
+        correct += int((pred == y[i : i + batch_size]).sum())
+    return 100.0 * correct / len(x)
