@@ -39,7 +39,7 @@ import optuna
 import torch._dynamo  # noqa: F401  (imported by the first Adam; here once, so forked workers share it)
 from optuna.trial import FrozenTrial, TrialState
 
-from search import load_config, open_for, open_study, prepare, work
+from search import TrialRecord, load_config, open_for, open_study, prepare, work
 from tests.conftest_pg import PgServer, start_pg_server
 from tests.tiny_study import make_weights, study_text
 
@@ -170,7 +170,7 @@ def _steady_rate(trials: list[FrozenTrial]) -> float:
     first worker's last finish (start-up and draining excluded)."""
     by_worker: dict[str, list[FrozenTrial]] = defaultdict(list)
     for t in trials:
-        by_worker[str(t.user_attrs.get("worker"))].append(t)
+        by_worker[str(TrialRecord.from_trial(t).worker)].append(t)
     start = max(min(t.datetime_start for t in ts if t.datetime_start) for ts in by_worker.values())
     end = min(max(t.datetime_complete for t in ts if t.datetime_complete) for ts in by_worker.values())
     span = (end - start).total_seconds()
@@ -242,7 +242,7 @@ def scale_run(server: PgServer, tmp: Path, mode: str, n: int, per_worker: int, t
     client_cpu = clients.children_user + clients.children_system - clients0.children_user - clients0.children_system
     trials = _trials(path)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    policies = [t.user_attrs.get("policy") for t in complete]
+    policies = [TrialRecord.from_trial(t).policy.to_json() for t in complete]
     log = folder / "workers.log"
     errors = [line for line in log.read_text().splitlines() if "error:" in line] if log.exists() else []
     return {
@@ -323,7 +323,7 @@ def growth_run(server: PgServer, tmp: Path, n: int, sizes: list[int], per_size: 
         mine = [t for t in trials if t.datetime_start and t.datetime_start >= launched]
         by_worker: dict[str, list[FrozenTrial]] = defaultdict(list)
         for t in mine:
-            by_worker[str(t.user_attrs.get("worker"))].append(t)
+            by_worker[str(TrialRecord.from_trial(t).worker)].append(t)
         cycles, firsts = [], []
         for ts in by_worker.values():
             ts.sort(key=lambda t: t.number)

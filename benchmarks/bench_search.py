@@ -38,7 +38,7 @@ from frandi_core import (
     model_size,
     softmax_kl,
 )
-from search import AllocatedSpace, TrialRunner, open_for
+from search import AllocatedSpace, TrialRecord, TrialRunner, open_for
 from studies.experiments import (
     Bench,
     Report,
@@ -90,8 +90,8 @@ def curve(trials: list[FrozenTrial], start_seconds: float) -> list[tuple[int, fl
     """(trials so far, seconds so far, hypervolume) after each trial, in the order they were run."""
     out, points, seconds = [], [], start_seconds
     for t in sorted(trials, key=lambda t: t.number):
-        points.append((t.values[0], 1.0 / float(t.user_attrs["ratio"])))
-        seconds += float(t.user_attrs["seconds"]["total"])
+        points.append((t.values[0], 1.0 / TrialRecord.from_trial(t).ratio))
+        seconds += TrialRecord.from_trial(t).seconds["total"]
         out.append((len(points), seconds, hypervolume(points)))
     return out
 
@@ -165,7 +165,7 @@ def run(b: Bench, args: Any, report: Report) -> None:
     if args.searches_only or space is None:
         return
     ref = "tpe" if "tpe" in runs else next(iter(runs))  # whose median trial the sensitivity pass is set against
-    trial_seconds = sorted(float(t.user_attrs["seconds"]["total"]) for t in runs[ref])
+    trial_seconds = sorted(TrialRecord.from_trial(t).seconds["total"] for t in runs[ref])
     median = trial_seconds[len(trial_seconds) // 2]
     marks = sorted({m for m in (10, 30, 60, 90, n) if m <= n})
     rows = []
@@ -200,7 +200,7 @@ def run(b: Bench, args: Any, report: Report) -> None:
         row["best global magnitude"] = _describe(best_g)
         for method in args.methods:
             feasible = [t for t in sorted(runs[method], key=lambda t: t.number)[:first]
-                        if float(t.user_attrs["ratio"]) >= ratio]
+                        if TrialRecord.from_trial(t).ratio >= ratio]
             if not feasible:
                 row[method] = "none fits"
                 continue

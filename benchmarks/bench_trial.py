@@ -19,8 +19,8 @@ from pathlib import Path
 import optuna
 import torch
 
-from frandi_core import Policy, compress
-from search import TrialRunner, claim, create_or_resume, load_config, open_for, replace, run_trial
+from frandi_core import compress
+from search import TrialRecord, TrialRunner, claim, create_or_resume, load_config, open_for, replace, run_trial
 
 
 def floor(runner: TrialRunner, student: torch.nn.Module) -> float:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                 run_trial(study, runner, tid, cfg, "bench")
                 wall = time.perf_counter() - t0
                 t = st.optuna.get_trial(tid)
-                student = compress(runner.teacher, Policy.from_json(t.user_attrs["policy"]))
+                student = compress(runner.teacher, TrialRecord.from_trial(t).policy)
                 for q in student.parameters():
                     q.requires_grad_(True)
                 f = floor(runner, student)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                 total += wall
                 floors += f
                 for k in ("compress", "od_before", "recover", "od", "total"):
-                    parts[k] = parts.get(k, 0.0) + float(t.user_attrs["seconds"][k])
+                    parts[k] = parts.get(k, 0.0) + TrialRecord.from_trial(t).seconds[k]
             n = a.trials
             other = total - parts["total"]
             print(f"{cfg.study.name}: {n} warm trials of a {size}-trial study, {a.threads} thread(s), recovery "

@@ -11,6 +11,7 @@ from ._config import StudyConfig, load_config, parse_config, replace
 from ._errors import ConfigError, ExportError, UsageError
 from ._launch import check_model, launch, prepare
 from ._open import open_for
+from ._records import TrialRecord
 from ._report import feasible, pareto_trials
 from ._scoring import correlations
 from ._study import create_or_resume, open_study, warm_start_seconds
@@ -41,6 +42,7 @@ __all__ = [
     "claim",
     "run_trial",
     "work",
+    "TrialRecord",
     # the allocated space (global level spread over layers)
     "AllocatedSpace",
     # results: the front, its feasible part, OD against accuracy

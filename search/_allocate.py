@@ -33,7 +33,8 @@ from torch import nn
 from frandi_core import LayerSetting, Policy, weight_layout
 from storage import Storage
 
-from ._config import RULES, ConfigError, SpaceSection
+from ._config import RULES, SpaceSection
+from ._errors import ConfigError
 from ._knapsack import choose
 from ._sensitivity import Probe, Sensitivity, cached_sensitivity
 from ._space import FP32, SearchSpace

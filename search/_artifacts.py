@@ -13,12 +13,9 @@ from optuna.trial import FrozenTrial
 
 from storage import Storage, StorageError
 
-from ._config import ConfigError, StudyConfig
-
-# Optuna refuses new attributes on a finished trial, and optuna-dashboard lists a finished trial's artifacts
-# from study system attributes "dashboard:artifacts:<trial id>:<artifact id>" (its own upload format for
-# them). tests/search/test_export.py fails if the dashboard stops listing and serving them.
-DASHBOARD_PREFIX = "dashboard:artifacts:"
+from ._config import StudyConfig
+from ._errors import ConfigError
+from ._records import DASHBOARD_ARTIFACTS
 
 
 def artifact_dir(cfg: StudyConfig, storage: Storage) -> Path:
@@ -53,9 +50,12 @@ def attach(storage: Storage, study: optuna.Study, trial: FrozenTrial, folder: Pa
         raise StorageError(
             f"cannot store the artifact in '{folder}': {e.strerror or e}; the export itself was written"
         ) from None
+    # Optuna refuses new attributes on a finished trial, and optuna-dashboard lists a finished trial's artifacts
+    # from study system attributes "dashboard:artifacts:<trial id>:<artifact id>" (its own upload format for
+    # them). tests/search/test_export.py fails if the dashboard stops listing and serving them.
     meta = {"artifact_id": artifact_id, "filename": name, "mimetype": "application/octet-stream", "encoding": None}
     optuna_storage = storage.optuna
     study_id = optuna_storage.get_study_id_from_name(study.study_name)
     trial_id = optuna_storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-    optuna_storage.set_study_system_attr(study_id, f"{DASHBOARD_PREFIX}{trial_id}:{artifact_id}", json.dumps(meta))
+    optuna_storage.set_study_system_attr(study_id, f"{DASHBOARD_ARTIFACTS}{trial_id}:{artifact_id}", json.dumps(meta))
     return artifact_id

@@ -37,7 +37,8 @@ from ._errors import ExportError, UsageError
 from ._launch import check_model, launch
 from ._open import open_for
 from ._optuna import fast_reads
-from ._report import PACKED, format_rows, front_rows
+from ._records import FAIL_REASON, PACKED, TrialRecord, result_attrs
+from ._report import format_rows, front_rows
 from ._report import status as status_of
 from ._rerun import finished_trials, rerun
 from ._sensitivity import cached_sensitivity, format_table, heatmap
@@ -72,7 +73,7 @@ def search(
         return 0
     if s["complete"] < cfg.study.n_trials and not s["running"]:
         why = (
-            f"last failure: {failed[-1].user_attrs.get('fail_reason', 'unknown')}"
+            f"last failure: {failed[-1].user_attrs.get(FAIL_REASON, 'unknown')}"
             if failed
             else "a worker stopped before creating its trial; run the same command again to start it"
         )
@@ -185,17 +186,8 @@ def export(
                 f"trial {trial} re-ran to {cfg.study.score} {r.score:.6f}, stored {stored:.6f} (|diff| > {tolerance}); "
                 "the model, batches or code changed since; nothing written"
             )
-        metrics = {
-            "od": r.od,
-            "od_stored": stored,
-            "od_before": r.od_before,
-            "kept": r.kept,
-            "size_bits": r.size_bits,
-            "ratio": r.ratio,
-            "density": r.density,
-            "trial": trial,
-        }
-        data = _export_bytes(fmt, student, Policy.from_json(t.user_attrs["policy"]), metrics, runner.heldout)
+        metrics = result_attrs(r, threads=torch.get_num_threads()) | {"od_stored": stored, "trial": trial}
+        data = _export_bytes(fmt, student, TrialRecord.from_trial(t).policy, metrics, runner.heldout)
         write_atomic(out, data, overwrite=overwrite)
         unrecorded = fmt == "packed" and not _record_packed(study, trial, len(data))
         attached = attach(st, study, t, folder, out.name, data) if folder else None

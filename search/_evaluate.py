@@ -15,6 +15,7 @@ from frandi_core.data import accuracy, labeled_set
 from ._config import StudyConfig
 from ._errors import UsageError
 from ._open import open_for
+from ._records import TrialRecord
 from ._report import format_rows
 from ._rerun import rerun
 from ._scoring import choose_trials, correlations, store_accuracy
@@ -59,6 +60,7 @@ def evaluate(
         runner = TrialRunner(cfg, st, device=device)
         teacher_acc = accuracy(runner.teacher, labeled)
         for t in chosen:
+            record = TrialRecord.from_trial(t)
             student, r, moved = rerun(runner, t)
             acc = accuracy(student, labeled)
             store_accuracy(study, t.number, {"accuracy": acc, "data": data, "samples": len(labeled)})
@@ -73,9 +75,9 @@ def evaluate(
                 {
                     "trial": t.number,
                     "od": round(t.values[0], 5),
-                    "ratio": round(float(t.user_attrs["ratio"]), 2),
+                    "ratio": round(record.ratio, 2),
                     "accuracy": round(acc, 2),
-                    "baseline": bool(t.user_attrs.get("baseline", False)),
+                    "baseline": record.baseline,
                 }
             )
     print(f"original model: {teacher_acc:.2f}% top-1 on {data} ({len(labeled)} samples)")

@@ -16,7 +16,8 @@ from frandi_core import FrandiError, SyntheticData, compressible_layers, load_mo
 from storage import Storage
 
 from ._allocate import study_space
-from ._config import ConfigError, StudyConfig
+from ._config import StudyConfig
+from ._errors import ConfigError
 from ._open import open_for
 from ._signals import check, deferred_interrupts, received, wait
 from ._space import SearchSpace

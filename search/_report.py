@@ -15,12 +15,10 @@ from frandi_core import Policy
 
 from . import _optuna
 from ._optuna import TrialSummary
+from ._records import BOPS, LATENCY_MS, PACKED, SECONDS, SIZE_BITS, WORKER, TrialRecord
 from ._study import METRICS
 
 T = TypeVar("T")
-
-PACKED = "frandi:packed_bytes"  # study user attribute: trial number -> bytes of its last packed export
-
 
 def feasible(t: FrozenTrial) -> bool:
     """Meets every Optuna constraint of the trial (min_ratio - ratio <= 0, bops over max_bops <= 0); trials
@@ -33,14 +31,14 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     bit operations and latency; sorted by size. The front is found on a summary of each trial; only its trials
     are read whole."""
     names = study.metric_names or []
-    extra = [attr for metric, attr in (("bops", "bops"), ("latency", "latency_ms")) if METRICS[metric] in names]
+    extra = [attr for metric, attr in (("bops", BOPS), ("latency", LATENCY_MS)) if METRICS[metric] in names]
 
     def key(t: TrialSummary) -> tuple[float, ...]:
-        return (t.values[0], float(t.user_attrs["size_bits"]), *(float(t.user_attrs[a]) for a in extra))
+        return (t.values[0], float(t.user_attrs[SIZE_BITS]), *(float(t.user_attrs[a]) for a in extra))
 
     trials = [
         t
-        for t in _optuna.trial_summaries(study, ("size_bits", "bops", "latency_ms"))
+        for t in _optuna.trial_summaries(study, (SIZE_BITS, BOPS, LATENCY_MS))
         if t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values())
     ]
     storage = _optuna.study_storage(study)
@@ -68,22 +66,21 @@ def bits_summary(policy: Policy, activations: bool = False) -> str:
 
 def row(t: FrozenTrial, packed_bytes: int | None = None) -> dict[str, Any]:
     """One trial as a table row; ``packed_kib`` is the real size of its packed export, if it was exported."""
-    policy = Policy.from_json(t.user_attrs["policy"])
-    bops = t.user_attrs.get("bops")  # trials run before BOPs were recorded have none
+    r = TrialRecord.from_trial(t)
     return {
         "trial": t.number,
         "od": round(t.values[0], 5),
-        "od_before": round(float(t.user_attrs["od_before"]), 5),
-        "kept": t.user_attrs.get("kept", "recovered"),  # "compressed": FR raised the OD, its weights were dropped
-        "size_kib": round(float(t.user_attrs["size_bits"]) / 8192, 2),
+        "od_before": round(r.od_before, 5),
+        "kept": r.kept,
+        "size_kib": round(r.size_bits / 8192, 2),
         "packed_kib": None if packed_bytes is None else round(packed_bytes / 1024, 2),
-        "ratio": round(float(t.user_attrs["ratio"]), 2),
-        "density": round(float(t.user_attrs["density"]), 3),
-        "bits": bits_summary(policy),
-        "act_bits": bits_summary(policy, activations=True),
-        "gbops": None if bops is None else round(float(bops) / 1e9, 4),
-        **({"latency_ms": round(float(t.user_attrs["latency_ms"]), 3)} if "latency_ms" in t.user_attrs else {}),
-        "baseline": bool(t.user_attrs.get("baseline", False)),
+        "ratio": round(r.ratio, 2),
+        "density": round(r.density, 3),
+        "bits": bits_summary(r.policy),
+        "act_bits": bits_summary(r.policy, activations=True),
+        "gbops": None if r.bops is None else round(r.bops / 1e9, 4),
+        **({"latency_ms": round(r.latency_ms, 3)} if r.latency_ms is not None else {}),
+        "baseline": r.baseline,
     }
 
 
@@ -119,14 +116,14 @@ def status(study: optuna.Study, n_trials: int, to_start: int = 0, stale: int = 0
     ``stale`` RUNNING trials (no heartbeat within the grace period: their worker died) are counted apart from
     running ones; the next worker to start fails and retries them.
     """
-    trials = _optuna.trial_summaries(study, ("seconds", "worker"))
+    trials = _optuna.trial_summaries(study, (SECONDS, WORKER))
     by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     by_state["running"] -= stale
     by_state["stale"] = stale
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     feasible_ones = (t for t in complete if all(v <= 0 for v in t.constraints.values()))
     best = min(feasible_ones, key=lambda t: t.values[0], default=None)
-    seconds = [float(t.user_attrs.get("seconds", {}).get("total", 0)) for t in complete]
+    seconds = [float(t.user_attrs.get(SECONDS, {}).get("total", 0)) for t in complete]
     return {
         "study": study.study_name,
         "n_trials": n_trials,
@@ -135,5 +132,5 @@ def status(study: optuna.Study, n_trials: int, to_start: int = 0, stale: int = 0
         "best_od": round(best.values[0], 5) if best else None,
         "best_trial": best.number if best else None,
         "mean_trial_seconds": round(sum(seconds) / len(seconds), 3) if seconds else None,
-        "workers_seen": len({t.user_attrs.get("worker") for t in complete}),
+        "workers_seen": len({t.user_attrs.get(WORKER) for t in complete}),
     }

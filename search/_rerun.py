@@ -13,14 +13,13 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from frandi_core import Policy
-
 from ._errors import UsageError
+from ._records import TrialRecord
 from ._trial import TrialResult, TrialRunner
 
 
 def finished_trials(study: optuna.Study, numbers: Sequence[int], *, verb: str) -> list[FrozenTrial]:
-    """The trials with these numbers, each COMPLETE; ConfigError naming the first that does not exist or is not."""
+    """The trials with these numbers, each COMPLETE; UsageError naming the first that does not exist or is not."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     chosen = []
     for n in numbers:
@@ -38,7 +37,8 @@ def rerun(runner: TrialRunner, trial: FrozenTrial) -> tuple[nn.Module, TrialResu
 
     On CPU with the trial's own torch thread count, when it recorded one: float sums depend on how work was split.
     """
-    if "threads" in trial.user_attrs and runner.device.type == "cpu":
-        torch.set_num_threads(int(trial.user_attrs["threads"]))
-    student, r = runner.student(Policy.from_json(trial.user_attrs["policy"]))
+    record = TrialRecord.from_trial(trial)
+    if record.threads is not None and runner.device.type == "cpu":
+        torch.set_num_threads(record.threads)
+    student, r = runner.student(record.policy)
     return student, r, abs(r.score - trial.values[0])

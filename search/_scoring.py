@@ -18,10 +18,9 @@ from optuna.trial import FrozenTrial, TrialState
 from frandi_core import MissingDependency
 
 from ._errors import UsageError
+from ._records import ACCURACY, BASELINE
 from ._report import pareto_trials
 from ._rerun import finished_trials
-
-ACCURACY = "frandi:accuracy"  # study user attribute: trial number -> real top-1 accuracy (percent)
 
 
 def correlations(od: Sequence[float], acc: Sequence[float]) -> dict[str, float | None]:
@@ -43,7 +42,7 @@ def choose_trials(study: optuna.Study, numbers: Sequence[int] | None) -> list[Fr
         return finished_trials(study, numbers, verb="evaluate")
     picked = {t.number: t for t in pareto_trials(study)}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("baseline"):
+        if t.user_attrs.get(BASELINE):
             picked[t.number] = t
     if not picked:
         raise UsageError(f"study '{study.study_name}' has no finished trials yet; run frandi search first")

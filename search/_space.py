@@ -10,7 +10,8 @@ import optuna
 
 from frandi_core import FrandiError, LayerInfo, LayerSetting, Policy
 
-from ._config import ConfigError, SpaceSection
+from ._config import SpaceSection
+from ._errors import ConfigError
 
 FP32 = 32  # a bit-width choice that keeps the layer's weights in fp32
 

@@ -13,16 +13,23 @@ from optuna.trial import TrialState
 from storage import Storage
 
 from . import _optuna
-from ._config import ConfigError, StudyConfig
+from ._config import StudyConfig
+from ._errors import ConfigError, UsageError
+from ._records import (
+    BASELINE,
+    BASELINES_ENQUEUED,
+    CONFIG,
+    FINGERPRINT,
+    WARM_SECONDS,
+    WARM_START,
+    WARM_STARTS_ENQUEUED,
+)
 from ._space import SearchSpace
 
 if TYPE_CHECKING:
     from ._allocate import AllocatedSpace
 
-FINGERPRINT = "frandi:fingerprint"
-CONFIG = "frandi:config"
 METRICS = {"od": "OD", "size": "size_kib", "bops": "GBOPs", "latency": "latency_ms"}
-WARM_SECONDS = "frandi:warm_start_seconds"
 
 
 def make_sampler(cfg: StudyConfig, worker_index: int = 0, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
@@ -47,7 +54,7 @@ def open_study(cfg: StudyConfig, storage: Storage, *, worker_index: int = 0) -> 
             study_name=cfg.study.name, storage=storage.optuna, sampler=make_sampler(cfg, worker_index)
         )
     except KeyError:
-        raise ConfigError(
+        raise UsageError(
             f"study '{cfg.study.name}' does not exist in {storage.masked_url}; start it with frandi search"
         ) from None
     study.sampler = make_sampler(cfg, worker_index, _optuna.trial_count(study))  # a COUNT: no trial read whole
@@ -92,19 +99,19 @@ def create_or_resume(
         )
     if stamp:
         stamp_fingerprint(study, cfg)
-    if not study.user_attrs.get("frandi:baselines"):
+    if not study.user_attrs.get(BASELINES_ENQUEUED):
         for params in baselines(cfg, space):
-            study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
-        study.set_user_attr("frandi:baselines", True)
-    if not study.user_attrs.get("frandi:warm_starts"):
+            study.enqueue_trial(params, user_attrs={BASELINE: True}, skip_if_exists=True)
+        study.set_user_attr(BASELINES_ENQUEUED, True)
+    if not study.user_attrs.get(WARM_STARTS_ENQUEUED):
         t0 = time.perf_counter()
         room = max(cfg.study.n_trials - len(study.get_trials(deepcopy=False)), 0)  # fewer trials: fewer, wider bins
         warm = space.warm_starts(min(cfg.space.warm_starts, room), min_ratio=cfg.study.min_ratio)
         if warm:
             for params in warm:
-                study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+                study.enqueue_trial(params, user_attrs={WARM_START: True}, skip_if_exists=True)
             study.set_user_attr(WARM_SECONDS, round(time.perf_counter() - t0, 3))  # what choosing them cost
-            study.set_user_attr("frandi:warm_starts", True)
+            study.set_user_attr(WARM_STARTS_ENQUEUED, True)
     top_up(study, storage, cfg.study.n_trials)
     return study
 

@@ -23,6 +23,7 @@ from . import _optuna
 from ._config import StudyConfig
 from ._errors import UsageError
 from ._open import open_for
+from ._records import FAIL_REASON, result_attrs, start_attrs
 from ._signals import (
     EXIT_CODES,
     DeadlinePassed,
@@ -196,8 +197,8 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
         with deferred_interrupts():
             trial = optuna.trial.Trial(study, trial_id)  # samples the multivariate parameters
             policy = runner.space.sample(trial)
-            trial.set_user_attr("worker", worker)
-            trial.set_user_attr("policy", policy.to_json())
+            for k, v in start_attrs(worker, policy).items():
+                trial.set_user_attr(k, v)
         r = runner.evaluate(policy)
     except (NonFiniteError, FloatingPointError) as e:
         _fail(study, trial_id, str(e))
@@ -215,20 +216,7 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
 
 def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg: StudyConfig) -> None:
     """Store the trial's measurements and tell its objective values."""
-    attrs: dict[str, object] = {
-        "od": r.od,
-        "od_before": r.od_before,
-        "kept": r.kept,
-        "size_bits": r.size_bits,
-        "ratio": r.ratio,
-        "density": r.density,
-        "bops": r.bops,
-        "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
-        "threads": torch.get_num_threads(),  # CPU results move with the thread count; export reuses it
-    }
-    if r.latency_ms is not None:
-        attrs["latency_ms"] = r.latency_ms
-    for k, v in attrs.items():
+    for k, v in result_attrs(r, threads=torch.get_num_threads()).items():
         trial.set_user_attr(k, v)
     if cfg.study.min_ratio is not None:
         trial.set_constraint("min_ratio", cfg.study.min_ratio - r.ratio)  # feasible when <= 0
@@ -247,7 +235,7 @@ def _fail(study: optuna.Study, trial_id: int, reason: str, *, retry: bool = Fals
     storage = _optuna.study_storage(study)
     with deferred_interrupts():  # a FAIL without its retry would lose the trial
         try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason[:500])
+            storage.set_trial_user_attr(trial_id, FAIL_REASON, reason[:500])
             _tell(study, storage.get_trial(trial_id).number, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
             if not storage.get_trial(trial_id).state.is_finished():

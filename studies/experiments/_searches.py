@@ -11,8 +11,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from frandi_core import Policy
 from search import (
-    ConfigError,
     StudyConfig,
+    TrialRecord,
+    UsageError,
     launch,
     open_for,
     open_study,
@@ -48,8 +49,7 @@ class SearchRun:
 
 
 def _trial_seconds(t: FrozenTrial) -> float:
-    seconds = t.user_attrs.get("seconds")  # {"total": ...}; older studies stored "seconds_total"
-    return float(seconds.get("total", 0.0) if isinstance(seconds, dict) else t.user_attrs.get("seconds_total", 0.0))
+    return TrialRecord.from_trial(t).seconds.get("total", 0.0)
 
 
 def run_search(cfg: StudyConfig, storage: str | None) -> SearchRun:
@@ -58,7 +58,7 @@ def run_search(cfg: StudyConfig, storage: str | None) -> SearchRun:
     with open_for(cfg, storage) as st:
         try:
             before = len(open_study(cfg, st).get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        except ConfigError:
+        except UsageError:  # no such study yet
             before = 0
     t0 = time.perf_counter()
     launch(cfg, storage_override=storage, progress=False)
@@ -72,4 +72,4 @@ def run_search(cfg: StudyConfig, storage: str | None) -> SearchRun:
 
 
 def policy_of(t: FrozenTrial) -> Policy:
-    return Policy.from_json(t.user_attrs["policy"])
+    return TrialRecord.from_trial(t).policy

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from frandi_core import CALIBRATIONS, Policy, bops
-from search import feasible, replace
+from search import TrialRecord, feasible, replace
 
 from ._common import Bench, Report, each_model, figure, parse, parser, save
 from ._searches import SearchRun, policy_of, run_search, variant
@@ -103,7 +103,8 @@ def plot(b: Bench, rows: list[dict[str, Any]], runs: list[SearchRun], path: Path
     trials = [t for run in runs for t in run.trials]
     for ok, c, label in ((False, "lightgray", "over its budget"), (True, "gray", "within its budget")):
         ts = [t for t in trials if feasible(t) == ok]
-        ax.scatter([float(t.user_attrs["bops"]) / 1e9 for t in ts], [t.values[0] for t in ts], s=12, c=c, label=label)
+        gbops = [(TrialRecord.from_trial(t).bops or 0.0) / 1e9 for t in ts]
+        ax.scatter(gbops, [t.values[0] for t in ts], s=12, c=c, label=label)
     acc = "fr_lsq" if b.cfg.recovery.learn_act_steps else "fr"
     for i, r in enumerate(r for r in rows if r["role"]):
         label = f"{r['policy']}: {r[acc]:.1f}%"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from frandi_core import Policy
+from search import TrialRecord
 
 from ._common import Bench, Report, each_model, figure, parse, parser, policy_summary, save
 from ._searches import SearchRun, policy_of, run_search, variant
@@ -53,7 +54,7 @@ def mixed_rows(b: Bench, run: SearchRun, uniform: list[dict[str, Any]]) -> list[
     chosen: set[int] = set()
     for u in sorted(uniform, key=lambda u: u["size_kib"]):
         budget = u["size_kib"] * 8192
-        fits = [t for t in run.front if float(t.user_attrs["size_bits"]) <= budget + 0.5]
+        fits = [t for t in run.front if TrialRecord.from_trial(t).size_bits <= budget + 0.5]
         if not fits:
             continue
         t = min(fits, key=lambda t: t.values[0])
@@ -72,7 +73,7 @@ def plot(
     fig, axes = figure(1, width=5.2)
     ax = axes[0]
     if run is not None:
-        sizes = {t.number: float(t.user_attrs["size_bits"]) / 8192 for t in run.trials}
+        sizes = {t.number: TrialRecord.from_trial(t).size_bits / 8192 for t in run.trials}
         ax.scatter(
             [sizes[t.number] for t in run.trials],
             [t.values[0] for t in run.trials],

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from frandi_core import Policy
-from search import feasible
+from search import TrialRecord, feasible
 
 from ._common import Bench, Report, each_model, figure, parse, parser, policy_summary, save
 from ._searches import SearchRun, policy_of, run_search, variant
@@ -54,7 +54,7 @@ def plot(b: Bench, run: SearchRun, rows: list[dict[str, Any]], ratio: float, pat
         (bad, "lightgray", "infeasible trials"),
         (ok, "gray", f"feasible trials (ratio >= {ratio:g})"),
     ):
-        ax.scatter([float(t.user_attrs["ratio"]) for t in ts], [t.values[0] for t in ts], s=12, c=c, label=label)
+        ax.scatter([TrialRecord.from_trial(t).ratio for t in ts], [t.values[0] for t in ts], s=12, c=c, label=label)
     for i, r in enumerate(rows):
         ax.scatter(
             [r["ratio"]],

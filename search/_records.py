@@ -1,0 +1,110 @@
+"""The names frandi stores on Optuna trials and studies: written and read through this module, nowhere else.
+
+A trial's facts live in its user attributes (JSON values): who ran it and its policy (set when it starts), how it
+was enqueued (baseline, warm start), and its measurements (set when it finishes). ``TrialRecord`` reads them all
+back as one typed record, older trials included (their missing attributes get the defaults they meant). The study's
+own facts are study user attributes, named by the constants below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from frandi_core import Policy
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from ._trial import TrialResult
+
+# study user attributes
+FINGERPRINT = "frandi:fingerprint"  # hash of what decides a trial's result (StudyConfig.fingerprint)
+CONFIG = "frandi:config"  # what the fingerprint covers, as data: to say what changed when it differs
+BASELINES_ENQUEUED = "frandi:baselines"  # true once the uniform baselines were enqueued (once per study)
+WARM_STARTS_ENQUEUED = "frandi:warm_starts"  # true once the warm starts were enqueued (once per study)
+WARM_SECONDS = "frandi:warm_start_seconds"  # seconds spent choosing the warm starts
+PACKED = "frandi:packed_bytes"  # trial number -> bytes of its last packed export
+ACCURACY = "frandi:accuracy"  # JSON: trial number -> {"accuracy", "data", "samples"} (frandi evaluate)
+DASHBOARD_ARTIFACTS = "dashboard:artifacts:"  # study system attributes optuna-dashboard lists artifacts from
+
+# trial user attributes
+POLICY = "policy"
+WORKER = "worker"
+BASELINE = "baseline"  # enqueued as a uniform baseline
+WARM_START = "warm_start"  # enqueued as a warm start of the allocated space
+FAIL_REASON = "fail_reason"
+SIZE_BITS = "size_bits"
+BOPS = "bops"
+LATENCY_MS = "latency_ms"
+SECONDS = "seconds"
+
+
+def start_attrs(worker: str, policy: Policy) -> dict[str, Any]:
+    """What a trial stores when it starts: the worker running it and the policy it sampled."""
+    return {WORKER: worker, POLICY: policy.to_json()}
+
+
+def result_attrs(r: TrialResult, *, threads: int) -> dict[str, Any]:
+    """What a finished trial stores: its measurements (the first objective's value is Optuna's own)."""
+    attrs: dict[str, Any] = {
+        "od": r.od,
+        "od_before": r.od_before,
+        "kept": r.kept,
+        SIZE_BITS: r.size_bits,
+        "ratio": r.ratio,
+        "density": r.density,
+        BOPS: r.bops,
+        SECONDS: {k: round(v, 4) for k, v in r.seconds.items()},
+        "threads": threads,  # CPU results move with the thread count; export reuses it
+    }
+    if r.latency_ms is not None:
+        attrs[LATENCY_MS] = r.latency_ms
+    return attrs
+
+
+def _seconds(attrs: dict[str, Any]) -> dict[str, float]:
+    """Where a trial's time went; the oldest studies stored only "seconds_total"."""
+    if isinstance(attrs.get(SECONDS), dict):
+        return {k: float(v) for k, v in attrs[SECONDS].items()}
+    return {"total": float(attrs["seconds_total"])} if "seconds_total" in attrs else {}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A finished trial as stored: its policy, measurements and how it came to run."""
+
+    policy: Policy
+    od: float
+    od_before: float
+    size_bits: float
+    ratio: float
+    density: float
+    kept: str = "recovered"  # "compressed": FR raised the score, so the weights before FR were kept
+    bops: float | None = None  # trials run before BOPs were recorded have none
+    latency_ms: float | None = None  # only studies that predict latency record it
+    seconds: dict[str, float] = field(default_factory=dict)
+    threads: int | None = None
+    worker: str | None = None
+    baseline: bool = False
+    warm_start: bool = False
+
+    @classmethod
+    def from_trial(cls, t: FrozenTrial) -> TrialRecord:
+        a = t.user_attrs
+        return cls(
+            policy=Policy.from_json(a[POLICY]),
+            od=float(a.get("od", t.values[0] if t.values else float("nan"))),
+            od_before=float(a["od_before"]),
+            size_bits=float(a[SIZE_BITS]),
+            ratio=float(a["ratio"]),
+            density=float(a["density"]),
+            kept=str(a.get("kept", "recovered")),
+            bops=None if a.get(BOPS) is None else float(a[BOPS]),
+            latency_ms=None if a.get(LATENCY_MS) is None else float(a[LATENCY_MS]),
+            seconds=_seconds(a),
+            threads=None if a.get("threads") is None else int(a["threads"]),
+            worker=a.get(WORKER),
+            baseline=bool(a.get(BASELINE, False)),
+            warm_start=bool(a.get(WARM_START, False)),
+        )
