@@ -84,6 +84,14 @@ def _erk(shape: tuple[int, ...]) -> float:
     return float(sum(shape) / np.prod(shape))
 
 
+def check_offsets(section: SpaceSection, base: SearchSpace) -> None:
+    """The allocated space gives offsets to at most every searched layer."""
+    if section.mode == "allocated" and section.offsets > len(base.searched):
+        raise ConfigError(
+            f"space.offsets is {section.offsets}, but only {len(base.searched)} layers are searched; lower it"
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class AllocatedSpace:
     """A SearchSpace searched through a level, a rule and offsets; see the module docstring."""
@@ -102,10 +110,7 @@ class AllocatedSpace:
     def build(
         cls, base: SearchSpace, section: SpaceSection, teacher: nn.Module, table: Sensitivity, probe: Probe
     ) -> AllocatedSpace:
-        if section.offsets > len(base.searched):
-            raise ConfigError(
-                f"space.offsets is {section.offsets}, but only {len(base.searched)} layers are searched; lower it"
-            )
+        check_offsets(section, base)
         modules = dict(teacher.named_modules())
         weights = {n: modules[n].weight.detach().cpu() for n in base.searched}
         mags = {n: np.sort(w.abs().flatten().numpy()) for n, w in weights.items()}

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
-import json
 import tomllib
 import types
 import typing
@@ -14,19 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frandi_core import ACT_SIZE_RULE, LATENCY_RULE, ROUNDING_RULE, SIZE_RULE, FrandiError, RecoveryConfig, SynthConfig
+from frandi_core import FrandiError, RecoveryConfig, SynthConfig
 
+from . import _compat
 from ._duration import parse_duration
 from ._errors import ConfigError
 
 SAMPLERS = ("tpe", "nsga2", "random")
 OBJECTIVES = ("od", "size", "bops", "latency")
-# Keys that only matter when activations are quantized: a study file that quantizes none leaves them out of its
-# fingerprint, so studies stored before activation quantization existed resume with the fingerprint they had.
-ACTIVATION_KEYS: dict[str, tuple[str, ...]] = {
-    "space": ("act_bits",),
-    "recovery": ("calibration", "learn_act_steps"),
-}
 MODES = ("layerwise", "allocated")
 RULES = ("uniform", "global", "lamp", "erk", "sensitivity")
 SCORES = ("od", "od+feature_od")
@@ -88,9 +81,6 @@ class SpaceSection:
     warm_starts: int = 12  # allocated: trials enqueued first, one per size bin (see search/_allocate.py)
 
 
-ALLOCATED_ONLY = ("rules", "offsets", "warm_starts")  # keys a layerwise study ignores (and does not fingerprint)
-
-
 @dataclass(frozen=True)
 class LatencySection:
     """[latency]: the target a latency objective or budget is predicted for (onnxruntime on this CPU), from a
@@ -128,100 +118,31 @@ class StudyConfig:
     base_dir: Path = Path(".")
 
     def fingerprint(self) -> str:
-        """Hash of everything that decides a trial's result; name, storage, n_trials, sampler and run excluded."""
-        keep = {
-            "objectives": self.study.objectives,
-            "min_ratio": self.study.min_ratio,
-            **({"score": self.study.score} if self.study.score != "od" else {}),  # older studies keep their hash
-            "model": dataclasses.asdict(self.model) | {"weights": _file_digest(self.weights_path)},
-            "synthetic": dataclasses.asdict(self.synthetic),
-            "space": self._section("space"),
-            "recovery": self._section("recovery"),
-            "size": self.size_rule,  # how the size objective is counted: trials counted otherwise are not comparable
-        }
-        if self.study.max_bops is not None:
-            keep["max_bops"] = self.study.max_bops
-        if self.quantizes_activations:  # only then: the others keep their fingerprint
-            keep["rounding"] = ROUNDING_RULE
-        if self.uses_latency:  # the target and how a latency is predicted decide the objective's values
-            keep["latency"] = dataclasses.asdict(self.latency) | {"rule": LATENCY_RULE}
-            keep["max_latency_ms"] = self.study.max_latency_ms
-        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
+        """Hash of everything that decides a trial's result (search/_compat.py says what, and when)."""
+        return _compat.fingerprint(self)
+
+    def comparable(self) -> dict[str, Any]:
+        """What the fingerprint covers, by name, as plain data: to say which part changed."""
+        return _compat.comparable(self)
 
     @property
     def weights_path(self) -> Path:
         return (self.base_dir / self.model.weights).resolve()
 
-    def space_data(self) -> dict[str, Any]:
-        """[space] as plain data; a layerwise study leaves out the allocated-only keys and the mode, so
-        studies started before allocated mode existed keep their fingerprint. warm_starts is always left out:
-        it only chooses the first trials, once, and decides no trial's result."""
-        data = dataclasses.asdict(self.space)
-        drop = ("mode", *ALLOCATED_ONLY) if self.space.mode == "layerwise" else ("warm_starts",)
-        for key in drop:
-            del data[key]
-        return data
-
-    def comparable(self) -> dict[str, Any]:
-        """The fingerprinted sections as plain data, to say which one changed."""
-        study: dict[str, Any] = {
-            "study.objectives": list(self.study.objectives),
-            "study.min_ratio": self.study.min_ratio,
-        }
-        if self.study.max_bops is not None:
-            study["study.max_bops"] = self.study.max_bops
-        if self.study.score != "od":
-            study["study.score"] = self.study.score
-        return study | {
-            "model": _plain(self.model),
-            "synthetic": _plain(self.synthetic),
-            "space": self._section("space"),
-            "recovery": self._section("recovery"),
-            "size accounting": self.size_rule,
-        } | ({"activation rounding": ROUNDING_RULE} if self.quantizes_activations else {}) | (
-            {"latency": dataclasses.asdict(self.latency) | {"rule": LATENCY_RULE},
-             "study.max_latency_ms": self.study.max_latency_ms} if self.uses_latency else {})
-
     @property
     def uses_latency(self) -> bool:
         """Whether trials predict their latency: a latency objective or budget."""
-        return "latency" in self.study.objectives or self.study.max_latency_ms is not None
+        return _compat.uses_latency(self)
 
     @property
     def size_rule(self) -> str:
-        """How this study's size objective is counted: a study that may quantize activations also counts their
-        steps (ACT_SIZE_RULE); the others keep the rule, and the fingerprint, they always had."""
-        return ACT_SIZE_RULE if self.quantizes_activations else SIZE_RULE
+        """How this study's size objective is counted (ACT_SIZE_RULE when activations may be quantized)."""
+        return _compat.size_rule(self)
 
     @property
     def quantizes_activations(self) -> bool:
         """Whether any layer may get quantized activations: searched act_bits, or a fixed entry naming act_bits."""
-        fixed = self.space.fixed.values()
-        return self.space.act_bits != (32,) or any(isinstance(v, dict) and "act_bits" in v for v in fixed)
-
-    def _section(self, name: str) -> dict[str, Any]:
-        """A fingerprinted section as plain data; without its activation keys when no activation is quantized."""
-        data = _json(self.space_data()) if name == "space" else _plain(getattr(self, name))
-        if not self.quantizes_activations:
-            for key in ACTIVATION_KEYS.get(name, ()):
-                del data[key]
-        return data
-
-
-def _plain(section: Any) -> dict[str, Any]:
-    """A section as JSON-ready data."""
-    return _json(dataclasses.asdict(section))
-
-
-def _json(data: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(data, default=list))
-
-
-def _file_digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return "missing"
+        return _compat.quantizes_activations(self)
 
 
 # scalar type -> (whether a TOML value is one: true is no integer here, an integer is a float), what it must be
@@ -268,7 +189,7 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r}")
 
 
-def _section(cls: type, data: Any, name: str) -> Any:
+def _parse_section(cls: type, data: Any, name: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"[{name}] must be a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -337,7 +258,10 @@ def _validate(cfg: StudyConfig) -> None:
     if s.n_trials < 1:
         raise ConfigError(f"study.n_trials must be >= 1, got {s.n_trials}")
     if s.timeout is not None:
-        parse_duration(s.timeout, "study.timeout")
+        try:
+            parse_duration(s.timeout, "study.timeout")
+        except FrandiError as e:
+            raise ConfigError(str(e)) from None
     lo, hi = (sp.sparsity + (None, None))[:2] if len(sp.sparsity) == 2 else (None, None)
     if lo is None or hi is None or not 0 <= lo <= hi < 1:
         raise ConfigError(
@@ -369,8 +293,12 @@ def _validate(cfg: StudyConfig) -> None:
             f"model.input_shape must be positive sizes without the batch, got {cfg.model.input_shape}"
         )
     r = cfg.run
-    if r.workers < 1 or r.threads < 0 or not r.devices:
-        raise ConfigError("run.workers must be >= 1, run.threads >= 0, run.devices not empty")
+    if r.workers < 1:
+        raise ConfigError(f"run.workers must be >= 1, got {r.workers}")
+    if r.threads < 0:
+        raise ConfigError(f"run.threads must be >= 0 (0 = cores / workers), got {r.threads}")
+    if not r.devices:
+        raise ConfigError("run.devices names no device; write e.g. cpu or cuda:0,cuda:1")
     if r.heartbeat_interval < 1 or r.grace_period <= r.heartbeat_interval:
         raise ConfigError(
             "run.grace_period must be larger than run.heartbeat_interval (both in seconds, >= 1)"
@@ -400,7 +328,7 @@ def parse_config(text: str, *, base_dir: Path = Path("."), source: str = "<strin
     for required in ("study", "model"):
         if required not in data:
             raise ConfigError(f"{source} has no [{required}] section")
-    parts = {name: _section(cls, data[name], name) for name, cls in SECTIONS.items() if name in data}
+    parts = {name: _parse_section(cls, data[name], name) for name, cls in SECTIONS.items() if name in data}
     cfg = StudyConfig(**parts, base_dir=base_dir)
     _validate(cfg)
     return cfg
@@ -425,5 +353,11 @@ def load_config(path: str | Path) -> StudyConfig:
 
 
 def replace(cfg: StudyConfig, section: str, **changes: Any) -> StudyConfig:
-    """A copy of ``cfg`` with some keys of one section changed (CLI overrides such as --n-trials)."""
-    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+    """A copy of ``cfg`` with some keys of one section changed (CLI overrides such as --n-trials), checked as a
+    study file is."""
+    try:
+        new = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+    except FrandiError as e:  # a section's own check (SynthConfig, RecoveryConfig)
+        raise ConfigError(f"[{section}] {e}") from None
+    _validate(new)
+    return new

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from frandi_core import FrandiError, SyntheticData, compressible_layers, load_model, model_outputs, model_size
 from storage import Storage
 
-from ._allocate import study_space
+from ._allocate import check_offsets, study_space
 from ._config import StudyConfig
 from ._errors import ConfigError
 from ._open import open_for
@@ -31,10 +31,7 @@ def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module,
     search space fits its layers. Returns the teacher and the space."""
     teacher = load_model(model_spec(cfg), device=device)
     space = SearchSpace.build(cfg.space, compressible_layers(teacher))
-    if cfg.space.mode == "allocated" and cfg.space.offsets > len(space.searched):
-        raise ConfigError(
-            f"space.offsets is {cfg.space.offsets}, but only {len(space.searched)} layers are searched; lower it"
-        )
+    check_offsets(cfg.space, space)
     smallest = model_size(teacher, space.smallest())
     if cfg.study.min_ratio is not None and smallest.ratio < cfg.study.min_ratio:
         raise ConfigError(

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -18,7 +19,7 @@ from storage import StorageError, lost_storage
 from . import _commands as commands
 from ._config import StudyConfig, load_config, replace
 from ._duration import parse_duration
-from ._errors import UsageError
+from ._errors import ConfigError, UsageError
 from ._evaluate import evaluate
 from ._signals import interrupts_raise, stop_code
 
@@ -125,11 +126,20 @@ def _timeouts(c: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _override(cfg: StudyConfig, section: str, option: str, **change: Any) -> StudyConfig:
+    """``cfg`` with one command-line option in its study-file key, checked as the file is: a bad value is one
+    line naming the option."""
+    try:
+        return replace(cfg, section, **change)
+    except ConfigError as e:
+        (key,) = change
+        raise UsageError(str(e).replace(f"{section}.{key}", option)) from None
+
+
 def _with_timeouts(cfg: StudyConfig, a: argparse.Namespace) -> tuple[StudyConfig, float | None]:
     """The config with --timeout in [study] timeout, and --hard-timeout in seconds (checked: one line, exit 2)."""
     if a.timeout is not None:
-        parse_duration(a.timeout, "--timeout")
-        cfg = replace(cfg, "study", timeout=a.timeout)
+        cfg = _override(cfg, "study", "--timeout", timeout=a.timeout)
     hard = None if a.hard_timeout is None else parse_duration(a.hard_timeout, "--hard-timeout")
     soft = None if cfg.study.timeout is None else parse_duration(cfg.study.timeout)
     if hard is not None and soft is not None and hard < soft:
@@ -140,8 +150,6 @@ def _with_timeouts(cfg: StudyConfig, a: argparse.Namespace) -> tuple[StudyConfig
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse option values out of range before anything is loaded or opened."""
-    if getattr(args, "threads", None) is not None and args.threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0 = cores / workers), got {args.threads}")
     if getattr(args, "tolerance", None) is not None and not args.tolerance >= 0:  # NaN too
         raise UsageError(f"--tolerance must be a number >= 0, got {args.tolerance}")
     if getattr(args, "port", None) is not None and not 0 < args.port < 65536:
@@ -152,25 +160,21 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _search(cfg: StudyConfig, a: argparse.Namespace) -> int:
     if a.workers is not None:
-        if a.workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {a.workers}")
-        cfg = replace(cfg, "run", workers=a.workers)
+        cfg = _override(cfg, "run", "--workers", workers=a.workers)
     if a.devices is not None:
         devices = tuple(d.strip() for d in a.devices.split(",") if d.strip())
-        if not devices:
-            raise UsageError(f"--devices '{a.devices}' names no device; write e.g. cpu or cuda:0,cuda:1")
-        cfg = replace(cfg, "run", devices=devices)
+        cfg = _override(cfg, "run", f"--devices '{a.devices}'", devices=devices)
     if a.threads is not None:
-        cfg = replace(cfg, "run", threads=a.threads)
+        cfg = _override(cfg, "run", "--threads", threads=a.threads)
     if a.n_trials is not None:
-        if a.n_trials < 1:
-            raise UsageError(f"--n-trials must be >= 1, got {a.n_trials}")
-        cfg = replace(cfg, "study", n_trials=a.n_trials)
+        cfg = _override(cfg, "study", "--n-trials", n_trials=a.n_trials)
     cfg, hard = _with_timeouts(cfg, a)
     return commands.search(cfg, a.storage, force=a.force, progress=not a.no_progress, fmt=a.format, hard_timeout=hard)
 
 
 def _worker(cfg: StudyConfig, a: argparse.Namespace) -> int:
+    if a.threads is not None:
+        cfg = _override(cfg, "run", "--threads", threads=a.threads)
     cfg, hard = _with_timeouts(cfg, a)
     return commands.worker(cfg, a.storage, device=a.device, threads=a.threads, hard_timeout=hard)
 

@@ -11,6 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import search._compat as compat
 from frandi_core import ACT_SIZE_RULE, SIZE_RULE, LayerSetting, Policy, compressible_layers
 from search import (
     StudyConfig,
@@ -156,7 +157,7 @@ def test_a_study_that_quantizes_activations_counts_their_steps_in_its_size_rule(
     cfg = load_config(path)
     assert cfg.size_rule == ACT_SIZE_RULE != SIZE_RULE and cfg.comparable()["size accounting"] == ACT_SIZE_RULE
     with pytest.MonkeyPatch.context() as m:  # the code before the steps were stored: every study on SIZE_RULE
-        m.setattr(StudyConfig, "size_rule", property(lambda self: SIZE_RULE))
+        m.setattr(compat, "ACT_SIZE_RULE", SIZE_RULE)
         old = cfg.fingerprint()
         assert frandi("search", path, "--no-progress")[0] == 0
     assert old != cfg.fingerprint()  # the rule alone changes the hash
@@ -169,13 +170,11 @@ def test_a_study_that_quantizes_activations_counts_their_steps_in_its_size_rule(
 def test_a_study_scored_under_the_old_rounding_is_refused_on_resume(study_file, frandi, monkeypatch) -> None:
     """A study that quantizes activations fingerprints how its students round (ROUNDING_RULE: integer points and
     bias rounding); one scored before is refused with one line naming why; weights-only studies are unaffected."""
-    import search._config as config
-
     plain = load_config(study_file())
     assert "activation rounding" not in plain.comparable()
     path = edit(study_file(n_trials=2), "bits = [4, 8, 32]", ACT_SPACE)
     with monkeypatch.context() as m:  # the code before integer points: another rule
-        m.setattr(config, "ROUNDING_RULE", "layer-inputs/0")
+        m.setattr(compat, "ROUNDING_RULE", "layer-inputs/0")
         assert frandi("search", path, "--no-progress")[0] == 0
     code, _, err = frandi("search", edit(path, "n_trials = 2", "n_trials = 3"), "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "activation rounding changed" in err and "--force" in err
