@@ -8,6 +8,7 @@ import io
 import json
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import torch
 
@@ -151,7 +152,7 @@ class TrialRunner:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        base = SearchSpace.build(cfg.space, compressible_layers(self.teacher))
+        self.storage = storage
         self.batch_key, data = batches or cached_batches(cfg, storage, self.teacher, device=device, progress=progress)
         self.heldout = self._layout(data.heldout.to(self.device))
         self.targets = teacher_targets(
@@ -160,8 +161,15 @@ class TrialRunner:
         self.teacher_out = model_outputs(self.teacher, self.heldout)
         self.macs = layer_macs(self.teacher, cfg.model.input_shape)
         self.latency = cached_latency(cfg, storage, self.batch_key, self.teacher) if cfg.uses_latency else None
-        self.space: SearchSpace | AllocatedSpace = study_space(
-            cfg.space, storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out, self.targets.inputs
+
+    @cached_property
+    def space(self) -> SearchSpace | AllocatedSpace:
+        """The study's sampling space, built when first sampled from: scoring one policy (export, evaluate) needs
+        none (an allocated space measures or reads its sensitivity table)."""
+        base = SearchSpace.build(self.cfg.space, compressible_layers(self.teacher))
+        return study_space(
+            self.cfg.space, self.storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out,
+            self.targets.inputs,
         )
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:

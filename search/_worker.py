@@ -302,6 +302,7 @@ def _work(
     study = open_study(cfg, storage, worker_index=worker_index)
     _optuna.check_optuna(study)  # before any claim: an Optuna that renamed what claims rely on is one line, not a mess
     runner = runner or TrialRunner(cfg, storage, device=device, progress=progress)
+    _ = runner.space  # built (its sensitivity table measured or read) before a trial is claimed
     done = failed = 0
     limit = cfg.study.n_trials if max_failures is None else max_failures
     while True:

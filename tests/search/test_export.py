@@ -316,3 +316,16 @@ def test_target_that_cannot_be_replaced_is_left_as_it_was(work: Path, frandi, im
     assert f"cannot write '{immutable}'" in err and "Operation not permitted" in err
     assert files_in(work) == before  # and no temporary file left beside it
     assert study_attrs(work) == stored
+
+
+def test_scoring_one_policy_builds_no_sampling_space(work: Path, frandi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """export (and evaluate, rerun) score one stored policy: building the study's space (an allocated one measures
+    a sensitivity table) would be work the command does not need."""
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a sampling space was built")
+
+    monkeypatch.setattr("search._trial.study_space", no_space)
+    t = quantized_trial(work)
+    code, _, err = frandi("export", work / "study.toml", "--trial", t.number, "--out", work / "m.safetensors")
+    assert code == 0, err
