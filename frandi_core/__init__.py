@@ -51,6 +51,7 @@ from ._recover import (
     feature_regression_,
     model_outputs,
     output_discrepancy,
+    recalibrate_,
     teacher_targets,
 )
 from ._size import ACT_SIZE_RULE, SIZE_RULE, SizeReport, WeightLayout, model_size, weight_layout
@@ -106,6 +107,7 @@ __all__ = [
     "feature_regression_",
     "NonFiniteError",
     "capture",
+    "recalibrate_",
     # eq. 3, scoring: Output Discrepancy, other label-free proxies, cost (size, BOPs, latency)
     "OUTPUT",
     "od_from_outputs",

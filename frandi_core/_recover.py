@@ -165,3 +165,21 @@ def output_discrepancy(student: nn.Module, heldout: torch.Tensor, teacher_output
     if not math.isfinite(od):
         raise NonFiniteError(f"output discrepancy is {od}: the compressed model outputs NaN or inf")
     return od
+
+
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@torch.no_grad()
+def recalibrate_(model: nn.Module, inputs: torch.Tensor, *, chunk: int = 256) -> nn.Module:
+    """Re-estimate every BN layer's running statistics on ``inputs`` (their plain average over the chunks), in
+    place; the model is left in eval mode. A compressed model's BN statistics re-estimated on synthetic data
+    (EagleEye's adaptive BN) rank policies before recovery."""
+    norms = [m for m in model.modules() if isinstance(m, NORMS)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for i in range(0, len(inputs), chunk) if norms else ():
+        model(inputs[i : i + chunk])
+    return model.eval()

@@ -32,6 +32,7 @@ from frandi_core import (
 
 from ._artifacts import artifact_dir, artifact_store, attach
 from ._config import StudyConfig
+from ._device import check_device, set_threads
 from ._duration import parse_duration
 from ._errors import ExportError, UsageError
 from ._launch import check_model, launch
@@ -41,10 +42,11 @@ from ._records import FAIL_REASON, PACKED, TrialRecord, result_attrs
 from ._report import format_rows, front_rows
 from ._report import status as status_of
 from ._rerun import finished_trials, rerun
-from ._sensitivity import cached_sensitivity, format_table, heatmap
+from ._sensitivity import cached_sensitivity
+from ._sensitivity_view import format_table, heatmap
 from ._study import open_study, to_start_key
 from ._trial import TrialRunner, cached_batches, model_spec
-from ._worker import Deadline, check_device, set_threads, stale_trials, work
+from ._worker import Deadline, stale_trials, work
 
 
 def search(

@@ -13,6 +13,7 @@ from typing import Any
 from frandi_core.data import accuracy, labeled_set
 
 from ._config import StudyConfig
+from ._device import check_device, set_threads
 from ._errors import UsageError
 from ._open import open_for
 from ._records import TrialRecord
@@ -21,7 +22,6 @@ from ._rerun import rerun
 from ._scoring import choose_trials, correlations, store_accuracy
 from ._study import open_study
 from ._trial import TrialRunner
-from ._worker import check_device, set_threads
 
 OD_TOLERANCE = 1e-4  # a re-materialized trial whose score moves more than this is reported
 

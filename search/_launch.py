@@ -17,13 +17,14 @@ from storage import Storage
 
 from ._allocate import check_offsets, study_space
 from ._config import StudyConfig
+from ._device import check_device, set_threads
 from ._errors import ConfigError
 from ._open import open_for
 from ._signals import check, deferred_interrupts, received, wait
 from ._space import SearchSpace
 from ._study import counts, create_or_resume, stamp_fingerprint
 from ._trial import TrialRunner, cached_batches, model_spec
-from ._worker import Deadline, check_device, set_threads, work, worker_main
+from ._worker import Deadline, work, worker_main
 
 
 def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module, SearchSpace]:

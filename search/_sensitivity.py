@@ -26,6 +26,7 @@ from frandi_core import (
     model_outputs,
     model_size,
     od_from_outputs,
+    recalibrate_,
 )
 from storage import Storage
 
@@ -103,7 +104,6 @@ def measure(
     return Sensitivity(tuple(layers), tuple(settings), tuple(table), time.perf_counter() - t0)
 
 
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 PROBE_SAMPLES = 64  # recovery images the probe re-estimates BN statistics on (32 to 256 ranked alike, measured)
 
 
@@ -141,20 +141,6 @@ class Probe:
         return model_size(self.teacher, policy).ratio
 
 
-@torch.no_grad()
-def recalibrate_(model: nn.Module, inputs: torch.Tensor, *, chunk: int = 256) -> nn.Module:
-    """Re-estimate every BN layer's running statistics on ``inputs`` (their plain average over the chunks), in
-    place; the model is left in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, NORMS)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    for i in range(0, len(inputs), chunk) if norms else ():
-        model(inputs[i : i + chunk])
-    return model.eval()
-
-
 def sensitivity_key(batch_key: str, layers: list[str], settings: list[LayerSetting]) -> str:
     """Content key of a study's table: its batches (model weights and synthetic config) and what is measured."""
     blob = json.dumps([batch_key, layers, [[s.sparsity, s.bits] for s in settings]])
@@ -178,37 +164,3 @@ def cached_sensitivity(
 
     raw = storage.get_or_create_blob(key, make, what="the sensitivity table", meta={"kind": "sensitivity"})
     return Sensitivity.from_json(raw.decode())
-
-
-def _label(s: LayerSetting) -> str:
-    return f"{s.sparsity:.2f}/{'fp32' if s.bits is None else s.bits}"
-
-
-def format_table(table: Sensitivity) -> str:
-    """The table as text: one row per layer, one column per setting (sparsity/bits)."""
-    width = max(len(n) for n in table.layers)
-    head = " " * width + "".join(f"{_label(s):>10}" for s in table.settings)
-    rows = [f"{n:<{width}}" + "".join(f"{v:>10.4f}" for v in r) for n, r in zip(table.layers, table.od, strict=True)]
-    return "\n".join([head, *rows])
-
-
-def heatmap(table: Sensitivity, path: str) -> None:
-    """Save the table as a heatmap PNG: layers down, settings across, OD in color (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    od = [[max(v, 1e-5) for v in r] for r in table.od]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(table.settings), 1.2 + 0.32 * len(table.layers)))
-    norm = LogNorm(vmin=min(min(r) for r in od), vmax=max(max(r) for r in od))
-    image = ax.imshow(od, aspect="auto", cmap="magma_r", norm=norm)
-    ax.set_xticks(range(len(table.settings)), [_label(s) for s in table.settings], rotation=90, fontsize=8)
-    ax.set_yticks(range(len(table.layers)), list(table.layers), fontsize=8)
-    ax.set_xlabel("setting compressing only that layer (sparsity / weight bits)")
-    ax.set_title(f"held-out OD per layer and setting ({table.seconds:.1f} s to measure)", fontsize=9)
-    fig.colorbar(image, ax=ax, label="OD (log)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,4 +1,4 @@
-"""The packages' fronts are real and the arrows point one way (DESIGN.md: studies -> search -> frandi_core, storage).
+"""The packages' fronts are real and the arrows point one way: studies, benchmarks -> search -> frandi_core, storage.
 
 Read from the source (every import statement, also inside functions), so a violation is named by file:line.
 """
