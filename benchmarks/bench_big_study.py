@@ -30,7 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from frandi_core import bops, compressible_layers, layer_macs, model_size
-from search import check_model, create_or_resume, load_config, open_for, replace
+from search import TrialRecord, check_model, create_or_resume, load_config, open_for, replace
 
 FRANDI = [sys.executable, "-m", "search.cli"]  # the frandi command of this interpreter
 STUDY = Path("studies/quickstart.toml")
@@ -53,11 +53,10 @@ def build(url: str, n: int, seed: int = 0) -> None:
             policy = space.sample(trial)
             size = model_size(teacher, policy)
             od = max(0.02, 0.9 / size.ratio + rng.gauss(0, 0.03))
-            attrs = {
-                "policy": policy.to_json(), "od": od, "od_before": od * 2.5, "kept": "recovered",
-                "size_bits": size.bits, "ratio": size.ratio, "density": size.density, "bops": bops(macs, policy),
-                "seconds": {"compress": 0.02, "recover": 1.2, "total": 1.3}, "threads": 1, "worker": f"bench:{i % 8}",
-            }  # fmt: skip
+            attrs = TrialRecord(
+                policy, od, od * 2.5, size.bits, size.ratio, size.density, bops=bops(macs, policy),
+                seconds={"compress": 0.02, "recover": 1.2, "total": 1.3}, threads=1, worker=f"bench:{i % 8}",
+            ).to_attrs()  # fmt: skip
             batch.append(
                 optuna.trial.create_trial(
                     params=trial.params, distributions=trial.distributions, values=[od, size.bits / 8192],

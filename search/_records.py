@@ -46,20 +46,22 @@ def start_attrs(worker: str, policy: Policy) -> dict[str, Any]:
 
 
 def result_attrs(r: TrialResult, *, threads: int) -> dict[str, Any]:
-    """What a finished trial stores: its measurements (the first objective's value is Optuna's own)."""
+    """What a finished trial stores: its measurements (the first objective's value is Optuna's own), and the torch
+    threads it ran with (CPU results move with the thread count; export reuses it)."""
+    seconds = {k: round(v, 4) for k, v in r.seconds.items()}
+    return _measured(r.od, r.od_before, r.kept, r.size_bits, r.ratio, r.density, r.bops, r.latency_ms, seconds, threads)
+
+
+def _measured(
+    od: float, od_before: float, kept: str, size_bits: float, ratio: float, density: float, bops: float | None,
+    latency_ms: float | None, seconds: dict[str, float], threads: int | None,
+) -> dict[str, Any]:
     attrs: dict[str, Any] = {
-        "od": r.od,
-        "od_before": r.od_before,
-        "kept": r.kept,
-        SIZE_BITS: r.size_bits,
-        "ratio": r.ratio,
-        "density": r.density,
-        BOPS: r.bops,
-        SECONDS: {k: round(v, 4) for k, v in r.seconds.items()},
-        "threads": threads,  # CPU results move with the thread count; export reuses it
-    }
-    if r.latency_ms is not None:
-        attrs[LATENCY_MS] = r.latency_ms
+        "od": od, "od_before": od_before, "kept": kept, SIZE_BITS: size_bits, "ratio": ratio, "density": density,
+        BOPS: bops, SECONDS: seconds, "threads": threads,
+    }  # fmt: skip
+    if latency_ms is not None:
+        attrs[LATENCY_MS] = latency_ms
     return attrs
 
 
@@ -88,6 +90,18 @@ class TrialRecord:
     worker: str | None = None
     baseline: bool = False
     warm_start: bool = False
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The record as a trial's user attributes, as the worker writes them: ``from_trial``'s inverse."""
+        attrs = start_attrs(self.worker or "", self.policy) | _measured(
+            self.od, self.od_before, self.kept, self.size_bits, self.ratio, self.density, self.bops, self.latency_ms,
+            dict(self.seconds), self.threads,
+        )
+        if self.baseline:
+            attrs[BASELINE] = True
+        if self.warm_start:
+            attrs[WARM_START] = True
+        return attrs
 
     @classmethod
     def from_trial(cls, t: FrozenTrial) -> TrialRecord:
