@@ -28,7 +28,7 @@ from ._actquant import (
     set_activation_quantizers_,
 )
 from ._bops import bops, layer_macs
-from ._compress import Compressor, compress, fake_quantize, magnitude_mask, quantize, strip_
+from ._compress import WEIGHT_CLIPS, Compressor, clip_ratios, compress, fake_quantize, magnitude_mask, quantize, strip_
 from ._errors import DataError, FrandiError, MissingDependency
 from ._files import write_atomic
 from ._hooks import capture
@@ -86,6 +86,8 @@ __all__ = [
     "magnitude_mask",
     "quantize",
     "fake_quantize",
+    "WEIGHT_CLIPS",
+    "clip_ratios",
     "CALIBRATIONS",
     "ActQuantizer",
     "activation_quantizers",

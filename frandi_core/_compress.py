@@ -1,5 +1,9 @@
 """Compression operators: exact magnitude pruning and per-channel symmetric weight quantization.
 
+Each output channel's quantization step is its largest magnitude (times ``ratio``, its clipping fraction) over
+the top level. ``weight_clip = "mse"`` chooses each channel's ratio once, at compression, as the one among
+``CLIP_GRID`` fractions that minimizes the channel's squared rounding-and-clipping error; ``"max"`` keeps 1.
+
 ``compress`` returns a copy whose compressible weights are parametrized by a ``Compressor``: the mask
 is applied and the weight fake-quantized on every forward, with a straight-through estimator so Feature
 Regression can train the underlying weights while pruned entries stay exactly zero.
@@ -32,41 +36,76 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.view_as(weight)
 
 
-def quantize(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer levels in [-qmax, qmax] (as floats) and per-output-channel scales (keepdim), qmax = 2**(bits-1) - 1.
+WEIGHT_CLIPS = ("max", "mse")
+CLIP_GRID = torch.linspace(0.25, 1.0, 61).tolist()  # clipping fractions of a channel's largest magnitude tried
+
+
+def _per_channel(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, *([1] * (weight.dim() - 1)))
+
+
+def quantize(
+    weight: torch.Tensor, bits: int, ratio: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer levels in [-qmax, qmax] (as floats) and per-output-channel scales (keepdim), qmax = 2**(bits-1) - 1;
+    ``ratio`` (per output channel, in (0, 1]) clips each channel at that fraction of its largest magnitude.
 
     ``levels * scale`` is the quantized weight: the packed file stores exactly these two.
     """
     qmax = 2 ** (bits - 1) - 1
     dims = tuple(range(1, weight.dim()))
     with torch.no_grad():
-        scale = weight.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / qmax
+        amax = weight.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12)
+        scale = (amax if ratio is None else amax * _per_channel(ratio, weight).to(amax)) / qmax
         return torch.clamp(torch.round(weight / scale), -qmax, qmax), scale
 
 
-def fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric per-output-channel quantization to at most 2**bits - 1 levels, straight-through gradient."""
-    levels, scale = quantize(weight, bits)  # the rounding records no graph: its gradient is the identity anyway
+@torch.no_grad()
+def clip_ratios(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per output channel, the fraction of its largest magnitude (from ``CLIP_GRID``) whose quantization has the
+    least squared error; 1.0 wins ties, so a channel the grid cannot improve keeps its maximum."""
+    qmax = 2 ** (bits - 1) - 1
+    w = weight.detach().reshape(weight.shape[0], -1).float()
+    amax = w.abs().amax(1).clamp_min(1e-12)
+    ratios = torch.tensor(CLIP_GRID[::-1], dtype=w.dtype, device=w.device)  # 1.0 first: argmin keeps the first
+    best = torch.ones_like(amax)
+    least = torch.full_like(amax, float("inf"))
+    for r in ratios:  # one fraction at a time: memory of one weight, not of the whole grid
+        scale = (r * amax / qmax)[:, None]
+        err = (torch.clamp(torch.round(w / scale), -qmax, qmax) * scale - w).pow(2).sum(1)
+        better = err < least
+        best = torch.where(better, r, best)
+        least = torch.where(better, err, least)
+    return best.to(weight.dtype)
+
+
+def fake_quantize(weight: torch.Tensor, bits: int, ratio: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric per-output-channel quantization to at most 2**bits - 1 levels (each channel clipped at ``ratio``
+    of its largest magnitude), straight-through gradient."""
+    levels, scale = quantize(weight, bits, ratio)  # the rounding records no graph: its gradient is the identity
     with torch.no_grad():
         delta = levels.mul_(scale).sub_(weight)
     return weight + delta
 
 
 class Compressor(nn.Module):
-    """Parametrization of a weight: apply the pruning mask, then fake-quantize to ``bits``."""
+    """Parametrization of a weight: apply the pruning mask, then fake-quantize to ``bits`` (each output channel
+    clipped at ``ratio`` of its largest magnitude, when given)."""
 
     mask: torch.Tensor | None
+    ratio: torch.Tensor | None
 
-    def __init__(self, mask: torch.Tensor | None, bits: int | None) -> None:
+    def __init__(self, mask: torch.Tensor | None, bits: int | None, ratio: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
+        self.register_buffer("ratio", ratio)
         self.bits = bits
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
             weight = weight * self.mask
         if self.bits is not None:
-            weight = fake_quantize(weight, self.bits)
+            weight = fake_quantize(weight, self.bits, self.ratio)
         return weight
 
 
@@ -84,13 +123,21 @@ def _check_layers(model: nn.Module, policy: Policy) -> dict[str, nn.Module]:
 
 
 def compress(
-    model: nn.Module, policy: Policy, *, calibration: torch.Tensor | None = None, method: str = "mse"
+    model: nn.Module,
+    policy: Policy,
+    *,
+    calibration: torch.Tensor | None = None,
+    method: str = "mse",
+    weight_clip: str = "max",
 ) -> nn.Module:
     """Return a compressed copy of ``model`` (eval mode); the model passed in is never modified.
 
     ``calibration``: inputs (a synthetic batch) that set the activation ranges, by ``method``; needed only when
-    the policy quantizes activations.
+    the policy quantizes activations. ``weight_clip``: how each quantized weight channel is clipped, "max" (its
+    largest magnitude) or "mse" (the fraction of it with the least squared error, chosen once, here).
     """
+    if weight_clip not in WEIGHT_CLIPS:
+        raise FrandiError(f"weight_clip '{weight_clip}' is unknown; use one of {', '.join(WEIGHT_CLIPS)}")
     modules = _check_layers(model, policy)
     act_bits = policy.act_bits()
     if act_bits and calibration is None:
@@ -109,7 +156,10 @@ def compress(
         if mask is not None:
             with torch.no_grad():  # +0.0, not -0.0 from negative weights: the packed file stores no sign of zero
                 m.weight.masked_fill_(mask == 0, 0.0)
-        parametrize.register_parametrization(m, "weight", Compressor(mask, s.bits))
+        ratio = None
+        if s.bits is not None and weight_clip == "mse":
+            ratio = clip_ratios(m.weight if mask is None else m.weight * mask, s.bits)
+        parametrize.register_parametrization(m, "weight", Compressor(mask, s.bits, ratio))
     if act_bits and calibration is not None:
         quantize_activations_(student, act_bits, calibration, method)
         student = with_integer_points(student, calibration, method)

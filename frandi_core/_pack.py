@@ -89,7 +89,7 @@ def _compressed(
         if setting.bits is None:
             entries, scale = w, None
         else:
-            entries, scale = quantize(w, setting.bits)
+            entries, scale = quantize(w, setting.bits, comp.ratio)
             w = entries * scale + 0.0  # + 0.0: a level of -0.0 is stored as 0
         if not torch.equal(_raw(w), _raw(module.weight)):  # type: ignore[arg-type]
             raise FrandiError(f"layer '{layer}': its stored form does not give the student's weight bit for bit")

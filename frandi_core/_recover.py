@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._actquant import check_calibration, learn_steps_
+from ._compress import WEIGHT_CLIPS
 from ._errors import FrandiError
 from ._hooks import capture
 from ._losses import feature_loss, od_from_outputs
@@ -33,6 +34,7 @@ class RecoveryConfig:
     precision: str = "fp32"  # "bf16": forward passes under bf16 autocast (CUDA); weights, loss and OD stay fp32
     calibration: str = "mse"  # activation ranges from the recovery batch: "minmax", "percentile" or "mse"
     learn_act_steps: bool = True  # FR also trains the activation step sizes (LSQ-style): better by measurement
+    weight_clip: str = "mse"  # each weight channel clipped where its squared error is least ("max": never clipped)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -43,6 +45,8 @@ class RecoveryConfig:
         if self.precision not in ("fp32", "bf16"):
             raise FrandiError(f"recovery precision must be 'fp32' or 'bf16', got {self.precision!r}")
         check_calibration(self.calibration)
+        if self.weight_clip not in WEIGHT_CLIPS:
+            raise FrandiError(f"weight_clip '{self.weight_clip}' is unknown; use one of {', '.join(WEIGHT_CLIPS)}")
 
 
 class NonFiniteError(FrandiError):

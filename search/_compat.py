@@ -8,8 +8,9 @@ the same for single keys of a section. Two rules keep stored studies resumable a
 
 - A change in how trials are computed is a new version of a rule string (``SIZE_RULE``, ``ROUNDING_RULE``,
   ``LATENCY_RULE``: "name/N"), compared as a part: exactly the studies it affects get a new fingerprint.
-- A key added to a section from now on goes in ``NEW_KEYS``: it is compared once a file sets it away from its
-  default, so every study stored before it existed keeps its fingerprint. A test holds stored fingerprints.
+- A key added to a section from now on goes in ``NEW_KEYS`` with the value every study had before it existed: it
+  is compared once a file's value differs from that one, so a stored study keeps its fingerprint when the file
+  says what the study did (a new default is a difference, and says what changed). A test holds stored ones.
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ CONDITIONAL_KEYS: dict[tuple[str, str], Condition] = {
     ("space", "offsets"): _allocated,
     ("space", "warm_starts"): _never,  # chooses the first trials, once; decides no trial's result
 }
-# (section, key) of keys added after the rules above: compared once a file sets them away from their default.
-NEW_KEYS: tuple[tuple[str, str], ...] = ()
+# (section, key) of keys added after the rules above -> the value every study had before: compared when not that.
+NEW_KEYS: dict[tuple[str, str], Any] = {
+    ("recovery", "weight_clip"): "max",  # weights were clipped at their largest magnitude
+}
 
 
 def _json(data: Any) -> Any:
@@ -78,12 +81,11 @@ def _json(data: Any) -> Any:
 def section(cfg: StudyConfig, name: str) -> dict[str, Any]:
     """A compared section as plain data: the keys that decide this study's results."""
     data = _json(dataclasses.asdict(getattr(cfg, name)))
-    default = _json(dataclasses.asdict(type(getattr(cfg, name))()))
     for (sec, key), applies in CONDITIONAL_KEYS.items():
         if sec == name and not applies(cfg):
             del data[key]
-    for sec, key in NEW_KEYS:
-        if sec == name and data.get(key) == default.get(key):
+    for (sec, key), before in NEW_KEYS.items():
+        if sec == name and data.get(key) == _json(before):
             del data[key]
     return data
 
@@ -132,6 +134,17 @@ def fingerprint(cfg: StudyConfig) -> str:
     and [run] are not in it."""
     keep = {p.key: p.value(cfg) for p in PARTS if p.applies(cfg)}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def what_changed(stored: dict[str, Any], cfg: StudyConfig) -> tuple[str, str | None]:
+    """The parts of ``cfg`` that differ from what a study stored (its ``comparable``), named; and where the study
+    ran before a key existed, how the file says what it did (else None)."""
+    new = comparable(cfg)
+    changed = [k for k in new if stored.get(k) != new[k]]
+    older = [f"{key} = {json.dumps(before)} in [{sec}]" for (sec, key), before in NEW_KEYS.items()
+             if sec in changed and key in new[sec] and key not in (stored.get(sec) or {})]  # fmt: skip
+    hint = f"it ran before {' and '.join(older)} could be chosen: write that to resume it as it ran" if older else None
+    return (", ".join(changed) if changed else "the model weights"), hint
 
 
 def comparable(cfg: StudyConfig) -> dict[str, Any]:

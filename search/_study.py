@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from storage import Storage
 
-from . import _optuna
+from . import _compat, _optuna
 from ._config import StudyConfig
 from ._errors import ConfigError, UsageError
 from ._records import (
@@ -61,10 +61,6 @@ def open_study(cfg: StudyConfig, storage: Storage, *, worker_index: int = 0) -> 
     return study
 
 
-def _changed_sections(old: dict, new: dict) -> list[str]:
-    return [k for k in new if old.get(k) != new[k]]
-
-
 def create_or_resume(
     cfg: StudyConfig,
     storage: Storage,
@@ -91,11 +87,10 @@ def create_or_resume(
     fingerprint = cfg.fingerprint()
     old = study.user_attrs.get(FINGERPRINT)
     if old is not None and old != fingerprint and not force:
-        changed = _changed_sections(json.loads(study.user_attrs.get(CONFIG, "{}")), cfg.comparable())
-        what = ", ".join(changed) if changed else "the model weights"
+        what, hint = _compat.what_changed(json.loads(study.user_attrs.get(CONFIG, "{}")), cfg)
         raise ConfigError(
             f"study '{cfg.study.name}' was run with a different study file ({what} changed), so past trials "
-            "would not be comparable; use a new study.name, or --force to continue anyway"
+            f"would not be comparable; {hint or 'use a new study.name, or --force to continue anyway'}"
         )
     if stamp:
         stamp_fingerprint(study, cfg)

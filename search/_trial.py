@@ -183,7 +183,10 @@ class TrialRunner:
         Never worse than no recovery: when FR raises the held-out score, the weights before FR are put back.
         """
         t0 = time.perf_counter()
-        student = compress(self.teacher, policy, calibration=self.targets.inputs, method=self.cfg.recovery.calibration)
+        rec = self.cfg.recovery
+        student = compress(
+            self.teacher, policy, calibration=self.targets.inputs, method=rec.calibration, weight_clip=rec.weight_clip
+        )
         for p in student.parameters():
             p.requires_grad_(True)
         t1 = time.perf_counter()

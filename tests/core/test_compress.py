@@ -12,13 +12,16 @@ from frandi_core import (
     LayerSetting,
     Policy,
     build_architecture,
+    clip_ratios,
     compress,
     compressible_layers,
     fake_quantize,
     magnitude_mask,
     model_size,
+    quantize,
     strip_,
 )
+from frandi_core._compress import CLIP_GRID
 
 from .conftest import REFERENCE, assert_unchanged, snapshot
 
@@ -210,3 +213,41 @@ def test_model_size_of_a_compressed_model_is_the_same_or_refused(reference: nn.M
     except FrandiError:
         return
     assert report == model_size(reference, policy)
+
+
+def test_mse_clipping_finds_the_least_error_fraction_of_a_hand_made_channel() -> None:
+    """A channel of many small weights and one outlier: clipping the outlier costs less than rounding every small
+    weight to zero, and the chosen fraction is the grid's least-error one (checked by brute force); a channel whose
+    maximum already gives exact levels keeps it."""
+    small = torch.linspace(-1.0, 1.0, 1023)
+    on_grid = (torch.arange(1024) % 7 - 3).float() / 3  # every value a level of the unclipped 3-bit grid
+    w = torch.stack([torch.cat([small, torch.tensor([8.0])]), on_grid])
+    bits, qmax = 3, 3
+
+    def error(row: torch.Tensor, r: float) -> float:
+        scale = r * float(row.abs().max()) / qmax
+        return float((torch.clamp(torch.round(row / scale), -qmax, qmax) * scale - row).pow(2).sum())
+
+    ratios = clip_ratios(w, bits)
+    for row, r in zip(w, ratios.tolist(), strict=True):
+        assert error(row, r) == pytest.approx(min(error(row, g) for g in CLIP_GRID))
+    assert ratios[0] < 0.5 and error(w[0], float(ratios[0])) < error(w[0], 1.0) / 2  # the outlier is clipped
+    assert ratios[1] == 1.0  # a channel its maximum quantizes exactly keeps it
+    levels, scale = quantize(w, bits, ratios)
+    assert levels.abs().max() == qmax and torch.allclose(scale.flatten(), ratios * w.abs().amax(1) / qmax)
+
+
+def test_weight_clip_mse_clips_in_the_student_and_max_is_the_old_quantizer(reference: nn.Module) -> None:
+    policy = Policy.uniform(reference, 0.0, 2)
+    x = torch.randn(8, *REFERENCE.input_shape)
+    plain, clipped = compress(reference, policy), compress(reference, policy, weight_clip="mse")
+    name = policy.layers[0][0]
+    w = dict(reference.named_modules())[name].weight
+    assert torch.equal(dict(plain.named_modules())[name].weight, fake_quantize(w, 2))
+    assert not torch.equal(dict(clipped.named_modules())[name].weight, fake_quantize(w, 2))
+    err = {k: float((dict(m.named_modules())[name].weight - w).pow(2).sum()) for k, m in (("max", plain),
+                                                                                        ("mse", clipped))}
+    assert err["mse"] < err["max"]
+    assert torch.isfinite(clipped(x)).all()
+    with pytest.raises(FrandiError, match="weight_clip 'lsq' is unknown"):
+        compress(reference, policy, weight_clip="lsq")

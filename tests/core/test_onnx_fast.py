@@ -39,7 +39,8 @@ def test_a_resnet_runs_its_layers_and_residual_adds_on_integer_kernels(tmp_path)
 
 
 @pytest.mark.parametrize(("bits", "act"), [(8, 8), (4, 4), (2, 3)])
-def test_batchnorm_folds_exactly_also_with_negative_scales(bits: int, act: int) -> None:
+@pytest.mark.parametrize("weight_clip", ["max", "mse"])
+def test_batchnorm_folds_exactly_also_with_negative_scales(bits: int, act: int, weight_clip: str) -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8),
                           nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
@@ -50,7 +51,7 @@ def test_batchnorm_folds_exactly_also_with_negative_scales(bits: int, act: int) 
             bn.running_var.uniform_(0.3, 2.0)
     x = torch.randn(256, 3, 8, 8)
     policy = Policy.uniform(model, 0.3, bits, act)
-    student = compress(model, policy, calibration=x)
+    student = compress(model, policy, calibration=x, weight_clip=weight_clip)
     data = to_onnx(student, policy, x[:1])
     parity = onnx_parity(student, data, x)
     assert parity.error <= 1e-6 and parity.mismatched == 0 and parity.flipped <= 2, parity.describe()

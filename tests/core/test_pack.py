@@ -55,10 +55,10 @@ def odd_model() -> nn.Module:
     return model.eval()
 
 
-def recovered(model: nn.Module, policy: Policy) -> nn.Module:
+def recovered(model: nn.Module, policy: Policy, weight_clip: str = "max") -> nn.Module:
     """``compress`` then a few Adam steps on the underlying weights (and activation steps), as Feature Regression
     would take."""
-    student = compress(model, policy, calibration=CALIBRATION)
+    student = compress(model, policy, calibration=CALIBRATION, weight_clip=weight_clip)
     for q in activation_quantizers(student).values():
         q.log_scale.requires_grad_(True)
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
@@ -98,11 +98,12 @@ def test_unpack_bits_refuses_a_wrong_length() -> None:
 
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("sparsity", [0.0, 0.37, 0.95])
-def test_round_trip_is_bit_identical(tmp_path: Path, bits: int | None, sparsity: float) -> None:
+@pytest.mark.parametrize("weight_clip", ["max", "mse"])
+def test_round_trip_is_bit_identical(tmp_path: Path, bits: int | None, sparsity: float, weight_clip: str) -> None:
     model = odd_model()
     before = snapshot(model)
     policy = Policy.uniform(model, sparsity, bits)
-    student = recovered(model, policy)
+    student = recovered(model, policy, weight_clip)
     path = tmp_path / "m.safetensors"
     save_packed(path, student, policy, {"od": 0.5})
     loaded = load_packed(path, model)

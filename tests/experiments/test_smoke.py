@@ -19,6 +19,7 @@ from studies.experiments import (
     pruning,
     quantization,
     search_pays,
+    weight_clip,
 )
 
 
@@ -109,3 +110,11 @@ def test_search_pays(quick: Callable[..., list], tmp_path: Path) -> None:
     assert len(uniform) == 2 and len(searched) == 1
     assert all(float(r["ratio"]) >= 2.99 for r in rows)
     _accuracies(rows, "fr_synthetic")
+
+
+def test_weight_clip(quick: Callable[..., list], tmp_path: Path) -> None:
+    rows = quick(weight_clip)
+    assert [(r["first/last"], r["weight_clip"]) for r in rows] == [("W8A8", "max"), ("W8A8", "mse"),
+                                                                   ("W2A8", "max"), ("W2A8", "mse")]
+    assert all(0 <= r["accuracy"] <= 100 and r["od"] >= 0 for r in rows)
+    assert (tmp_path / "weight_clip_digits.md").is_file()

@@ -36,8 +36,12 @@ VARIANTS: dict[str, dict] = {
     "min_ratio": {"study": 'min_ratio = 4.0'},
     "timeout": {"study": 'timeout = "2h"'},
 }
-def text(v: dict) -> str:
+def text(v: dict, *, as_stored: bool = True) -> str:
+    """The quickstart file with a variant's lines; ``as_stored``: saying what the stored studies did where a key
+    has appeared since (NEW_KEYS' values before)."""
     t = BASE
+    if as_stored:
+        t = t.replace("[recovery]\n", '[recovery]\nweight_clip = "max"\n', 1)
     if "study_replace" in v:
         t = t.replace(*v["study_replace"])
     for sec in ("study", "space", "recovery"):
@@ -47,6 +51,7 @@ def text(v: dict) -> str:
         t += f"\n[latency]\n{v['latency']}\n"
     return t
 
+# fingerprints as studies stored them before weight_clip existed
 STORED = {
     "quickstart": "50736aacbc8062cb",
     "act_bits": "715991d869b32900",
@@ -69,6 +74,32 @@ STORED = {
 def test_stored_fingerprints_do_not_move(name: str) -> None:
     cfg = parse_config(text(VARIANTS[name]), base_dir=REPO / "studies")
     assert cfg.fingerprint() == STORED[name]
+
+
+def test_a_new_default_refuses_a_stored_study_and_says_how_to_resume_it(study_file, frandi) -> None:
+    """The weights' clipping moved from "max" to "mse": a stored study resumed with its unchanged file is refused
+    with one line naming the key and the value it ran with; written into the file, the study resumes."""
+    import search._compat as compat
+
+    path = study_file(n_trials=2)
+    with pytest.MonkeyPatch.context() as m:  # the study as stored before weight_clip existed
+        m.setattr(compat, "NEW_KEYS", {})
+        m.setattr("search._compat.section", _without_weight_clip(compat.section))
+        assert frandi("search", path, "--no-progress")[0] == 0
+    code, _, err = frandi("search", path, "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "recovery changed" in err and 'weight_clip = "max"' in err
+    path.write_text(path.read_text().replace("[recovery]\n", '[recovery]\nweight_clip = "max"\n', 1))
+    assert frandi("search", path, "--no-progress")[0] == 0
+
+
+def _without_weight_clip(section):  # type: ignore[no-untyped-def]
+    def old(cfg, name):  # type: ignore[no-untyped-def]
+        data = section(cfg, name)
+        data.pop("weight_clip", None)
+        return data
+
+    return old
 
 
 def test_keys_that_decide_no_result_leave_the_fingerprint_alone() -> None:
@@ -108,9 +139,10 @@ def test_every_new_key_has_a_comparability_rule(section: str) -> None:
 
 
 def test_a_new_key_is_compared_once_a_file_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The NEW_KEYS rule itself, shown on an existing key treated as new: left out at its default, in once set."""
-    monkeypatch.setattr("search._compat.NEW_KEYS", (("space", "keep_first_last"),))
-    at_default = parse_config(text({}), base_dir=REPO / "studies")
-    assert "keep_first_last" not in section(at_default, "space")
+    """The NEW_KEYS rule itself, shown on an existing key treated as new: left out at the value studies had before
+    it existed, compared at any other."""
+    monkeypatch.setattr("search._compat.NEW_KEYS", {("space", "keep_first_last"): True})
+    as_before = parse_config(text({}), base_dir=REPO / "studies")
+    assert "keep_first_last" not in section(as_before, "space")
     flipped = text({}).replace("keep_first_last = true", "keep_first_last = false")
     assert section(parse_config(flipped, base_dir=REPO / "studies"), "space")["keep_first_last"] is False
