@@ -26,6 +26,7 @@ from ._actquant import (
     set_activation_quantizers_,
 )
 from ._bops import bops, layer_macs
+from ._channels import ChannelPlan, channel_groups, channel_plan, prune_channels_, pruned_channels
 from ._compress import Compressor, compress, fake_quantize, magnitude_mask, quantize, strip_
 from ._errors import FrandiError
 from ._files import write_atomic
@@ -62,6 +63,7 @@ __all__ = [
     "ROUNDING_RULE",
     "SIZE_RULE",
     "CALIBRATIONS",
+    "ChannelPlan",
     "OUTPUT",
     "ActQuantizer",
     "Compressor",
@@ -88,6 +90,8 @@ __all__ = [
     "bops",
     "build_architecture",
     "capture",
+    "channel_groups",
+    "channel_plan",
     "check_input_shape",
     "compress",
     "compressible_layers",
@@ -117,6 +121,8 @@ __all__ = [
     "pack_bits",
     "packed",
     "point_settings",
+    "prune_channels_",
+    "pruned_channels",
     "quantize",
     "quantize_activations_",
     "read_state_dict",

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._actquant import quantize_activations_, remove_activation_quantizers_
+from ._channels import channel_plan, mark_, prune_channels_, pruned_channels
 from ._errors import FrandiError
 from ._intpoints import drop_integer_points_, with_integer_points
 from ._policy import COMPRESSIBLE, Policy, compressible_layers
@@ -89,16 +90,19 @@ def compress(
     """Return a compressed copy of ``model`` (eval mode); the model passed in is never modified.
 
     ``calibration``: inputs (a synthetic batch) that set the activation ranges, by ``method``; needed only when
-    the policy quantizes activations.
+    the policy quantizes activations or prunes channels (whose dependency graph is traced at its shape). Channels
+    are pruned first (``_channels``), then the smaller weights are masked and quantized.
     """
     modules = _check_layers(model, policy)
     act_bits = policy.act_bits()
-    if act_bits and calibration is None:
+    if (act_bits or policy.channels()) and calibration is None:
+        what = f"quantizes the activations of {len(act_bits)} layer(s)" if act_bits else "prunes channels"
         raise FrandiError(
-            f"the policy quantizes the activations of {len(act_bits)} layer(s): pass calibration inputs "
-            "(a synthetic batch) to set their ranges"
+            f"the policy {what}: pass calibration inputs (a synthetic batch) to set their ranges and shapes"
         )
     student = copy.deepcopy(model)
+    if policy.channels() and calibration is not None:
+        prune_channels_(student, channel_plan(student, policy, tuple(calibration.shape[1:])))
     smods = dict(student.named_modules())
     del modules
     for name, s in policy.layers:
@@ -112,7 +116,7 @@ def compress(
         parametrize.register_parametrization(m, "weight", Compressor(mask, s.bits))
     if act_bits and calibration is not None:
         quantize_activations_(student, act_bits, calibration, method)
-        student = with_integer_points(student, calibration, method)
+        student = mark_(with_integer_points(student, calibration, method), pruned_channels(student))
     return student.eval()
 
 
