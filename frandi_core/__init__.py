@@ -26,7 +26,14 @@ from ._actquant import (
     set_activation_quantizers_,
 )
 from ._bops import bops, layer_macs
-from ._channels import ChannelPlan, channel_groups, channel_plan, prune_channels_, pruned_channels
+from ._channels import (
+    ChannelPlan,
+    channel_groups,
+    channel_importance,
+    channel_plan,
+    prune_channels_,
+    pruned_channels,
+)
 from ._compress import Compressor, compress, fake_quantize, magnitude_mask, quantize, strip_
 from ._errors import FrandiError
 from ._files import write_atomic
@@ -91,6 +98,7 @@ __all__ = [
     "build_architecture",
     "capture",
     "channel_groups",
+    "channel_importance",
     "channel_plan",
     "check_input_shape",
     "compress",

@@ -4,8 +4,8 @@ A layer's ``channels`` setting is the fraction of its output channels removed. T
 finds the layers whose channels are coupled (the convolutions that feed one residual add, a depthwise
 convolution and the layer before it, the BatchNorm after each, the inputs of the layers that read them): a
 coupled group loses the same channels everywhere, the largest fraction any of its layers asks for. The channels
-removed are those of the lowest group L2 norm (Torch-Pruning's ``GroupMagnitudeImportance``: every coupled
-Conv, Linear and BatchNorm, each layer normalized by its mean). The result is a ``ChannelPlan``: the channels
+removed are those of the lowest group L2 norm (Torch-Pruning's ``GroupMagnitudeImportance``: over every coupled
+Conv, Linear and BatchNorm, normalized by the group's mean). The result is a ``ChannelPlan``: the channels
 each group keeps, in the order the groups were pruned; ``prune_channels_`` replays it on any instance of the
 architecture (the packed file stores it, ``load_packed`` replays it), whatever its weights.
 """
@@ -101,6 +101,18 @@ def _groups(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[tuple[st
     return found
 
 
+def _scored(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[tuple[str, ...], torch.Tensor]]:
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    return [(members, importance(group).detach().float().cpu()) for members, group in _groups(model, input_shape)]
+
+
+def channel_importance(model: nn.Module, input_shape: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Each prunable group's channel importance, by the group's root layer: the squared L2 norm of each channel
+    summed over the coupled Conv, Linear and BatchNorm layers (averaged), divided by the group's mean so that
+    groups compare; the lowest go first."""
+    return {members[0]: scores for members, scores in _scored(model, input_shape)}
+
+
 def channel_plan(model: nn.Module, policy: Policy, input_shape: Sequence[int]) -> ChannelPlan:
     """The channels each group of ``model`` keeps under ``policy``'s ``channels`` fractions: per group,
     round(fraction x channels) removed (at least one kept), those of the lowest group L2 norm."""
@@ -113,18 +125,15 @@ def channel_plan(model: nn.Module, policy: Policy, input_shape: Sequence[int]) -
         raise FrandiError(
             f"policy prunes channels of '{named[0]}', whose outputs are the model's outputs; set its channels to 0"
         )
-    importance = tp.importance.GroupMagnitudeImportance(p=2)
     kept: list[tuple[tuple[str, ...], tuple[int, ...]]] = []
     covered: set[str] = set()
-    for members, group in _groups(model, input_shape):
+    for members, scores in _scored(model, input_shape):
         covered.update(members)
         fraction = max((wanted.get(n, 0.0) for n in members), default=0.0)
-        total = len(group[0].idxs)
-        drop = min(round(fraction * total), total - 1)
+        drop = min(round(fraction * len(scores)), len(scores) - 1)
         if drop <= 0:
             continue
-        scores = importance(group)
-        order = torch.argsort(scores.cpu(), stable=True)  # lowest first; ties by index: the same on every replay
+        order = torch.argsort(scores, stable=True)  # lowest first; ties by index: the same on every replay
         kept.append((members, tuple(sorted(int(i) for i in order[drop:]))))
     missing = sorted(set(wanted) - covered)
     if missing:

@@ -34,6 +34,7 @@ ACTIVATION_KEYS: dict[str, tuple[str, ...]] = {
 MODES = ("layerwise", "allocated")
 RULES = ("uniform", "global", "lamp", "erk", "sensitivity")
 SCORES = ("od", "od+feature_od")
+CHANNEL_RULES = ("uniform", "importance")  # allocated: every group at the level, or one L2-importance threshold
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,20 @@ class SpaceSection:
     rules: tuple[str, ...] = RULES  # allocated: the allocation rules the search chooses from
     offsets: int = 0  # allocated: the most sensitive layers that get searched per-layer offsets
     warm_starts: int = 12  # allocated: trials enqueued first, one per size bin (see search/_allocate.py)
+    channels: tuple[float, ...] = (0.0, 0.0)  # fraction of output channels removed per coupled group: [low, high]
+    channels_step: float = 0.125
+    channel_rules: tuple[str, ...] = CHANNEL_RULES  # allocated: how a channel level is spread over the groups
+
+    @property
+    def prunes_channels(self) -> bool:
+        """Whether channels are searched (a range above 0): only then do trials sample them."""
+        return any(c > 0 for c in self.channels)
 
 
 ALLOCATED_ONLY = ("rules", "offsets", "warm_starts")  # keys a layerwise study ignores (and does not fingerprint)
+# Keys of channel pruning: a study that prunes no channel (channels = [0, 0]) leaves them out of its fingerprint,
+# so studies stored before channel pruning existed resume with the fingerprint they had.
+CHANNEL_KEYS = ("channels", "channels_step", "channel_rules")
 
 
 @dataclass(frozen=True)
@@ -161,7 +173,11 @@ class StudyConfig:
         studies started before allocated mode existed keep their fingerprint. warm_starts is always left out:
         it only chooses the first trials, once, and decides no trial's result."""
         data = dataclasses.asdict(self.space)
-        drop = ("mode", *ALLOCATED_ONLY) if self.space.mode == "layerwise" else ("warm_starts",)
+        drop: tuple[str, ...] = ("mode", *ALLOCATED_ONLY) if self.space.mode == "layerwise" else ("warm_starts",)
+        if not self.space.prunes_channels:
+            drop += CHANNEL_KEYS
+        elif self.space.mode == "layerwise":
+            drop += ("channel_rules",)
         for key in drop:
             del data[key]
         return data
@@ -362,6 +378,22 @@ def _validate(cfg: StudyConfig) -> None:
     if sp.offsets < 0 or sp.warm_starts < 0:
         raise ConfigError(
             f"space.offsets and space.warm_starts must be >= 0, got {sp.offsets} and {sp.warm_starts}"
+        )
+    lo, hi = (sp.channels + (None, None))[:2] if len(sp.channels) == 2 else (None, None)
+    if lo is None or hi is None or not 0 <= lo <= hi < 1:
+        raise ConfigError(
+            f"space.channels must be [low, high], the fraction of output channels removed, with "
+            f"0 <= low <= high < 1, got {list(sp.channels)}"
+        )
+    if not 0 < sp.channels_step < 1:
+        raise ConfigError(f"space.channels_step must be in (0, 1), got {sp.channels_step}")
+    rules = sp.channel_rules
+    if not rules or any(r not in CHANNEL_RULES for r in rules) or len(set(rules)) < len(rules):
+        raise ConfigError(f"space.channel_rules {list(rules)} is invalid; choose from {list(CHANNEL_RULES)}, each once")
+    if sp.prunes_channels and s.score != "od":
+        raise ConfigError(
+            f"study.score '{s.score}' compares the teacher's and the student's features, whose channels "
+            "space.channels removes; use score = \"od\" with space.channels"
         )
     if sp.mode == "layerwise" and sp.offsets:
         raise ConfigError('space.offsets needs space.mode = "allocated"; set it, or remove space.offsets')

@@ -12,7 +12,7 @@ import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from frandi_core import FrandiError, SyntheticData, compressible_layers, load_model, model_outputs, model_size
+from frandi_core import FrandiError, SyntheticData, compress, load_model, model_outputs, model_size
 from storage import Storage
 
 from ._allocate import study_space
@@ -29,12 +29,17 @@ def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module,
     """The checks that need no storage: the model loads and runs one forward at input_shape, and the
     search space fits its layers. Returns the teacher and the space."""
     teacher = load_model(model_spec(cfg), device=device)
-    space = SearchSpace.build(cfg.space, compressible_layers(teacher))
+    space = SearchSpace.of_model(cfg.space, teacher, cfg.model.input_shape)
     if cfg.space.mode == "allocated" and cfg.space.offsets > len(space.searched):
         raise ConfigError(
             f"space.offsets is {cfg.space.offsets}, but only {len(space.searched)} layers are searched; lower it"
         )
-    smallest = model_size(teacher, space.smallest())
+    policy = space.smallest()
+    if policy.channels():  # sized on the pruned student: its tensors are smaller
+        example = torch.zeros(1, *cfg.model.input_shape, device=device)
+        smallest = model_size(compress(teacher, policy, calibration=example), policy, original=teacher)
+    else:
+        smallest = model_size(teacher, policy)
     if cfg.study.min_ratio is not None and smallest.ratio < cfg.study.min_ratio:
         raise ConfigError(
             f"study.min_ratio {cfg.study.min_ratio:g} is out of reach: the space's smallest policy compresses "

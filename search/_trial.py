@@ -20,7 +20,6 @@ from frandi_core import (
     SyntheticData,
     bops,
     compress,
-    compressible_layers,
     feature_discrepancy,
     feature_regression_,
     latency_target,
@@ -151,7 +150,7 @@ class TrialRunner:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        base = SearchSpace.build(cfg.space, compressible_layers(self.teacher))
+        base = SearchSpace.of_model(cfg.space, self.teacher, cfg.model.input_shape)
         self.batch_key, data = batches or cached_batches(cfg, storage, self.teacher, device=device, progress=progress)
         self.heldout = self._layout(data.heldout.to(self.device))
         self.targets = teacher_targets(
@@ -191,7 +190,9 @@ class TrialRunner:
             student.load_state_dict(before)
             od, score, kept = od_before, score_before, "compressed"
         t4 = time.perf_counter()
-        size = model_size(self.teacher, policy)
+        pruned = bool(policy.channels())
+        size = model_size(student, policy, original=self.teacher) if pruned else model_size(self.teacher, policy)
+        macs = layer_macs(student, self.cfg.model.input_shape) if pruned else self.macs
         seconds = {
             "compress": t1 - t0,
             "od_before": t2 - t1,
@@ -199,9 +200,10 @@ class TrialRunner:
             "od": t4 - t3,
             "total": t4 - t0,
         }
-        latency = None if self.latency is None else self.latency.predict(policy)
+        scale = {n: m / self.macs[n] for n, m in macs.items() if self.macs.get(n)} if pruned else None
+        latency = None if self.latency is None else self.latency.predict(policy, scale)
         result = TrialResult(
-            od, od_before, size.bits, size.ratio, size.density, seconds, bops(self.macs, policy), score, kept, latency
+            od, od_before, size.bits, size.ratio, size.density, seconds, bops(macs, policy), score, kept, latency
         )
         return student, result
 
