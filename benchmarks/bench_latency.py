@@ -52,9 +52,9 @@ from onnxruntime import quantization
 from torch import nn
 
 import frandi_core
-from frandi_core import LayerSetting, Policy, compress, load_model, measure_latency, pack, to_onnx
+from frandi_core import Policy, compress, load_model, measure_latency, pack, to_onnx
 from search import load_config, model_spec
-from studies.experiments import markdown_table
+from studies.experiments import channel_policy, fewer_macs, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "studies" / "experiments" / "results"
@@ -164,32 +164,6 @@ def frandi_export(
     student = compress(model, policy, calibration=calib)
     data = to_onnx(student, policy, example) if layout is None else to_onnx(student, policy, example, layout=layout)
     return data, len(pack(student, policy))
-
-
-def channel_policy(
-    model: nn.Module, shape: tuple[int, ...], fraction: float, bits: int | None, act_bits: int | None
-) -> Policy:
-    """``fraction`` of the output channels of every prunable group removed, the same bits on every layer."""
-    prunable = {n for g in frandi_core.channel_groups(model, shape) for n in g}
-    return Policy.from_dict({layer.name: LayerSetting(0.0, bits, act_bits, fraction if layer.name in prunable else 0.0)
-                             for layer in frandi_core.compressible_layers(model)})
-
-
-def fewer_macs(model: nn.Module, shape: tuple[int, ...], factor: float, steps: int = 9) -> tuple[float, float]:
-    """The uniform channel fraction whose pruned student has ``factor`` times fewer MACs (bisection), and the
-    factor it reaches."""
-    full = sum(frandi_core.layer_macs(model, shape).values())
-    example = torch.zeros(1, *shape)
-
-    def reached(fraction: float) -> float:
-        student = compress(model, channel_policy(model, shape, fraction, None, None), calibration=example)
-        return full / sum(frandi_core.layer_macs(student, shape).values())
-
-    lo, hi = 0.0, 0.9
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if reached(mid) < factor else (lo, mid)
-    return round(hi, 4), reached(round(hi, 4))
 
 
 # ---- onnxruntime

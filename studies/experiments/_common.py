@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from frandi_core import Policy, compress, model_size
+from frandi_core import LayerSetting, Policy, channel_groups, compress, compressible_layers, layer_macs, model_size
 from search import (
     FASHION_ROOT,
     StudyConfig,
@@ -226,6 +226,32 @@ def each_model(
             rows += run(b, report)
             report.write()
     return rows
+
+
+def channel_policy(
+    model: nn.Module, shape: tuple[int, ...], fraction: float, bits: int | None, act_bits: int | None
+) -> Policy:
+    """``fraction`` of the output channels of every prunable group removed, the same bits on every layer."""
+    prunable = {n for g in channel_groups(model, shape) for n in g}
+    return Policy.from_dict({layer.name: LayerSetting(0.0, bits, act_bits, fraction if layer.name in prunable else 0.0)
+                             for layer in compressible_layers(model)})
+
+
+def fewer_macs(model: nn.Module, shape: tuple[int, ...], factor: float, steps: int = 9) -> tuple[float, float]:
+    """The uniform channel fraction whose pruned student has ``factor`` times fewer MACs (bisection), and the
+    factor it reaches."""
+    full = sum(layer_macs(model, shape).values())
+    example = torch.zeros(1, *shape)
+
+    def reached(fraction: float) -> float:
+        student = compress(model, channel_policy(model, shape, fraction, None, None), calibration=example)
+        return full / sum(layer_macs(student, shape).values())
+
+    lo, hi = 0.0, 0.9
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if reached(mid) < factor else (lo, mid)
+    return round(hi, 4), reached(round(hi, 4))
 
 
 def policy_summary(policy: Policy) -> dict[str, Any]:
