@@ -344,6 +344,15 @@ def figure(ncols: int, *, width: float = 4.2, height: float = 3.4) -> tuple[Any,
     return fig, axes[0]
 
 
+def finish(report: Report, fig: Any, ax: Any, title: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Title and legend on the plot, the plot saved, the rows added to the report; returns the rows."""
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    save(fig, report.png)
+    report.add_results(rows)
+    return rows
+
+
 def save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 

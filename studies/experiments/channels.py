@@ -24,7 +24,7 @@ from frandi_core import (
     teacher_targets,
 )
 
-from ._common import Bench, Report, channel_policy, each_model, fewer_macs, figure, parse, parser, save
+from ._common import Bench, Report, channel_policy, each_model, fewer_macs, figure, finish, parse, parser
 
 FACTORS = (1.25, 1.5, 2.0, 3.0)
 FT_SEED = 0
@@ -73,11 +73,7 @@ def run_model(b: Bench, factors: Sequence[float], bits: int | None, report: Repo
     ax.axhline(b.original, ls="--", c="gray", lw=1, label="original")
     ax.set_xlabel("times fewer MACs")
     ax.set_ylabel("real test accuracy (%)")
-    ax.set_title(f"{b.name}: uniform channel pruning", fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
-    save(fig, report.png)
-    report.add_results(rows)
-    return rows
+    return finish(report, fig, ax, f"{b.name}: uniform channel pruning", rows)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
