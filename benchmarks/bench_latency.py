@@ -157,11 +157,14 @@ def ort_static(fp32: bytes, calib: np.ndarray) -> bytes:
 
 
 def frandi_export(
-    model: nn.Module, policy: Policy, calib: torch.Tensor, example: torch.Tensor, layout: str | None = None
+    model: nn.Module, policy: Policy, calib: torch.Tensor, example: torch.Tensor, layout: str | None = None,
+    multiple: int = 1,
 ) -> tuple[bytes, int]:
     """What ``frandi export --format onnx`` writes for ``policy`` (compressed, not recovered), in ``to_onnx``'s
-    ``layout`` (None: its default), and the bytes of the packed safetensors file of the same student."""
-    student = compress(model, policy, calibration=calib)
+    ``layout`` (None: its default), and the bytes of the packed safetensors file of the same student.
+    ``multiple``: each channel-pruned group keeps a multiple of that many channels."""
+    student = compress(model, policy, calibration=calib, channel_multiple=multiple) if multiple > 1 else compress(
+        model, policy, calibration=calib)
     data = to_onnx(student, policy, example) if layout is None else to_onnx(student, policy, example, layout=layout)
     return data, len(pack(student, policy))
 
@@ -283,18 +286,19 @@ def variants(name: str, a: argparse.Namespace) -> tuple[dict[str, bytes], dict[s
         seconds[f"frandi {label}"] = time.perf_counter() - t0
         print(f"[{name}] frandi {label}: {len(files[f'frandi {label}']):,} bytes in {seconds[f'frandi {label}']:.0f} s",
               flush=True)
-    fractions: dict[float, tuple[float, float]] = {}
-    for label, (factor, bits, act_bits) in CHANNELS.items() if a.channels else ():
-        t0 = time.perf_counter()
-        if factor not in fractions:
-            fractions[factor] = fewer_macs(model, case.shape, factor)
-            print(f"[{name}] {factor:g}x fewer MACs: channels {fractions[factor][0]:.4f} "
-                  f"({fractions[factor][1]:.3f}x)", flush=True)
-        fraction, reached = fractions[factor]
-        policy = channel_policy(model, case.shape, fraction, bits, act_bits)
-        key = f"frandi {label} (channels {fraction:.3f}, {reached:.2f}x)"
-        files[key], packed[key] = frandi_export(model, policy, calib, example)
-        seconds[key] = time.perf_counter() - t0
+    fractions: dict[tuple[float, int], tuple[float, float]] = {}
+    for multiple in a.channel_multiples if a.channels else ():
+        for label, (factor, bits, act_bits) in CHANNELS.items():
+            t0 = time.perf_counter()
+            if (factor, multiple) not in fractions:
+                fractions[factor, multiple] = found = fewer_macs(model, case.shape, factor, multiple=multiple)
+                print(f"[{name}] {factor:g}x fewer MACs, multiples of {multiple}: channels {found[0]:.4f} "
+                      f"({found[1]:.3f}x)", flush=True)
+            fraction, reached = fractions[factor, multiple]
+            policy = channel_policy(model, case.shape, fraction, bits, act_bits)
+            key = f"frandi {label} (channels {fraction:.3f}, x{multiple}, {reached:.2f}x)"
+            files[key], packed[key] = frandi_export(model, policy, calib, example, multiple=multiple)
+            seconds[key] = time.perf_counter() - t0
     return files, seconds, packed
 
 
@@ -430,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                    help="also the latency table's predicted speed-up of each fast-layout row (measure_latency)")
     p.add_argument("--channels", action="store_true",
                    help="also channel-pruned files: 1.5x and 2x fewer MACs (uniform channel fraction), fp32 and W8A8")
+    p.add_argument("--channel-multiples", type=int, nargs="+", default=[1, 8],
+                   help="with --channels: each pruned group keeps a multiple of this many channels, one set of rows "
+                   "each (default 1 and 8)")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
     a.argv = list(argv) if argv is not None else sys.argv[1:]

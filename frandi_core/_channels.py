@@ -113,9 +113,19 @@ def channel_importance(model: nn.Module, input_shape: Sequence[int]) -> dict[str
     return {members[0]: scores for members, scores in _scored(model, input_shape)}
 
 
-def channel_plan(model: nn.Module, policy: Policy, input_shape: Sequence[int]) -> ChannelPlan:
+def kept_count(channels: int, fraction: float, multiple: int = 1) -> int:
+    """How many of ``channels`` a group keeps when ``fraction`` of them is removed: the nearest count, a multiple
+    of ``multiple`` when the group has more than ``multiple`` channels (CPU kernels run blocks of 8 or 16
+    channels: a remainder runs slower), at least one (or ``multiple``)."""
+    keep = channels - round(fraction * channels)
+    if multiple > 1 and channels > multiple:
+        keep = min(channels, max(multiple, multiple * round(keep / multiple)))
+    return max(1, keep)
+
+
+def channel_plan(model: nn.Module, policy: Policy, input_shape: Sequence[int], *, multiple: int = 1) -> ChannelPlan:
     """The channels each group of ``model`` keeps under ``policy``'s ``channels`` fractions: per group,
-    round(fraction x channels) removed (at least one kept), those of the lowest group L2 norm."""
+    ``kept_count`` of them (``multiple``: see there), those of the highest group L2 norm."""
     wanted = policy.channels()
     if not wanted:
         return ChannelPlan(tuple(input_shape), ())
@@ -130,7 +140,7 @@ def channel_plan(model: nn.Module, policy: Policy, input_shape: Sequence[int]) -
     for members, scores in _scored(model, input_shape):
         covered.update(members)
         fraction = max((wanted.get(n, 0.0) for n in members), default=0.0)
-        drop = min(round(fraction * len(scores)), len(scores) - 1)
+        drop = len(scores) - kept_count(len(scores), fraction, multiple) if fraction else 0
         if drop <= 0:
             continue
         order = torch.argsort(scores, stable=True)  # lowest first; ties by index: the same on every replay

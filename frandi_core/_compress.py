@@ -85,13 +85,15 @@ def _check_layers(model: nn.Module, policy: Policy) -> dict[str, nn.Module]:
 
 
 def compress(
-    model: nn.Module, policy: Policy, *, calibration: torch.Tensor | None = None, method: str = "mse"
+    model: nn.Module, policy: Policy, *, calibration: torch.Tensor | None = None, method: str = "mse",
+    channel_multiple: int = 1,
 ) -> nn.Module:
     """Return a compressed copy of ``model`` (eval mode); the model passed in is never modified.
 
     ``calibration``: inputs (a synthetic batch) that set the activation ranges, by ``method``; needed only when
     the policy quantizes activations or prunes channels (whose dependency graph is traced at its shape). Channels
-    are pruned first (``_channels``), then the smaller weights are masked and quantized.
+    are pruned first (``_channels``; each group keeps a multiple of ``channel_multiple`` channels where it has
+    more), then the smaller weights are masked and quantized.
     """
     modules = _check_layers(model, policy)
     act_bits = policy.act_bits()
@@ -102,7 +104,8 @@ def compress(
         )
     student = copy.deepcopy(model)
     if policy.channels() and calibration is not None:
-        prune_channels_(student, channel_plan(student, policy, tuple(calibration.shape[1:])))
+        plan = channel_plan(student, policy, tuple(calibration.shape[1:]), multiple=channel_multiple)
+        prune_channels_(student, plan)
     smods = dict(student.named_modules())
     del modules
     for name, s in policy.layers:

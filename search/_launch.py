@@ -37,7 +37,8 @@ def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module,
     policy = space.smallest()
     if policy.channels():  # sized on the pruned student: its tensors are smaller
         example = torch.zeros(1, *cfg.model.input_shape, device=device)
-        smallest = model_size(compress(teacher, policy, calibration=example), policy, original=teacher)
+        student = compress(teacher, policy, calibration=example, channel_multiple=cfg.space.channels_multiple)
+        smallest = model_size(student, policy, original=teacher)
     else:
         smallest = model_size(teacher, policy)
     if cfg.study.min_ratio is not None and smallest.ratio < cfg.study.min_ratio:

@@ -174,7 +174,8 @@ class TrialRunner:
         Never worse than no recovery: when FR raises the held-out score, the weights before FR are put back.
         """
         t0 = time.perf_counter()
-        student = compress(self.teacher, policy, calibration=self.targets.inputs, method=self.cfg.recovery.calibration)
+        student = compress(self.teacher, policy, calibration=self.targets.inputs, method=self.cfg.recovery.calibration,
+                           channel_multiple=self.cfg.space.channels_multiple)
         for p in student.parameters():
             p.requires_grad_(True)
         t1 = time.perf_counter()

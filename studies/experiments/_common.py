@@ -237,14 +237,17 @@ def channel_policy(
                              for layer in compressible_layers(model)})
 
 
-def fewer_macs(model: nn.Module, shape: tuple[int, ...], factor: float, steps: int = 9) -> tuple[float, float]:
-    """The uniform channel fraction whose pruned student has ``factor`` times fewer MACs (bisection), and the
-    factor it reaches."""
+def fewer_macs(
+    model: nn.Module, shape: tuple[int, ...], factor: float, *, multiple: int = 1, steps: int = 9
+) -> tuple[float, float]:
+    """The uniform channel fraction whose pruned student (each group keeping a multiple of ``multiple`` channels)
+    has ``factor`` times fewer MACs (bisection), and the factor it reaches."""
     full = sum(layer_macs(model, shape).values())
     example = torch.zeros(1, *shape)
 
     def reached(fraction: float) -> float:
-        student = compress(model, channel_policy(model, shape, fraction, None, None), calibration=example)
+        policy = channel_policy(model, shape, fraction, None, None)
+        student = compress(model, policy, calibration=example, channel_multiple=multiple)
         return full / sum(layer_macs(student, shape).values())
 
     lo, hi = 0.0, 0.9

@@ -121,6 +121,17 @@ def test_the_channels_kept_are_those_of_the_largest_group_norm() -> None:
     assert plan is not None and plan.kept("layer2.0.conv1") == (3, 5, 9, 12)
 
 
+def test_kept_counts_round_to_the_multiple_where_the_group_is_larger() -> None:
+    from frandi_core._channels import kept_count
+
+    assert [kept_count(64, f) for f in (0.0, 0.19, 0.31, 0.99)] == [64, 52, 44, 1]
+    assert [kept_count(64, f, 8) for f in (0.0, 0.19, 0.31, 0.99)] == [64, 48, 48, 8]
+    assert kept_count(8, 0.5, 8) == 4 and kept_count(8, 0.5, 16) == 4  # not larger than the multiple: exact
+    model = family("resnet")
+    student = compress(model, channel_policy(model, 0.3), calibration=X, channel_multiple=4)
+    assert {m.out_channels for m in student.modules() if isinstance(m, nn.Conv2d)} == {8, 12, 24}  # of 8, 16, 32
+
+
 def test_channels_of_the_output_layer_or_no_calibration_are_refused_in_one_line() -> None:
     model = family("resnet")
     for policy, match in ((Policy.from_dict({"head.2": {"channels": 0.5}}), "model's outputs"),):

@@ -36,7 +36,8 @@ def test_study_files_without_channels_keep_their_fingerprint(study_file) -> None
         assert not {"channels", "channels_step", "channel_rules"} & set(cfg.comparable()["space"]), path
         assert cfg.fingerprint() == fingerprint_before_activation_bits(cfg), path
     cfg = load_config(study_file())
-    assert replace(cfg, "space", channels_step=0.25).fingerprint() == cfg.fingerprint()  # no channels: ignored
+    for change in ({"channels_step": 0.25}, {"channels_multiple": 8}):  # no channels: ignored
+        assert replace(cfg, "space", **change).fingerprint() == cfg.fingerprint()
 
 
 def test_channels_change_the_fingerprint_and_only_allocated_studies_fingerprint_their_rules(study_file) -> None:
@@ -44,6 +45,7 @@ def test_channels_change_the_fingerprint_and_only_allocated_studies_fingerprint_
     pruned = replace(cfg, "space", channels=(0.0, 0.5))
     assert pruned.fingerprint() != cfg.fingerprint()
     assert replace(pruned, "space", channels_step=0.25).fingerprint() != pruned.fingerprint()
+    assert replace(pruned, "space", channels_multiple=8).fingerprint() != pruned.fingerprint()
     assert replace(pruned, "space", channel_rules=("uniform",)).fingerprint() == pruned.fingerprint()
     allocated = replace(pruned, "space", mode="allocated")
     assert replace(allocated, "space", channel_rules=("uniform",)).fingerprint() != allocated.fingerprint()
@@ -57,6 +59,7 @@ def test_channels_change_the_fingerprint_and_only_allocated_studies_fingerprint_
         ("channels = [0.5]", "space.channels must be [low, high]"),
         ("channels = [0.0, 0.5]\nchannels_step = 0", "space.channels_step must be in (0, 1)"),
         ("channels = [0.0, 0.5]\nchannel_rules = [\"l1\"]", "space.channel_rules"),
+        ("channels = [0.0, 0.5]\nchannels_multiple = 0", "space.channels_multiple must be >= 1"),
         ("channels = \"half\"", "'space.channels' must be a list"),
         ("fixed = { \"layer1.0.conv1\" = { channels = 1.5 } }", "channels must be a fraction"),
     ],
