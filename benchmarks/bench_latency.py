@@ -3,6 +3,7 @@
     python -m benchmarks.bench_latency                    # resnet18, mobilenet_v2, digits, resnet_fashion
     python -m benchmarks.bench_latency --all              # + resnet50, separable_fashion
     python -m benchmarks.bench_latency --models resnet50 --budget 4
+    python -m benchmarks.bench_latency --models resnet18 mobilenet_v2 --channels   # + channel-pruned files
 
 Per model, one row per file, all run by onnxruntime's CPU provider with its default optimizations:
 1. ``fp32 torch.onnx.export``: the user's baseline, the original model as ``torch.onnx.export`` writes it (the
@@ -12,7 +13,9 @@ Per model, one row per file, all run by onnxruntime's CPU provider with its defa
 3. ``frandi ...``: ``compress`` with a uniform policy (W8A8, W4A8, W4A4, W8A8 at 50% sparsity, 8-bit weights with
    fp32 activations), then ``to_onnx`` in its default layout: what ``frandi export --format onnx`` writes for such
    a trial (no Feature Regression: latency does not depend on the weights' values); and W8A8 in the bit-packed
-   layout (``to_onnx(..., layout="packed")``, where ``to_onnx`` has layouts).
+   layout (``to_onnx(..., layout="packed")``, where ``to_onnx`` has layouts);
+4. with ``--channels``: channel-pruned files (``[space] channels``): every prunable group loses the same fraction
+   of its output channels, the fraction that gives 1.5x and 2x fewer MACs, in fp32 and at W8A8.
 Both quantizers calibrate on the same ``--calib`` random normal inputs (seed 0). torchvision models have random
 weights (``weights=None``); the Fashion-MNIST models need ``python -m studies.experiments.references`` first.
 
@@ -51,7 +54,7 @@ from torch import nn
 import frandi_core
 from frandi_core import Policy, compress, load_model, measure_latency, pack, to_onnx
 from search import load_config, model_spec
-from studies.experiments import markdown_table
+from studies.experiments import channel_policy, fewer_macs, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "studies" / "experiments" / "results"
@@ -66,6 +69,12 @@ POLICIES: dict[str, tuple[float, int, int | None, str | None]] = {
     "W8A8": (0.0, 8, 8, None), "W4A8": (0.0, 4, 8, None), "W4A4": (0.0, 4, 4, None),
     "W8A8 50% sparse": (0.5, 8, 8, None), "W8 weights only": (0.0, 8, None, None),
     "W8A8 packed": (0.0, 8, 8, "packed"),
+}
+# label -> (fewer MACs by this factor, weight bits, activation bits): every prunable group loses the same fraction
+# of its output channels (``--channels``), the fraction found by bisection on the pruned student's MACs
+CHANNELS: dict[str, tuple[float, int | None, int | None]] = {
+    "fp32 1.5x fewer FLOPs": (1.5, None, None), "fp32 2x fewer FLOPs": (2.0, None, None),
+    "W8A8 1.5x fewer FLOPs": (1.5, 8, 8), "W8A8 2x fewer FLOPs": (2.0, 8, 8),
 }
 LAYOUTS = "layout" in inspect.signature(to_onnx).parameters  # to_onnx(..., layout=) exists: fast by default
 
@@ -148,11 +157,14 @@ def ort_static(fp32: bytes, calib: np.ndarray) -> bytes:
 
 
 def frandi_export(
-    model: nn.Module, policy: Policy, calib: torch.Tensor, example: torch.Tensor, layout: str | None = None
+    model: nn.Module, policy: Policy, calib: torch.Tensor, example: torch.Tensor, layout: str | None = None,
+    multiple: int = 1,
 ) -> tuple[bytes, int]:
     """What ``frandi export --format onnx`` writes for ``policy`` (compressed, not recovered), in ``to_onnx``'s
-    ``layout`` (None: its default), and the bytes of the packed safetensors file of the same student."""
-    student = compress(model, policy, calibration=calib)
+    ``layout`` (None: its default), and the bytes of the packed safetensors file of the same student.
+    ``multiple``: each channel-pruned group keeps a multiple of that many channels."""
+    student = compress(model, policy, calibration=calib, channel_multiple=multiple) if multiple > 1 else compress(
+        model, policy, calibration=calib)
     data = to_onnx(student, policy, example) if layout is None else to_onnx(student, policy, example, layout=layout)
     return data, len(pack(student, policy))
 
@@ -274,6 +286,19 @@ def variants(name: str, a: argparse.Namespace) -> tuple[dict[str, bytes], dict[s
         seconds[f"frandi {label}"] = time.perf_counter() - t0
         print(f"[{name}] frandi {label}: {len(files[f'frandi {label}']):,} bytes in {seconds[f'frandi {label}']:.0f} s",
               flush=True)
+    fractions: dict[tuple[float, int], tuple[float, float]] = {}
+    for multiple in a.channel_multiples if a.channels else ():
+        for label, (factor, bits, act_bits) in CHANNELS.items():
+            t0 = time.perf_counter()
+            if (factor, multiple) not in fractions:
+                fractions[factor, multiple] = found = fewer_macs(model, case.shape, factor, multiple=multiple)
+                print(f"[{name}] {factor:g}x fewer MACs, multiples of {multiple}: channels {found[0]:.4f} "
+                      f"({found[1]:.3f}x)", flush=True)
+            fraction, reached = fractions[factor, multiple]
+            policy = channel_policy(model, case.shape, fraction, bits, act_bits)
+            key = f"frandi {label} (channels {fraction:.3f}, x{multiple}, {reached:.2f}x)"
+            files[key], packed[key] = frandi_export(model, policy, calib, example, multiple=multiple)
+            seconds[key] = time.perf_counter() - t0
     return files, seconds, packed
 
 
@@ -407,6 +432,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--torch-threads", type=int, default=2, help="torch threads for exporting and compressing")
     p.add_argument("--predict", action="store_true",
                    help="also the latency table's predicted speed-up of each fast-layout row (measure_latency)")
+    p.add_argument("--channels", action="store_true",
+                   help="also channel-pruned files: 1.5x and 2x fewer MACs (uniform channel fraction), fp32 and W8A8")
+    p.add_argument("--channel-multiples", type=int, nargs="+", default=[1, 8],
+                   help="with --channels: each pruned group keeps a multiple of this many channels, one set of rows "
+                   "each (default 1 and 8)")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
     a.argv = list(argv) if argv is not None else sys.argv[1:]

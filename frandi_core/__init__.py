@@ -28,6 +28,14 @@ from ._actquant import (
     set_activation_quantizers_,
 )
 from ._bops import bops, layer_macs
+from ._channels import (
+    ChannelPlan,
+    channel_groups,
+    channel_importance,
+    channel_plan,
+    prune_channels_,
+    pruned_channels,
+)
 from ._compress import WEIGHT_CLIPS, Compressor, clip_ratios, compress, fake_quantize, magnitude_mask, quantize, strip_
 from ._errors import DataError, FrandiError, MissingDependency
 from ._files import write_atomic
@@ -100,6 +108,12 @@ __all__ = [
     "integer_layers",
     "point_settings",
     "set_integer_points",
+    "ChannelPlan",
+    "channel_groups",
+    "channel_importance",
+    "channel_plan",
+    "prune_channels_",
+    "pruned_channels",
     # eq. 2, recovery by Feature Regression
     "RecoveryConfig",
     "TeacherTargets",

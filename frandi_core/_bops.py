@@ -17,6 +17,26 @@ from ._policy import LayerSetting, Policy, compressible_layers
 FP32 = 32  # bits of an unquantized weight or activation
 
 
+def zeros_for(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+    """One zero sample of ``input_shape`` (without the batch) on the model's device."""
+    param = next(iter(model.parameters()), None)
+    return torch.zeros(1, *input_shape, device=param.device if param is not None else None)
+
+
+@torch.no_grad()
+def layer_outputs(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each Conv/Linear layer's output and the model's output, on one zero sample, in eval mode (restored)."""
+    names = [layer.name for layer in compressible_layers(model)]
+    was_training = model.training
+    model.eval()
+    try:
+        with capture(model, names) as out:
+            y = model(zeros_for(model, input_shape))
+    finally:
+        model.train(was_training)
+    return {n: out[n] for n in names}, y
+
+
 @torch.no_grad()
 def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     """Multiply-accumulates of each Conv/Linear layer for one sample of ``input_shape`` (without the batch).
@@ -24,19 +44,10 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     A layer's weight is used once per output position: MACs = weight elements x output positions, which
     counts groups, kernel size and stride for any Conv1d/Conv2d/Linear.
     """
-    names = [layer.name for layer in compressible_layers(model)]
     modules = dict(model.named_modules())
-    param = next(iter(model.parameters()), None)
-    x = torch.zeros(1, *input_shape, device=param.device if param is not None else None)
-    was_training = model.training
-    model.eval()
-    try:
-        with capture(model, names) as out:
-            model(x)
-    finally:
-        model.train(was_training)
+    out, _ = layer_outputs(model, input_shape)
     macs = {}
-    for n in names:
+    for n in out:
         w = modules[n].weight
         macs[n] = w.numel() * out[n][0].numel() // w.shape[0]
     return macs

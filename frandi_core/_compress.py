@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._actquant import quantize_activations_, remove_activation_quantizers_
+from ._channels import channel_plan, mark_, prune_channels_, pruned_channels
 from ._errors import FrandiError
 from ._intpoints import drop_integer_points_, with_integer_points
 from ._policy import COMPRESSIBLE, Policy, compressible_layers
@@ -129,23 +130,30 @@ def compress(
     calibration: torch.Tensor | None = None,
     method: str = "mse",
     weight_clip: str = "max",
+    channel_multiple: int = 1,
 ) -> nn.Module:
     """Return a compressed copy of ``model`` (eval mode); the model passed in is never modified.
 
     ``calibration``: inputs (a synthetic batch) that set the activation ranges, by ``method``; needed only when
-    the policy quantizes activations. ``weight_clip``: how each quantized weight channel is clipped, "max" (its
-    largest magnitude) or "mse" (the fraction of it with the least squared error, chosen once, here).
+    the policy quantizes activations or prunes channels (whose dependency graph is traced at its shape). Channels
+    are pruned first (``_channels``; each group keeps a multiple of ``channel_multiple`` channels where it has
+    more), then the smaller weights are masked and quantized. ``weight_clip``: how each quantized weight channel is
+    clipped, "max" (its largest magnitude) or "mse" (the fraction of it with the least squared error, chosen once,
+    here).
     """
     if weight_clip not in WEIGHT_CLIPS:
         raise FrandiError(f"weight_clip '{weight_clip}' is unknown; use one of {', '.join(WEIGHT_CLIPS)}")
     modules = _check_layers(model, policy)
     act_bits = policy.act_bits()
-    if act_bits and calibration is None:
+    if (act_bits or policy.channels()) and calibration is None:
+        what = f"quantizes the activations of {len(act_bits)} layer(s)" if act_bits else "prunes channels"
         raise FrandiError(
-            f"the policy quantizes the activations of {len(act_bits)} layer(s): pass calibration inputs "
-            "(a synthetic batch) to set their ranges"
+            f"the policy {what}: pass calibration inputs (a synthetic batch) to set their ranges and shapes"
         )
     student = copy.deepcopy(model)
+    if policy.channels() and calibration is not None:
+        plan = channel_plan(student, policy, tuple(calibration.shape[1:]), multiple=channel_multiple)
+        prune_channels_(student, plan)
     smods = dict(student.named_modules())
     del modules
     for name, s in policy.layers:
@@ -162,7 +170,7 @@ def compress(
         parametrize.register_parametrization(m, "weight", Compressor(mask, s.bits, ratio))
     if act_bits and calibration is not None:
         quantize_activations_(student, act_bits, calibration, method)
-        student = with_integer_points(student, calibration, method)
+        student = mark_(with_integer_points(student, calibration, method), pruned_channels(student))
     return student.eval()
 
 

@@ -39,13 +39,19 @@ class LatencyTable:
     base_ms: float
     layers: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer -> (fp32 ms, integer ms)
 
-    def predict(self, policy: Policy) -> float:
-        """The policy's latency: the fp32 model's, with each integer layer's time swapped in."""
+    def predict(self, policy: Policy, scale: Mapping[str, float] | None = None) -> float:
+        """The policy's latency: the fp32 model's, with each integer layer's time swapped in. ``scale``: layer ->
+        its MACs in the channel-pruned student over the original's (``layer_macs`` of both); a layer's times are
+        taken to shrink with its MACs (the rest of the graph is not)."""
+        scale = scale or {}
         ms = self.base_ms
         for name, s in policy.layers:
             if s.bits is not None and s.act_bits is not None and name in self.layers:
                 fp32, integer = self.layers[name]
-                ms += integer - fp32
+                ms += scale.get(name, 1.0) * (integer - fp32)
+        for name, r in scale.items():
+            if name in self.layers:
+                ms += (r - 1.0) * self.layers[name][0]
         return ms
 
     def to_json(self) -> str:

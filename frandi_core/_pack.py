@@ -24,6 +24,7 @@ from safetensors.torch import save
 from torch import nn
 
 from ._actquant import ACT_QUANT, activation_settings, set_activation_quantizers_
+from ._channels import ChannelPlan, mark_, prune_channels_, pruned_channels
 from ._compress import Compressor, _check_layers, quantize
 from ._errors import FrandiError
 from ._files import write_atomic
@@ -34,6 +35,7 @@ from ._size import WeightLayout, index_bits, plain_state, weight_layout
 FORMAT = "frandi-packed/1"
 ACT_FORMAT = "frandi-packed/2"  # a file with input quantizers: a reader that knows only FORMAT refuses it
 INT_FORMAT = "frandi-packed/3"  # ... with integer points and the integer runtime's bias rounding (``_intpoints``)
+CHAN_FORMAT = "frandi-packed/4"  # ... of a channel-pruned student: its ChannelPlan (``_channels``) in the header
 
 
 def pack_bits(values: np.ndarray, width: int) -> np.ndarray:
@@ -190,16 +192,20 @@ def packed(student: nn.Module, policy: Policy) -> Packed:
 def pack(student: nn.Module, policy: Policy, metrics: dict[str, Any] | None = None) -> bytes:
     """The packed file's bytes for ``student``, as ``compress(model, policy)`` returned it (recovered or not)."""
     content = packed(student, policy)
+    plan = pruned_channels(student)
+    integer = bool(integer_layers(student))
     meta = {
-        "format": INT_FORMAT if integer_layers(student) else ACT_FORMAT if content.activations else FORMAT,
+        "format": CHAN_FORMAT if plan else INT_FORMAT if integer else ACT_FORMAT if content.activations else FORMAT,
         "policy": policy.to_json(),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
         "layouts": json.dumps(content.layouts, sort_keys=True),
     }
     if content.activations:  # only then: files of policies without them keep their old header
         meta["activations"] = json.dumps(content.activations, sort_keys=True)
-    if content.points:
+    if content.points or (plan and integer):  # a /4 file says by this key whether it has integer points
         meta["points"] = json.dumps(content.points, sort_keys=True)
+    if plan:
+        meta["channels"] = plan.to_json()
     return save(content.tensors, metadata=meta | {"sha256": _digest(content.tensors, meta)})
 
 
@@ -221,7 +227,7 @@ def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
     except (SafetensorError, OSError) as e:
         raise FrandiError(f"cannot read packed file '{path}' ({e}); export it again") from None
-    if meta.get("format") not in (FORMAT, ACT_FORMAT, INT_FORMAT):
+    if meta.get("format") not in (FORMAT, ACT_FORMAT, INT_FORMAT, CHAN_FORMAT):
         raise FrandiError(f"'{path}' is not a {FORMAT} file (format {meta.get('format')!r}); export it again")
     stated = meta.pop("sha256", None)
     if stated != _digest(tensors, meta):
@@ -253,15 +259,28 @@ def _unpack_weight(key: str, layout: dict[str, Any], tensors: dict[str, torch.Te
     return w.view(shape)
 
 
-def _contents(
-    path: str | Path,
-) -> tuple[dict[str, torch.Tensor], Policy, dict[str, Any], dict[str, dict[str, Any]], dict[str, Any] | None]:
-    """A packed file's state_dict, policy, metrics, input quantizers ({"bits", "signed", "step"} by layer) and
-    integer points ({"bits", "signed", "layer", "step"} by name; None for a file from before them)."""
+@dataclass(frozen=True)
+class _Contents:
+    """A packed file read back: its state_dict, policy, metrics, input quantizers ({"bits", "signed", "step"} by
+    layer), integer points ({"bits", "signed", "layer", "step"} by name; None for a file without them) and
+    channel plan (None: no channel pruned)."""
+
+    state: dict[str, torch.Tensor]
+    policy: Policy
+    metrics: dict[str, Any]
+    activations: dict[str, dict[str, Any]]
+    points: dict[str, Any] | None
+    channels: ChannelPlan | None
+
+
+def _contents(path: str | Path) -> _Contents:
     tensors, meta = _read(path)
     layouts = json.loads(meta["layouts"])
     activations = json.loads(meta.get("activations", "{}"))
-    points = json.loads(meta.get("points", "{}")) if meta["format"] == INT_FORMAT else None
+    if meta["format"] == CHAN_FORMAT:
+        points = json.loads(meta["points"]) if "points" in meta else None
+    else:
+        points = json.loads(meta.get("points", "{}")) if meta["format"] == INT_FORMAT else None
     try:
         state = {k: _unpack_weight(k, v, tensors) for k, v in layouts.items()}
         for layer, a in activations.items():
@@ -272,21 +291,31 @@ def _contents(
     except (KeyError, RuntimeError, ValueError, IndexError) as e:
         raise FrandiError(f"packed file '{path}' is inconsistent ({e}); export it again") from None
     state |= {k: v for k, v in tensors.items() if ":" not in k}
-    return state, Policy.from_json(meta["policy"]), json.loads(meta["metrics"]), activations, points
+    plan = ChannelPlan.from_json(meta["channels"]) if "channels" in meta else None
+    return _Contents(state, Policy.from_json(meta["policy"]), json.loads(meta["metrics"]), activations, points, plan)
 
 
 def unpack(path: str | Path) -> tuple[dict[str, torch.Tensor], Policy, dict[str, Any]]:
-    """A packed file's state_dict (the original architecture's names), policy and metrics."""
-    state, policy, metrics, _, _ = _contents(path)
-    return state, policy, metrics
+    """A packed file's state_dict (the original architecture's names; a channel-pruned file's tensors at their
+    pruned shapes), policy and metrics."""
+    c = _contents(path)
+    return c.state, c.policy, c.metrics
 
 
 def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
     """A copy of ``model`` (the original architecture, any weights) holding the packed file's weights and input
     quantizers, in eval mode: bit for bit the compressed student that was packed (its outputs too, activation
-    quantization included). The model passed in is never modified."""
-    state, policy, _, activations, points = _contents(path)
-    expected = model.state_dict()
+    quantization included). A channel-pruned file's channels are removed from the copy first, as the student's
+    were (``prune_channels_`` with the file's plan). The model passed in is never modified."""
+    c = _contents(path)
+    state, policy, activations, points = c.state, c.policy, c.activations, c.points
+    target = copy.deepcopy(model)
+    if c.channels is not None:
+        try:
+            prune_channels_(target, c.channels)
+        except FrandiError as e:
+            raise FrandiError(f"packed file '{path}': its channel pruning does not fit this model ({e})") from None
+    expected = target.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
@@ -297,12 +326,11 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
             f"packed file '{path}' does not fit this model: {', '.join(what)}; "
             "load it into the architecture (and kwargs) it was exported from"
         )
-    target = copy.deepcopy(model)
     target.load_state_dict(state, strict=True)
     try:
         set_activation_quantizers_(target, activations)
         if points is not None:  # a file from before integer points: its student rounded at layer inputs only
-            target = set_integer_points(target, points, {n: s.bits for n, s in policy.layers})
+            target = mark_(set_integer_points(target, points, {n: s.bits for n, s in policy.layers}), c.channels)
     except (FrandiError, KeyError, TypeError) as e:
         raise FrandiError(f"packed file '{path}': its activation quantizers do not fit this model ({e})") from None
     return target.eval()

@@ -11,6 +11,7 @@ from torch import nn
 from ._errors import FrandiError
 
 COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+SETTING_KEYS = ("sparsity", "bits", "act_bits", "channels")
 
 
 def _check_bits(value: object, what: str) -> None:
@@ -20,25 +21,31 @@ def _check_bits(value: object, what: str) -> None:
 
 @dataclass(frozen=True)
 class LayerSetting:
-    """How one layer is compressed: fraction of weights pruned, weight bits and input-activation bits
-    (None keeps fp32)."""
+    """How one layer is compressed: fraction of weights pruned, weight bits, input-activation bits (None keeps
+    fp32) and fraction of output channels removed (``_channels``: coupled layers lose the same channels)."""
 
     sparsity: float = 0.0
     bits: int | None = None
     act_bits: int | None = None
+    channels: float = 0.0
 
     def __post_init__(self) -> None:
         s = self.sparsity
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
             raise FrandiError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
+        c = self.channels
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c < 1.0:
+            raise FrandiError(f"channels must be a fraction in [0, 1), got {self.channels!r}")
         _check_bits(self.bits, "bits")
         _check_bits(self.act_bits, "act_bits")
 
     def as_dict(self) -> dict[str, float | int | None]:
-        """JSON form; ``act_bits`` only when set, so policies without activation quantization read as before."""
+        """JSON form; ``act_bits`` and ``channels`` only when set, so policies without them read as before."""
         d: dict[str, float | int | None] = {"sparsity": self.sparsity, "bits": self.bits}
         if self.act_bits is not None:
             d["act_bits"] = self.act_bits
+        if self.channels:
+            d["channels"] = self.channels
         return d
 
 
@@ -54,11 +61,13 @@ class Policy:
         for name, s in mapping.items():
             if not isinstance(s, LayerSetting):
                 if not isinstance(s, Mapping):
-                    raise FrandiError(f"policy layer '{name}': expected {{sparsity, bits, act_bits}}, got {s!r}")
-                unknown = set(s) - {"sparsity", "bits", "act_bits"}
+                    raise FrandiError(
+                        f"policy layer '{name}': expected {{sparsity, bits, act_bits, channels}}, got {s!r}"
+                    )
+                unknown = set(s) - set(SETTING_KEYS)
                 if unknown:
                     raise FrandiError(
-                        f"policy layer '{name}': unknown keys {sorted(unknown)}; use sparsity, bits, act_bits"
+                        f"policy layer '{name}': unknown keys {sorted(unknown)}; use {', '.join(SETTING_KEYS)}"
                     )
                 s = LayerSetting(**s)  # type: ignore[arg-type]
             items.append((name, s))
@@ -70,6 +79,10 @@ class Policy:
     def act_bits(self) -> dict[str, int]:
         """Layer name -> input-activation bits, for the layers whose activations are quantized."""
         return {n: s.act_bits for n, s in self.layers if s.act_bits is not None}
+
+    def channels(self) -> dict[str, float]:
+        """Layer name -> fraction of output channels removed, for the layers that prune channels."""
+        return {n: s.channels for n, s in self.layers if s.channels}
 
     def to_json(self) -> str:
         return json.dumps({n: s.as_dict() for n, s in self.layers}, sort_keys=True)

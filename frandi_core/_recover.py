@@ -12,11 +12,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._actquant import check_calibration, learn_steps_
+from ._channels import pruned_channels
 from ._compress import WEIGHT_CLIPS
 from ._errors import FrandiError
 from ._hooks import capture
 from ._losses import feature_loss, od_from_outputs
 from ._optim import adam
+from ._policy import COMPRESSIBLE
 
 OUTPUT = "output"  # the name that stands for the model's final output in a list of feature layers
 
@@ -105,6 +107,38 @@ def _compiled_feature_loss() -> Callable[[list[torch.Tensor], list[torch.Tensor]
     return torch.compile(feature_loss, dynamic=False)  # type: ignore[return-value]
 
 
+@torch.no_grad()
+def pruned_targets(student: nn.Module, targets: TeacherTargets) -> TeacherTargets:
+    """The teacher's targets for a channel-pruned student: at each feature layer whose channels were pruned, the
+    teacher's feature restricted to the channels the student kept (a fixed selection, renormalized); a layer
+    whose kept channels cannot be told (no pruned Conv/Linear of its width inside it) is left out. Unchanged
+    targets for a student that prunes no channel."""
+    plan = pruned_channels(student)
+    if plan is None:
+        return targets
+    hooked, _ = _split(targets.layers)
+    with capture(student, hooked) as feats:
+        model_outputs(student, targets.inputs[:1])
+    modules = list(student.named_modules())
+    layers, features = [], {}
+    for name in targets.layers:
+        t = targets.features[name]
+        shape = feats[name].shape if name != OUTPUT else None
+        if shape is None or shape[1:].numel() == t.shape[1]:
+            layers.append(name)
+            features[name] = t
+            continue
+        width, spatial = shape[1], shape[2:].numel()
+        inside = [n for n, m in modules if (n == name or n.startswith(f"{name}.")) and isinstance(m, COMPRESSIBLE)
+                  and m.weight.shape[0] == width]
+        kept = plan.kept(inside[-1]) if inside else None
+        if kept is None or len(kept) != width or t.shape[1] % spatial or max(kept) >= t.shape[1] // spatial:
+            continue
+        layers.append(name)
+        features[name] = _normalize(t.view(len(t), -1, spatial)[:, list(kept)])
+    return TeacherTargets(targets.inputs, tuple(layers), features)
+
+
 def feature_regression_(
     student: nn.Module,
     targets: TeacherTargets,
@@ -117,11 +151,13 @@ def feature_regression_(
 
     BN statistics stay frozen (eval mode: there is no real data to update them), masks are re-applied by
     the compression parametrization on every forward, activations pass their quantizers (straight-through),
-    whose step sizes are trained too if ``config.learn_act_steps``. Returns the loss per step.
+    whose step sizes are trained too if ``config.learn_act_steps``. A channel-pruned student regresses the
+    teacher's features at the channels it kept (``pruned_targets``). Returns the loss per step.
     ``compile_loss`` fuses the loss's elementwise work with torch.compile (2.5x faster loss on CPU, but the
     first call compiles for 10-25 s on CPU: it pays in long studies only, see benchmarks/bench_trial.py).
     """
     student.eval()
+    targets = pruned_targets(student, targets)
     hooked, _ = _split(targets.layers)
     learn_steps_(student, config.learn_act_steps)
     params = [p for p in student.parameters() if p.requires_grad]

@@ -13,6 +13,7 @@ from torch import nn
 
 from ._actquant import ACT_QUANT
 from ._compress import _check_layers
+from ._errors import FrandiError
 from ._intpoints import POINTS, own_points
 from ._policy import LayerSetting, Policy, compressible_layers
 
@@ -117,14 +118,25 @@ class SizeReport:
         return self.nonzero / self.weights if self.weights else 1.0
 
 
-def model_size(model: nn.Module, policy: Policy) -> SizeReport:
-    """Size of ``model`` (or a compressed copy of it) stored under ``policy`` (see SizeReport for the rules)."""
+def model_size(model: nn.Module, policy: Policy, *, original: nn.Module | None = None) -> SizeReport:
+    """Size of ``model`` (or a compressed copy of it) stored under ``policy`` (see SizeReport for the rules).
+
+    A policy that prunes channels is sized on the student ``compress`` returned (its tensors are smaller), with
+    ``original`` the model it was compressed from: the ratio's and the density's denominators are the original's.
+    """
     _check_layers(model, policy)
+    if policy.channels() and original is None:
+        raise FrandiError(
+            "the policy prunes channels: size the student compress() returned, "
+            "model_size(student, policy, original=model)"
+        )
     settings = policy.as_dict()
     state = plain_state(model)
     dense = sum(t.numel() * t.element_size() for t in state.values())
     size = dense
-    nonzero = total = 0
+    if original is not None:
+        dense = sum(t.numel() * t.element_size() for t in plain_state(original).values())
+    nonzero = 0
     for layer in compressible_layers(model):
         key = f"{layer.name}.weight" if layer.name else "weight"
         w = state[key]
@@ -133,6 +145,6 @@ def model_size(model: nn.Module, policy: Policy) -> SizeReport:
         if layout is not None:
             size += layout.nbytes - w.numel() * w.element_size()
         nonzero += nnz
-        total += layer.numel
+    total = sum(layer.numel for layer in compressible_layers(model if original is None else original))
     size += ACT_STEP_BYTES * (len(policy.act_bits()) + own_points(model, policy))
     return SizeReport(bits=8 * size, dense_bits=8 * dense, nonzero=nonzero, weights=total)

@@ -30,10 +30,10 @@ import optuna
 import torch
 from torch import nn
 
-from frandi_core import LayerSetting, Policy, weight_layout
+from frandi_core import LayerSetting, Policy, channel_importance, weight_layout
 from storage import Storage
 
-from ._config import RULES, SpaceSection
+from ._config import CHANNEL_RULES, RULES, SpaceSection
 from ._errors import ConfigError
 from ._knapsack import choose
 from ._sensitivity import Probe, Sensitivity, cached_sensitivity
@@ -105,6 +105,8 @@ class AllocatedSpace:
     weights: dict[str, torch.Tensor] = field(repr=False)  # for the sizes (shape, dtype) of each setting
     probe: Probe = field(repr=False)  # screens the warm starts
     offsets: int = 0
+    channel_rules: tuple[str, ...] = ("uniform",)  # when channels are searched: how a level spreads over groups
+    channel_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # root -> sorted importance
 
     @classmethod
     def build(
@@ -114,6 +116,10 @@ class AllocatedSpace:
         modules = dict(teacher.named_modules())
         weights = {n: modules[n].weight.detach().cpu() for n in base.searched}
         mags = {n: np.sort(w.abs().flatten().numpy()) for n, w in weights.items()}
+        scores = {}
+        if base.groups:
+            found = channel_importance(teacher, tuple(probe.heldout.shape[1:]))
+            scores = {g[0]: np.sort(found[g[0]].numpy()) for g in base.groups}
         return cls(
             base,
             tuple(r for r in RULES if r in section.rules),
@@ -124,6 +130,8 @@ class AllocatedSpace:
             weights,
             probe,
             section.offsets,
+            tuple(r for r in CHANNEL_RULES if r in section.channel_rules),
+            scores,
         )
 
     @property
@@ -151,6 +159,18 @@ class AllocatedSpace:
             density = _scaled(sizes, erk, sizes.sum() - k, 1 - hi, 1 - lo)
             return {n: float(1 - d) for n, d in zip(names, density, strict=True)}
         raise ValueError(f"no sparsity rule '{rule}'")
+
+    def channel_fractions(self, rule: str, level: float) -> dict[str, float]:
+        """Per-group fraction of output channels removed (by root layer) at a global level: every group at it
+        (``uniform``), or one threshold over the groups' channel importances removing the level's fraction of all
+        their channels (``importance``), each group kept in the space's channel range."""
+        roots = [g[0] for g in self.base.groups]
+        if rule == "uniform":
+            return {r: level for r in roots}
+        lo, hi = self.base.channels
+        scores = [self.channel_scores[r] for r in roots]
+        pruned = _thresholded(scores, round(level * sum(len(x) for x in scores)), lo, hi)
+        return {r: c / len(x) for r, c, x in zip(roots, pruned, scores, strict=True)}
 
     def layer_bytes(self, name: str, setting: LayerSetting) -> int:
         w = self.weights[name]
@@ -192,7 +212,11 @@ class AllocatedSpace:
             at = choices.index(b) if b in choices else 0
             b = choices[min(max(at + params[f"offset{i}:bits"], 0), len(choices) - 1)]
             settings[name] = LayerSetting(round(sparsity, 6), None if b == FP32 else b)
-        return Policy.from_dict(dict(self.base.fixed) | settings)
+        policy = Policy.from_dict(dict(self.base.fixed) | settings)
+        if not self.base.groups:
+            return policy
+        fractions = self.channel_fractions(params["channel_rule"], float(params["channels"]))
+        return self.base.with_channels(policy, fractions)
 
     def sample(self, trial: optuna.Trial) -> Policy:
         """Ask the trial for a level, a rule and the offsets; return the whole policy."""
@@ -205,6 +229,10 @@ class AllocatedSpace:
         for i in range(self.offsets):
             params[f"offset{i}:sparsity"] = trial.suggest_int(f"offset{i}:sparsity", -SHIFT_STEPS, SHIFT_STEPS)
             params[f"offset{i}:bits"] = trial.suggest_int(f"offset{i}:bits", -1, 1)
+        if self.base.groups:
+            c_lo, c_hi = self.base.channels
+            params["channels"] = trial.suggest_float("channels", c_lo, c_hi, step=self.base.channels_step)
+            params["channel_rule"] = trial.suggest_categorical("channel_rule", list(self.channel_rules))
         return self.policy(params)
 
     def uniform_params(self, sparsity: float, bits: int, rule: str | None = None) -> dict[str, Any]:
@@ -215,6 +243,8 @@ class AllocatedSpace:
         params: dict[str, Any] = {"sparsity": self.base.snap(sparsity), "bits": bits, "rule": rule}
         for i in range(self.offsets):
             params |= {f"offset{i}:sparsity": 0, f"offset{i}:bits": 0}
+        if self.base.groups:  # the fewest channels the space allows pruned
+            params |= {"channels": self.base.channel_grid()[0], "channel_rule": self.channel_rules[0]}
         return params
 
     def warm_starts(self, n: int, *, min_ratio: float | None = None) -> list[dict[str, Any]]:

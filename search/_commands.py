@@ -25,6 +25,7 @@ from frandi_core import (
     onnx_parity,
     pack,
     point_settings,
+    pruned_channels,
     strip_,
     to_onnx,
     write_atomic,
@@ -138,10 +139,12 @@ def _export_bytes(fmt: str, student: torch.nn.Module, policy: Policy, metrics: d
         return data
     buf = io.BytesIO()
     activations, points = activation_settings(student), point_settings(student)  # before strip_ drops them
+    plan = pruned_channels(student)
     state = {k: v.detach().cpu() for k, v in strip_(student).state_dict().items()}
     policy_data = json.loads(policy.to_json())
+    extra = {} if plan is None else {"channels": plan.to_json()}  # prune_channels_(model, ChannelPlan.from_json(..))
     torch.save({"state_dict": state, "policy": policy_data, "metrics": metrics, "activations": activations,
-                "points": points}, buf)
+                "points": points} | extra, buf)
     return buf.getvalue()
 
 

@@ -58,6 +58,14 @@ def _allocated(cfg: StudyConfig) -> bool:
     return cfg.space.mode == "allocated"
 
 
+def _prunes_channels(cfg: StudyConfig) -> bool:
+    return cfg.space.prunes_channels
+
+
+def _allocates_channels(cfg: StudyConfig) -> bool:
+    return cfg.space.prunes_channels and cfg.space.mode == "allocated"
+
+
 # (section, key) -> when the key decides a result; every other key of a compared section always does.
 CONDITIONAL_KEYS: dict[tuple[str, str], Condition] = {
     ("space", "act_bits"): quantizes_activations,
@@ -67,6 +75,10 @@ CONDITIONAL_KEYS: dict[tuple[str, str], Condition] = {
     ("space", "rules"): _allocated,
     ("space", "offsets"): _allocated,
     ("space", "warm_starts"): _never,  # chooses the first trials, once; decides no trial's result
+    ("space", "channels"): _prunes_channels,
+    ("space", "channels_step"): _prunes_channels,
+    ("space", "channels_multiple"): _prunes_channels,
+    ("space", "channel_rules"): _allocates_channels,
 }
 # (section, key) of keys added after the rules above -> the value every study had before: compared when not that.
 NEW_KEYS: dict[tuple[str, str], Any] = {

@@ -23,6 +23,7 @@ OBJECTIVES = ("od", "size", "bops", "latency")
 MODES = ("layerwise", "allocated")
 RULES = ("uniform", "global", "lamp", "erk", "sensitivity")
 SCORES = ("od", "od+feature_od")
+CHANNEL_RULES = ("uniform", "importance")  # allocated: every group at the level, or one L2-importance threshold
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,15 @@ class SpaceSection:
     rules: tuple[str, ...] = RULES  # allocated: the allocation rules the search chooses from
     offsets: int = 0  # allocated: the most sensitive layers that get searched per-layer offsets
     warm_starts: int = 12  # allocated: trials enqueued first, one per size bin (see search/_allocate.py)
+    channels: tuple[float, ...] = (0.0, 0.0)  # fraction of output channels removed per coupled group: [low, high]
+    channels_step: float = 0.125
+    channels_multiple: int = 1  # each pruned group keeps a multiple of this many channels (8: faster CPU kernels)
+    channel_rules: tuple[str, ...] = CHANNEL_RULES  # allocated: how a channel level is spread over the groups
+
+    @property
+    def prunes_channels(self) -> bool:
+        """Whether channels are searched (a range above 0): only then do trials sample them."""
+        return any(c > 0 for c in self.channels)
 
 
 @dataclass(frozen=True)
@@ -282,6 +292,24 @@ def _validate(cfg: StudyConfig) -> None:
     if sp.offsets < 0 or sp.warm_starts < 0:
         raise ConfigError(
             f"space.offsets and space.warm_starts must be >= 0, got {sp.offsets} and {sp.warm_starts}"
+        )
+    lo, hi = (sp.channels + (None, None))[:2] if len(sp.channels) == 2 else (None, None)
+    if lo is None or hi is None or not 0 <= lo <= hi < 1:
+        raise ConfigError(
+            f"space.channels must be [low, high], the fraction of output channels removed, with "
+            f"0 <= low <= high < 1, got {list(sp.channels)}"
+        )
+    if not 0 < sp.channels_step < 1:
+        raise ConfigError(f"space.channels_step must be in (0, 1), got {sp.channels_step}")
+    if sp.channels_multiple < 1:
+        raise ConfigError(f"space.channels_multiple must be >= 1 (channels), got {sp.channels_multiple}")
+    rules = sp.channel_rules
+    if not rules or any(r not in CHANNEL_RULES for r in rules) or len(set(rules)) < len(rules):
+        raise ConfigError(f"space.channel_rules {list(rules)} is invalid; choose from {list(CHANNEL_RULES)}, each once")
+    if sp.prunes_channels and s.score != "od":
+        raise ConfigError(
+            f"study.score '{s.score}' compares the teacher's and the student's features, whose channels "
+            "space.channels removes; use score = \"od\" with space.channels"
         )
     if sp.mode == "layerwise" and sp.offsets:
         raise ConfigError('space.offsets needs space.mode = "allocated"; set it, or remove space.offsets')

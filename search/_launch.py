@@ -12,7 +12,7 @@ import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from frandi_core import FrandiError, SyntheticData, compressible_layers, load_model, model_outputs, model_size
+from frandi_core import FrandiError, SyntheticData, compress, load_model, model_outputs, model_size
 from storage import Storage
 
 from ._allocate import check_offsets, study_space
@@ -31,9 +31,15 @@ def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module,
     """The checks that need no storage: the model loads and runs one forward at input_shape, and the
     search space fits its layers. Returns the teacher and the space."""
     teacher = load_model(model_spec(cfg), device=device)
-    space = SearchSpace.build(cfg.space, compressible_layers(teacher))
+    space = SearchSpace.of_model(cfg.space, teacher, cfg.model.input_shape)
     check_offsets(cfg.space, space)
-    smallest = model_size(teacher, space.smallest())
+    policy = space.smallest()
+    if policy.channels():  # sized on the pruned student: its tensors are smaller
+        example = torch.zeros(1, *cfg.model.input_shape, device=device)
+        student = compress(teacher, policy, calibration=example, channel_multiple=cfg.space.channels_multiple)
+        smallest = model_size(student, policy, original=teacher)
+    else:
+        smallest = model_size(teacher, policy)
     if cfg.study.min_ratio is not None and smallest.ratio < cfg.study.min_ratio:
         raise ConfigError(
             f"study.min_ratio {cfg.study.min_ratio:g} is out of reach: the space's smallest policy compresses "

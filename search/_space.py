@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
+from torch import nn
 
-from frandi_core import FrandiError, LayerInfo, LayerSetting, Policy
+from frandi_core import FrandiError, LayerInfo, LayerSetting, Policy, channel_groups, compressible_layers
 
 from ._config import SpaceSection
 from ._errors import ConfigError
@@ -27,13 +28,14 @@ def _bits(b: Any) -> int | None:
 
 
 def _setting(value: Any, key: str) -> LayerSetting:
-    if not isinstance(value, dict) or set(value) - {"sparsity", "bits", "act_bits"}:
+    if not isinstance(value, dict) or set(value) - {"sparsity", "bits", "act_bits", "channels"}:
         raise ConfigError(
-            f"'{key}' must be a table like {{sparsity = 0.5, bits = 8, act_bits = 8}}, got {value!r}"
+            f"'{key}' must be a table like {{sparsity = 0.5, bits = 8, act_bits = 8, channels = 0.25}}, got {value!r}"
         )
     try:
         return LayerSetting(
-            float(value.get("sparsity", 0.0)), _bits(value.get("bits", FP32)), _bits(value.get("act_bits", FP32))
+            float(value.get("sparsity", 0.0)), _bits(value.get("bits", FP32)), _bits(value.get("act_bits", FP32)),
+            float(value.get("channels", 0.0)),
         )
     except (TypeError, ValueError, FrandiError) as e:
         raise ConfigError(f"'{key}': {e}") from None
@@ -49,9 +51,21 @@ class SearchSpace:
     step: float
     bits: tuple[int, ...]
     act_bits: tuple[int, ...] = (FP32,)
+    channels: tuple[float, float] = (0.0, 0.0)  # the searched fraction of output channels removed, per group
+    channels_step: float = 0.125
+    groups: tuple[tuple[str, ...], ...] = ()  # coupled groups (root first) holding a searched layer: one knob each
 
     @classmethod
-    def build(cls, space: SpaceSection, layers: list[LayerInfo]) -> SearchSpace:
+    def of_model(cls, space: SpaceSection, model: nn.Module, input_shape: tuple[int, ...]) -> SearchSpace:
+        """The space of ``model``: its layers and, when the space searches channels, its coupled groups."""
+        groups = channel_groups(model, input_shape) if space.prunes_channels else []
+        return cls.build(space, compressible_layers(model), groups)
+
+    @classmethod
+    def build(
+        cls, space: SpaceSection, layers: list[LayerInfo], groups: list[tuple[str, ...]] | None = None
+    ) -> SearchSpace:
+        """``groups``: the model's coupled channel groups (``channel_groups``), needed when channels are searched."""
         if not layers:
             raise ConfigError("the model has no Conv or Linear layers to compress")
         names = [layer.name for layer in layers]
@@ -88,8 +102,18 @@ class SearchSpace:
         if not searched:
             raise ConfigError("space.layers leaves no layer to search; widen space.layers or space.fixed")
         lo, hi = space.sparsity
+        if space.prunes_channels and groups is None:
+            raise ValueError("a space that searches channels is built with the model's channel groups")
+        knobs = tuple(g for g in groups or () if any(n in searched for n in g))
+        if space.prunes_channels and not knobs:
+            raise ConfigError(
+                "space.channels is set, but no searched layer's output channels can be pruned (each feeds the "
+                "model's outputs, or Torch-Pruning found no group for it); remove space.channels or widen space.layers"
+            )
+        c_lo, c_hi = space.channels
         return cls(
-            tuple(searched), tuple(sorted(fixed.items())), (lo, hi), space.sparsity_step, space.bits, space.act_bits
+            tuple(searched), tuple(sorted(fixed.items())), (lo, hi), space.sparsity_step, space.bits, space.act_bits,
+            (c_lo, c_hi), space.channels_step, knobs,
         )
 
     def sample(self, trial: optuna.Trial) -> Policy:
@@ -104,7 +128,25 @@ class SearchSpace:
             b = trial.suggest_categorical(f"{n}:bits", list(self.bits))
             a = trial.suggest_categorical(f"{n}:act_bits", list(self.act_bits)) if len(self.act_bits) > 1 else None
             settings[n] = LayerSetting(round(s, 6), _bits(int(b)), _bits(self.act_bits[0] if a is None else int(a)))
+        lo, hi = self.channels
+        fractions = {g[0]: trial.suggest_float(f"{g[0]}:channels", lo, hi, step=self.channels_step)
+                     for g in self.groups}
+        return self.with_channels(Policy.from_dict(settings), fractions)
+
+    def with_channels(self, policy: Policy, fractions: dict[str, float]) -> Policy:
+        """``policy`` with each group's fraction (by its root layer) on the group's searched layers."""
+        settings = policy.as_dict()
+        for group in self.groups:
+            c = round(fractions.get(group[0], 0.0), 6)
+            for n in group:
+                if n in self.searched and c:
+                    settings[n] = replace(settings[n], channels=c)
         return Policy.from_dict(settings)
+
+    def channel_grid(self) -> list[float]:
+        """The channel fractions a trial can draw: low to high by the step."""
+        lo, hi = self.channels
+        return [round(lo + i * self.channels_step, 6) for i in range(round((hi - lo) / self.channels_step) + 1)]
 
     def grid(self) -> list[float]:
         """The sparsities a trial can draw: low to high by the step."""
@@ -126,13 +168,16 @@ class SearchSpace:
             params[f"{n}:bits"] = bits
             if len(self.act_bits) > 1:
                 params[f"{n}:act_bits"] = max(self.act_bits) if act_bits is None else act_bits
+        for g in self.groups:  # the baselines prune the fewest channels the space allows
+            params[f"{g[0]}:channels"] = self.channel_grid()[0]
         return params
 
     def smallest(self) -> Policy:
         """The smallest policy in the space: every searched layer at the top sparsity and the fewest bits."""
         b = min(self.bits)
         top = LayerSetting(self.sparsity[1], None if b == FP32 else b)
-        return Policy.from_dict(dict(self.fixed) | {n: top for n in self.searched})
+        smallest = Policy.from_dict(dict(self.fixed) | {n: top for n in self.searched})
+        return self.with_channels(smallest, {g[0]: self.channel_grid()[-1] for g in self.groups})
 
     def warm_starts(self, n: int, *, min_ratio: float | None = None) -> list[dict[str, Any]]:
         """Parameters to enqueue after the baselines: none in a per-layer space (see AllocatedSpace)."""

@@ -21,7 +21,6 @@ from frandi_core import (
     SyntheticData,
     bops,
     compress,
-    compressible_layers,
     feature_discrepancy,
     feature_regression_,
     latency_target,
@@ -166,7 +165,7 @@ class TrialRunner:
     def space(self) -> SearchSpace | AllocatedSpace:
         """The study's sampling space, built when first sampled from: scoring one policy (export, evaluate) needs
         none (an allocated space measures or reads its sensitivity table)."""
-        base = SearchSpace.build(self.cfg.space, compressible_layers(self.teacher))
+        base = SearchSpace.of_model(self.cfg.space, self.teacher, self.cfg.model.input_shape)
         return study_space(
             self.cfg.space, self.storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out,
             self.targets.inputs,
@@ -185,7 +184,8 @@ class TrialRunner:
         t0 = time.perf_counter()
         rec = self.cfg.recovery
         student = compress(
-            self.teacher, policy, calibration=self.targets.inputs, method=rec.calibration, weight_clip=rec.weight_clip
+            self.teacher, policy, calibration=self.targets.inputs, method=rec.calibration, weight_clip=rec.weight_clip,
+            channel_multiple=self.cfg.space.channels_multiple,
         )
         for p in student.parameters():
             p.requires_grad_(True)
@@ -202,7 +202,9 @@ class TrialRunner:
             student.load_state_dict(before)
             od, score, kept = od_before, score_before, "compressed"
         t4 = time.perf_counter()
-        size = model_size(self.teacher, policy)
+        pruned = bool(policy.channels())
+        size = model_size(student, policy, original=self.teacher) if pruned else model_size(self.teacher, policy)
+        macs = layer_macs(student, self.cfg.model.input_shape) if pruned else self.macs
         seconds = {
             "compress": t1 - t0,
             "od_before": t2 - t1,
@@ -210,9 +212,10 @@ class TrialRunner:
             "od": t4 - t3,
             "total": t4 - t0,
         }
-        latency = None if self.latency is None else self.latency.predict(policy)
+        scale = {n: m / self.macs[n] for n, m in macs.items() if self.macs.get(n)} if pruned else None
+        latency = None if self.latency is None else self.latency.predict(policy, scale)
         result = TrialResult(
-            od, od_before, size.bits, size.ratio, size.density, seconds, bops(self.macs, policy), score, kept, latency
+            od, od_before, size.bits, size.ratio, size.density, seconds, bops(macs, policy), score, kept, latency
         )
         return student, result
 

@@ -5,7 +5,7 @@ The benchmarks reuse their shared parts from here: one Bench per model, reports,
 
 from __future__ import annotations
 
-from ._common import Bench, Report, bench, figure, markdown_table, parse, parser, save
+from ._common import Bench, Report, bench, channel_policy, fewer_macs, figure, markdown_table, parse, parser, save
 from ._searches import SearchRun, policy_of, run_search, variant
 
 __all__ = [
@@ -13,6 +13,8 @@ __all__ = [
     "Report",
     "SearchRun",
     "bench",
+    "channel_policy",
+    "fewer_macs",
     "figure",
     "markdown_table",
     "parse",

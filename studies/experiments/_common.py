@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from frandi_core import Policy, compress, model_size
+from frandi_core import LayerSetting, Policy, channel_groups, compress, compressible_layers, layer_macs, model_size
 from frandi_core.data import FASHION_ROOT, accuracy, labeled_data
 from search import StudyConfig, TrialResult, TrialRunner, load_config, open_for, replace
 from storage import Storage
@@ -219,6 +219,35 @@ def each_model(
     return rows
 
 
+def channel_policy(
+    model: nn.Module, shape: tuple[int, ...], fraction: float, bits: int | None, act_bits: int | None
+) -> Policy:
+    """``fraction`` of the output channels of every prunable group removed, the same bits on every layer."""
+    prunable = {n for g in channel_groups(model, shape) for n in g}
+    return Policy.from_dict({layer.name: LayerSetting(0.0, bits, act_bits, fraction if layer.name in prunable else 0.0)
+                             for layer in compressible_layers(model)})
+
+
+def fewer_macs(
+    model: nn.Module, shape: tuple[int, ...], factor: float, *, multiple: int = 1, steps: int = 9
+) -> tuple[float, float]:
+    """The uniform channel fraction whose pruned student (each group keeping a multiple of ``multiple`` channels)
+    has ``factor`` times fewer MACs (bisection), and the factor it reaches."""
+    full = sum(layer_macs(model, shape).values())
+    example = torch.zeros(1, *shape)
+
+    def reached(fraction: float) -> float:
+        policy = channel_policy(model, shape, fraction, None, None)
+        student = compress(model, policy, calibration=example, channel_multiple=multiple)
+        return full / sum(layer_macs(student, shape).values())
+
+    lo, hi = 0.0, 0.9
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if reached(mid) < factor else (lo, mid)
+    return round(hi, 4), reached(round(hi, 4))
+
+
 def policy_summary(policy: Policy) -> dict[str, Any]:
     """Mean sparsity and the bit-widths a policy uses, for tables."""
     settings = [s for _, s in policy.layers]
@@ -307,6 +336,15 @@ def figure(ncols: int, *, width: float = 4.2, height: float = 3.4) -> tuple[Any,
 
     fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
     return fig, axes[0]
+
+
+def finish(report: Report, fig: Any, ax: Any, title: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Title and legend on the plot, the plot saved, the rows added to the report; returns the rows."""
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    save(fig, report.png)
+    report.add_results(rows)
+    return rows
 
 
 def save(fig: Any, path: Path) -> None:

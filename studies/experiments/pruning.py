@@ -15,7 +15,7 @@ from typing import Any
 
 from frandi_core import model_size
 
-from ._common import Bench, Report, each_model, figure, parse, parser, save
+from ._common import Bench, Report, each_model, figure, finish, parse, parser
 
 RATIOS = (2.0, 5.0)
 FT_SEED = 0
@@ -55,11 +55,7 @@ def run_model(b: Bench, ratios: Sequence[float], report: Report) -> list[dict[st
     ax.set_ylabel("real test accuracy (%)")
     lows = [min(r[k] for k, _ in METHODS) for r in rows]
     ax.set_ylim(max(0.0, min(lows) - 5), 100)
-    ax.set_title(f"{b.name}: magnitude pruning", fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
-    save(fig, report.png)
-    report.add_results(rows)
-    return rows
+    return finish(report, fig, ax, f"{b.name}: magnitude pruning", rows)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import pytest
 
 from studies.experiments import (
     act_quantization,
+    channels,
     fast_onnx,
     fr_vs_finetune,
     od_accuracy,
@@ -72,6 +73,13 @@ def test_pruning_hits_the_ratio(quick: Callable[..., list], tmp_path: Path) -> N
     assert abs(float(rows[0]["ratio"]) - 2.0) < 0.01
     orig, fr = _accuracies(rows, "original", "fr_synthetic")
     assert math.isclose(float(rows[0]["fr_minus_original"]), fr - orig, abs_tol=0.011)
+
+
+def test_channel_pruning_hits_the_macs_factor(quick: Callable[..., list], tmp_path: Path) -> None:
+    quick(channels)
+    rows = _outputs(tmp_path, "channels_digits")
+    assert abs(float(rows[0]["fewer_macs"]) - 1.25) < 0.05
+    _accuracies(rows, "original", "no_recovery", "fr_kept_channels", "fr_output_only", "finetune_real")
 
 
 def test_fast_onnx_keeps_the_students_accuracy(quick: Callable[..., list], tmp_path: Path) -> None:
