@@ -34,6 +34,10 @@ ACTIVATION_KEYS: dict[str, tuple[str, ...]] = {
 MODES = ("layerwise", "allocated")
 RULES = ("uniform", "global", "lamp", "erk", "sensitivity")
 SCORES = ("od", "od+feature_od")
+# How an allocated space spreads a level whose activations are quantized: the level carries activation bits, and the
+# sensitivity rule keeps BOPs (latency in a latency study) as well as bytes. Fingerprinted only by allocated studies
+# that quantize activations (before it, their searched layers silently kept fp32 inputs: not comparable).
+ALLOCATION_RULE = "level-act-bits/1"
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,11 @@ class SpaceSection:
     ``re:`` pattern); a searched setting if it matches ``layers``; otherwise it stays dense fp32.
 
     ``mode = "layerwise"`` searches each layer's setting on its own; ``"allocated"`` searches one global
-    (sparsity, bits) level spread over the searched layers by a searched ``rules`` entry, plus small searched
-    offsets for the ``offsets`` most sensitive layers, and starts with ``warm_starts`` trials: the most promising
-    policy of any rule (by OD before recovery) at each of that many sizes spread over the whole range.
+    (sparsity, weight bits, activation bits) level spread over the searched layers by a searched ``rules`` entry,
+    plus small searched offsets for the ``offsets`` most sensitive layers, and starts with ``warm_starts`` trials:
+    the most promising policy of any rule (by OD before recovery) at each of that many budgets (latency, BOPs or
+    size: what the study is constrained by) spread over the whole range. ``rules``, ``offsets`` and
+    ``warm_starts`` mean nothing to a layerwise space: set there, they are refused, not ignored.
     """
 
     layers: tuple[str, ...] = ("re:.*",)
@@ -89,10 +95,10 @@ class SpaceSection:
     mode: str = "layerwise"  # or "allocated": a global level spread over layers by a rule (see search/_allocate.py)
     rules: tuple[str, ...] = RULES  # allocated: the allocation rules the search chooses from
     offsets: int = 0  # allocated: the most sensitive layers that get searched per-layer offsets
-    warm_starts: int = 12  # allocated: trials enqueued first, one per size bin (see search/_allocate.py)
+    warm_starts: int = 12  # allocated: trials enqueued first, one per budget bin (see search/_allocate.py)
 
 
-ALLOCATED_ONLY = ("rules", "offsets", "warm_starts")  # keys a layerwise study ignores (and does not fingerprint)
+ALLOCATED_ONLY = ("rules", "offsets", "warm_starts")  # keys a layerwise study refuses if set (never fingerprints)
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,8 @@ class StudyConfig:
         if self.uses_latency:  # the target and how a latency is predicted decide the objective's values
             keep["latency"] = dataclasses.asdict(self.latency) | {"rule": LATENCY_RULE}
             keep["max_latency_ms"] = self.study.max_latency_ms
+        if self.allocates_activations:
+            keep["allocation"] = ALLOCATION_RULE
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     @property
@@ -184,7 +192,13 @@ class StudyConfig:
             "size accounting": self.size_rule,
         } | ({"activation rounding": ROUNDING_RULE} if self.quantizes_activations else {}) | (
             {"latency": dataclasses.asdict(self.latency) | {"rule": LATENCY_RULE},
-             "study.max_latency_ms": self.study.max_latency_ms} if self.uses_latency else {})
+             "study.max_latency_ms": self.study.max_latency_ms} if self.uses_latency else {}) | (
+            {"allocation": ALLOCATION_RULE} if self.allocates_activations else {})
+
+    @property
+    def allocates_activations(self) -> bool:
+        """Whether an allocated space spreads quantized activation bits (ALLOCATION_RULE)."""
+        return self.space.mode == "allocated" and any(b != 32 for b in self.space.act_bits)
 
     @property
     def uses_latency(self) -> bool:
@@ -363,8 +377,11 @@ def _validate(cfg: StudyConfig) -> None:
         raise ConfigError(
             f"space.offsets and space.warm_starts must be >= 0, got {sp.offsets} and {sp.warm_starts}"
         )
-    if sp.mode == "layerwise" and sp.offsets:
-        raise ConfigError('space.offsets needs space.mode = "allocated"; set it, or remove space.offsets')
+    if sp.mode == "layerwise":
+        default = SpaceSection()
+        for key in ALLOCATED_ONLY:  # meaningless per layer: refused, never ignored
+            if getattr(sp, key) != getattr(default, key):
+                raise ConfigError(f'space.{key} needs space.mode = "allocated"; set it, or remove space.{key}')
     for level in s.baselines:
         if not 0 <= level < 1:
             raise ConfigError(f"study.baselines has sparsity {level}, outside [0, 1)")

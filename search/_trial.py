@@ -161,7 +161,8 @@ class TrialRunner:
         self.macs = layer_macs(self.teacher, cfg.model.input_shape)
         self.latency = cached_latency(cfg, storage, self.batch_key, self.teacher) if cfg.uses_latency else None
         self.space: SearchSpace | AllocatedSpace = study_space(
-            cfg.space, storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out, self.targets.inputs
+            cfg.space, storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out, self.targets.inputs,
+            method=cfg.recovery.calibration, latency=self.latency,
         )
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
