@@ -10,7 +10,7 @@ from ._allocate import AllocatedSpace
 from ._artifacts import artifact_dir
 from ._config import ConfigError, SpaceSection, StudyConfig, load_config, parse_config, replace
 from ._data import FASHION_ROOT, labeled_data, labeled_set
-from ._knapsack import choose
+from ._knapsack import choose, choose_within
 from ._launch import check_model, launch, prepare
 from ._open import open_for
 from ._optuna import OptunaChanged, check_optuna
@@ -44,6 +44,7 @@ __all__ = [
     "check_model",
     "check_optuna",
     "choose",
+    "choose_within",
     "claim",
     "claim_waiting",
     "correlations",
