@@ -8,6 +8,7 @@ import io
 import json
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -145,6 +146,7 @@ class TrialRunner:
         batches: tuple[str, SyntheticData] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._fingerprint: str | None = None  # cfg.fingerprint(), once a trial needs it (it reads the weights)
         self.device = torch.device(device)
         self.teacher = teacher if teacher is not None else load_model(model_spec(cfg), device=self.device)
         if cfg.run.channels_last:  # students are copies of the teacher: they inherit the layout
@@ -215,3 +217,27 @@ class TrialRunner:
 
     def evaluate(self, policy: Policy) -> TrialResult:
         return self.student(policy)[1]
+
+    def policy_key(self, policy: Policy) -> str:
+        """What makes two trials' results the same measurement: the policy's digest under the study file's
+        fingerprint (a trial run with another study file, under --force, is never taken for this one's)."""
+        if self._fingerprint is None:
+            self._fingerprint = self.cfg.fingerprint()
+        return hashlib.sha256(f"{self._fingerprint}/{policy.digest()}".encode()).hexdigest()[:32]
+
+
+def reused_result(attrs: dict[str, Any], values: list[float]) -> TrialResult:
+    """The result a finished trial recorded (its user attributes and objective values), as a trial that measured
+    the same policy reports it: every timing 0, since nothing ran."""
+    return TrialResult(
+        od=float(attrs["od"]),
+        od_before=float(attrs["od_before"]),
+        size_bits=int(attrs["size_bits"]),
+        ratio=float(attrs["ratio"]),
+        density=float(attrs["density"]),
+        seconds={k: 0.0 for k in attrs.get("seconds", {"total": 0.0})},
+        bops=int(attrs["bops"]),
+        score=float(values[0]),
+        kept=str(attrs.get("kept", "recovered")),
+        latency_ms=None if attrs.get("latency_ms") is None else float(attrs["latency_ms"]),
+    )

@@ -33,9 +33,11 @@ from ._signals import (
     raise_held,
 )
 from ._study import counts, open_study, to_start_key
-from ._trial import TrialResult, TrialRunner
+from ._trial import TrialResult, TrialRunner, reused_result
 
 log = logging.getLogger("frandi.worker")
+POLICY_KEY = "policy_key"  # trial attribute: the policy's digest under the study file's fingerprint
+REUSED = "reused_from"  # trial attribute: the number of the trial whose measurement this one reports
 
 
 @dataclass(frozen=True)
@@ -195,9 +197,14 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
         with deferred_interrupts():
             trial = optuna.trial.Trial(study, trial_id)  # samples the multivariate parameters
             policy = runner.space.sample(trial)
+            key = runner.policy_key(policy)
             trial.set_user_attr("worker", worker)
             trial.set_user_attr("policy", policy.to_json())
-        r = runner.evaluate(policy)
+            trial.set_user_attr(POLICY_KEY, key)
+            earlier = measured(study, key, trial.number)
+            if earlier is not None:
+                trial.set_user_attr(REUSED, earlier.number)
+        r = runner.evaluate(policy) if earlier is None else reused_result(earlier.user_attrs, earlier.values)
     except (NonFiniteError, FloatingPointError) as e:
         _fail(study, trial_id, str(e))
         log.warning("trial %d failed: %s", trial.number, e)
@@ -210,6 +217,16 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
     with deferred_interrupts():
         _record(study, trial, r, cfg)
     return True
+
+
+def measured(study: optuna.Study, key: str, number: int) -> optuna.trial.FrozenTrial | None:
+    """The first finished trial of the study (not trial ``number``) that measured the policy under ``key``: its
+    result is this one's, so no policy is paid twice (the sampler drawing a warm start's parameters again, two
+    rules or levels that give one policy). Two workers drawing one policy at the same moment both measure it."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != number and t.user_attrs.get(POLICY_KEY) == key:
+            return t
+    return None
 
 
 def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg: StudyConfig) -> None:
