@@ -13,7 +13,7 @@ import optuna
 import pytest
 import torch
 
-from frandi_core import LayerSetting, Policy, bops, compressible_layers, model_outputs
+from frandi_core import LatencyTable, LayerSetting, Policy, bops, compressible_layers, layer_macs, model_outputs
 from frandi_core.models import resnet
 from search import (
     AllocatedSpace,
@@ -204,8 +204,6 @@ def test_a_bops_budget_study_runs_its_warm_starts_once_and_every_searched_layer_
     p = _wa_study(tmp_path, 6, "warm_starts = 3")
     cfg0 = load_config(p)
     teacher, base = check_model(cfg0)
-    from frandi_core import layer_macs
-
     macs = layer_macs(teacher, cfg0.model.input_shape)
     searched = set(base.searched)
     w4a8 = Policy.from_dict(dict(base.fixed) | {n: LayerSetting(0.0, 4, 8) for n in searched})
@@ -358,3 +356,22 @@ def test_no_space_key_is_silently_ignored(tmp_path: Path, mode: str) -> None:
         what = FEATURE[key]
         assert changed[what] != default[what], f"[space] {key} = {CHANGED[key]} leaves the {mode} space's {what}"
     assert refused == (["rules", "offsets", "warm_starts"] if mode == "layerwise" else [])
+
+
+def test_under_a_latency_budget_the_knapsack_and_the_warm_starts_keep_predicted_latency() -> None:
+    torch.manual_seed(0)
+    teacher = resnet(widths=(4, 8)).eval()
+    section = SpaceSection(sparsity=(0.0, 0.8), sparsity_step=STEP, bits=(4, 8), act_bits=(8, 32), mode="allocated")
+    layers = [layer.name for layer in compressible_layers(teacher)]
+    table = LatencyTable("test", 10.0, {n: (1.0 + i, 0.4 + 0.1 * i) for i, n in enumerate(layers)})
+    space = dataclasses.replace(_build(teacher, section), latency=table)
+    assert space.second == "latency"
+    for level, bits, act in ((0.3, 4, 8), (0.5, 8, 8), (0.2, 4, None)):  # allocate's None: fp32 inputs
+        level_ms = table.predict(space.uniform(level, bits, act or 32))
+        chosen = space.allocate("sensitivity", level, bits, act)
+        assert table.predict(Policy.from_dict(dict(space.base.fixed) | chosen)) <= level_ms + 1e-9
+    fastest, slowest = (table.predict(space.uniform(0.0, 8, a)) for a in (8, 32))
+    assert fastest < slowest
+    limit = (fastest + slowest) / 2
+    warm = space.warm_starts(4, max_latency_ms=limit, max_bops=1.0)  # latency first: the BOPs budget is not used
+    assert warm and all(table.predict(space.policy(p)) <= limit for p in warm)
