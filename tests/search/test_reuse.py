@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from frandi_core import Policy
-from search import TrialRunner, load_config, open_for, open_study
-from tests.tiny_study import make_weights, study_text
+from search import TrialRunner
+from tests.tiny_study import make_weights, stored_trials, study_text
 
 
 def _study(tmp_path: Path, n_trials: int) -> Path:
@@ -36,9 +36,7 @@ def test_a_policy_measured_before_is_reused_not_recovered_again(
     p = _study(tmp_path, 8)
     code, _, err = frandi("search", p, "--no-progress")
     assert code == 0, err
-    cfg = load_config(p)
-    with open_for(cfg) as st:
-        trials = open_study(cfg, st).get_trials()
+    trials = stored_trials(p)
     assert len(trials) == 8
     keys = {t.user_attrs["policy_key"] for t in trials}
     assert len(evaluated) == len(set(evaluated)) == len(keys) <= 3  # each policy measured once

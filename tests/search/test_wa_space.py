@@ -26,11 +26,9 @@ from search import (
     choose_within,
     load_config,
     measure,
-    open_for,
-    open_study,
     parse_config,
 )
-from tests.tiny_study import make_weights, study_text
+from tests.tiny_study import make_weights, stored_trials, study_text
 
 STEP = 0.1
 ACTS = (4, 8)
@@ -211,9 +209,7 @@ def test_a_bops_budget_study_runs_its_warm_starts_once_and_every_searched_layer_
     p.write_text(p.read_text().replace("baselines = [0.5]", f"baselines = [0.5]\nmax_bops = {limit}"))
     code, _, err = frandi("search", p, "--no-progress")
     assert code == 0, err
-    cfg = load_config(p)
-    with open_for(cfg) as st:
-        trials = open_study(cfg, st).get_trials()
+    trials = stored_trials(p)
     warm = [t for t in trials if t.user_attrs.get("warm_start")]
     assert 1 <= len(warm) <= 3 and all(t.user_attrs["bops"] <= limit for t in warm)
     for t in trials:
@@ -221,8 +217,7 @@ def test_a_bops_budget_study_runs_its_warm_starts_once_and_every_searched_layer_
         assert all(policy[n].act_bits in ACTS for n in searched), t.params  # none left at fp32
     code, _, err = frandi("search", p, "--no-progress", "--n-trials", "8")
     assert code == 0, err
-    with open_for(cfg) as st:
-        again = open_study(cfg, st).get_trials()
+    again = stored_trials(p)
     assert len(again) == 8 and sum(bool(t.user_attrs.get("warm_start")) for t in again) == len(warm)
 
 
