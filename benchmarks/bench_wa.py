@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial
 from scipy.stats import spearmanr
 
 from benchmarks.bench_search import PROXIES, Evaluator
-from frandi_core import Policy
+from frandi_core import Policy, output_discrepancy
 from search import AllocatedSpace, TrialRunner, open_for
 from studies.experiments import Bench, Report, bench, markdown_table, parse, parser, policy_of, run_search, variant
 
@@ -42,6 +42,20 @@ SPACE = {  # sparsity barely matters under BOPs: a short range keeps trials wher
 }
 LOSS = 2.0  # a budget counts where the best uniform policy loses at least this many points
 COLLAPSE = 50.0  # ... and keeps more than this accuracy (short of budgets where every policy collapses)
+
+
+PROXIES_WA = (*PROXIES, "od_before")  # and OD before FR: does recovery blur the ranking across bit widths?
+
+
+class WAEvaluator(Evaluator):
+    """bench_search's evaluator, also keeping each policy's OD before FR."""
+
+    def __call__(self, policy: Policy, label: str) -> dict[str, Any]:
+        if policy not in self.rows:
+            row = super().__call__(policy, label)
+            od_before = output_discrepancy(self.b.compressed(policy), self.heldout, self.teacher_out)
+            row["od_before"] = round(od_before, 4)
+        return self.rows[policy]
 
 
 def uniform_grid(space: AllocatedSpace) -> list[tuple[int, int, Policy]]:
@@ -64,7 +78,7 @@ def run(b: Bench, args: Any, report: Report) -> list[dict[str, Any]]:
         space = TrialRunner(probe_cfg, st).space
         print(f"[{b.name}] allocated W/A space built in {time.perf_counter() - t0:.0f} s", flush=True)
     assert isinstance(space, AllocatedSpace)
-    ev = Evaluator(b)
+    ev = WAEvaluator(b)
     grid = []
     for w, a, policy in uniform_grid(space):
         row = ev(policy, f"uniform W{w}A{a}")
@@ -120,7 +134,7 @@ def run(b: Bench, args: Any, report: Report) -> list[dict[str, Any]]:
     for name, rs in groups.items():
         acc = [r["accuracy"] for r in rs]
         corr.append({"policies": f"{name} ({len(rs)})"} | {
-            p: round(-float(spearmanr([r[p] for r in rs], acc).statistic), 3) for p in PROXIES})
+            p: round(-float(spearmanr([r[p] for r in rs], acc).statistic), 3) for p in PROXIES_WA})
     report.add(
         "Label-free proxies against real accuracy (Spearman, sign flipped: +1 = lower score, higher accuracy):\n\n"
         + markdown_table(corr) + "\n\nEvery evaluated policy:\n\n" + markdown_table(evaluated)
