@@ -370,3 +370,11 @@ def test_under_a_latency_budget_the_knapsack_and_the_warm_starts_keep_predicted_
     limit = (fastest + slowest) / 2
     warm = space.warm_starts(4, max_latency_ms=limit, max_bops=1.0)  # latency first: the BOPs budget is not used
     assert warm and all(table.predict(space.policy(p)) <= limit for p in warm)
+
+
+def test_the_sensitivity_command_shows_the_activation_columns(tmp_path: Path, frandi) -> None:
+    p = _wa_study(tmp_path, 4)
+    code, out, err = frandi("sensitivity", p)
+    assert code == 0, err
+    head = out.splitlines()[0].split()
+    assert head[-2:] == ["a4", "a8"] and "+ 2 activation widths" in out.splitlines()[-1]
