@@ -59,7 +59,7 @@ class WAEvaluator(Evaluator):
 
 
 def uniform_grid(space: AllocatedSpace) -> list[tuple[int, int, Policy]]:
-    return [(w, a, space.uniform(0.0, w, a)) for w in BITS for a in ACTS]
+    return [(w, a, space.uniform(0.0, w, a)) for w in space.bits for a in space.acts]
 
 
 def low_bits(policy: Policy) -> bool:
@@ -72,7 +72,8 @@ def best_pick(trials: list[FrozenTrial], limit: float) -> FrozenTrial | None:
 
 
 def run(b: Bench, args: Any, report: Report) -> list[dict[str, Any]]:
-    probe_cfg = variant(b.cfg, f"wa-{args.tag}-probe", study={"n_trials": 1}, space=SPACE)
+    space_keys = SPACE | {"bits": tuple(args.bits), "act_bits": tuple(args.acts)}
+    probe_cfg = variant(b.cfg, f"wa-{args.tag}-probe", study={"n_trials": 1}, space=space_keys)
     with open_for(probe_cfg, args.storage) as st:
         t0 = time.perf_counter()
         space = TrialRunner(probe_cfg, st).space
@@ -97,7 +98,7 @@ def run(b: Bench, args: Any, report: Report) -> list[dict[str, Any]]:
         knap = ev(space.policy(space.uniform_params(0.0, w, "sensitivity", a)), f"knapsack at W{w}A{a}")
         study = {"n_trials": args.trials, "baselines": (), "objectives": ("od",), "min_ratio": None,
                  "max_bops": float(cost)}
-        cfg = variant(b.cfg, f"wa-{args.tag}-{w}x{a}", study=study, space=SPACE)
+        cfg = variant(b.cfg, f"wa-{args.tag}-{w}x{a}", study=study, space=space_keys)
         t0 = time.perf_counter()
         result = run_search(cfg, args.storage)
         reused = sum("reused_from" in t.user_attrs for t in result.trials)
@@ -121,7 +122,7 @@ def run(b: Bench, args: Any, report: Report) -> list[dict[str, Any]]:
         print(f"[{b.name}] {row}", flush=True)
     report.add(
         f"W/A budgets ({args.trials}-trial allocated searches, TPE, objective OD, max_bops = the budget; space "
-        f"{SPACE}; budgets: the BOPs of uniform W/A pairs where the best uniform policy that fits loses >= {LOSS} "
+        f"{space_keys}; budgets: the BOPs of uniform W/A pairs where the best uniform policy that fits loses >= {LOSS} "
         f"points and keeps > {COLLAPSE}%, the {args.budgets} cheapest). Cells: real accuracy (%).\n\n"
         + markdown_table(rows)
     )
@@ -147,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--trials", type=int, default=60, help="trials per allocated search")
     p.add_argument("--budgets", type=int, default=3, help="BOPs budgets per model")
     p.add_argument("--tag", default="bench", help="study-name suffix: a new tag is a fresh study")
+    p.add_argument("--bits", type=int, nargs="+", default=list(BITS), help="weight bit widths of the space")
+    p.add_argument("--acts", type=int, nargs="+", default=list(ACTS), help="activation bit widths of the space")
     a = parse(p, argv)
     rows: list[dict[str, Any]] = []
     for name in a.models:
