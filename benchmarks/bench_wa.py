@@ -5,11 +5,12 @@ policy, and does the knapsack alone? Real accuracy, fresh databases (one per --t
 
 1. The uniform W/A grid: every weight bits x activation bits pair of the space (BITS x ACTS) at sparsity 0 (a BOPs
    budget leaves sparsity free, and pruning only costs accuracy), each recovered by the study's FR.
-2. Budgets: the BOPs of uniform pairs where the best uniform policy that fits loses >= 2 points to the original but
-   is not collapsed (> COLLAPSE %): the --budgets cheapest such.
+2. Budgets: the uniform pairs' BOPs and 3 points evenly between each two consecutive ones, above the cheapest pair
+   (at its BOPs every policy is that pair), where the best uniform policy that fits loses >= LOSS points to the
+   original: the --budgets largest such (the tightest budgets, just above the cheapest pair, are left for last).
 3. At each budget: an allocated search (TPE, objective OD alone, max_bops = the budget, activation bits searched,
    warm starts under the budget, --trials trials) and its best-OD feasible pick; and the knapsack pick alone (the
-   sensitivity rule at the budget's own uniform level, no search). Real accuracy of each.
+   sensitivity table's least summed OD within the budget's BOPs, weights dense; no search). Real accuracy of each.
 4. Label-free proxies against real accuracy over every evaluated policy (Spearman, sign flipped: +1 = lower score,
    higher accuracy), over all of them and over the low-bit ones (2-bit weights or <= 4-bit activations).
 """
@@ -25,7 +26,7 @@ from optuna.trial import FrozenTrial
 from scipy.stats import spearmanr
 
 from benchmarks.bench_search import PROXIES, Evaluator
-from frandi_core import Policy, output_discrepancy
+from frandi_core import LayerSetting, Policy, output_discrepancy
 from search import AllocatedSpace, TrialRunner, open_for
 from studies.experiments import Bench, Report, bench, markdown_table, parse, parser, policy_of, run_search, variant
 
@@ -41,7 +42,6 @@ SPACE = {  # sparsity barely matters under BOPs: a short range keeps trials wher
     "warm_starts": 4,
 }
 LOSS = 2.0  # a budget counts where the best uniform policy loses at least this many points
-COLLAPSE = 50.0  # ... and keeps more than this accuracy (short of budgets where every policy collapses)
 
 
 PROXIES_WA = (*PROXIES, "od_before")  # and OD before FR: does recovery blur the ranking across bit widths?
@@ -60,6 +60,26 @@ class WAEvaluator(Evaluator):
 
 def uniform_grid(space: AllocatedSpace) -> list[tuple[int, int, Policy]]:
     return [(w, a, space.uniform(0.0, w, a)) for w in space.bits for a in space.acts]
+
+
+def choose_budgets(original: float, grid: list[tuple[float, float]]) -> list[float]:
+    """BOPs budgets (largest first) where the best uniform policy that fits, of ``grid`` (BOPs, accuracy), loses
+    >= LOSS points: the pairs' BOPs and 3 points evenly between consecutive ones, above the cheapest pair."""
+    costs = sorted({c for c, _ in grid})
+    points = set(costs[1:]) | {lo + (hi - lo) * j / 4 for lo, hi in zip(costs, costs[1:], strict=False)
+                               for j in (1, 2, 3)}
+    keep = [x for x in points if original - max(acc for c, acc in grid if c <= x) >= LOSS]
+    return sorted(keep, reverse=True)
+
+
+def knapsack_pick(space: AllocatedSpace, limit: float) -> Policy:
+    """The knapsack alone at a BOPs budget: per layer (sparsity, weight bits, activation bits) of the least summed
+    sensitivity within ``limit`` bit operations (the fixed layers' included) and the dense top-bit bytes."""
+    fixed = sum(space.macs[n] * (s.bits or 32) * (s.act_bits or 32) for n, s in space.base.fixed)
+    budget = sum(space.layer_bytes(n, LayerSetting(0.0, max(space.bits))) for n in space.searched)
+    chosen = space.knapsack(budget, limit - fixed)
+    assert chosen is not None, f"no policy within {limit:g} BOPs"
+    return Policy.from_dict(dict(space.base.fixed) | chosen)
 
 
 def low_bits(policy: Policy) -> bool:
@@ -85,27 +105,21 @@ def run(b: Bench, args: Any, report: Report) -> list[dict[str, Any]]:
         row = ev(policy, f"uniform W{w}A{a}")
         grid.append((space.bops(policy), w, a, row))
         print(f"[{b.name}] uniform W{w}A{a}: {row}", flush=True)
-    budgets = []
-    for cost, w, a, _ in sorted(grid, key=lambda g: g[0]):
-        best = max((r["accuracy"] for c, _, _, r in grid if c <= cost), default=0.0)
-        if b.original - best >= LOSS and best > COLLAPSE and cost not in [x[0] for x in budgets]:
-            budgets.append((cost, w, a))
-    budgets = budgets[: args.budgets]
+    budgets = choose_budgets(b.original, [(c, r["accuracy"]) for c, _, _, r in grid])[: args.budgets]
     rows = []
-    for cost, w, a in budgets:
+    for cost in budgets:
         fits = [(r, ww, aa) for c, ww, aa, r in grid if c <= cost]
         best_u, bw, ba = max(fits, key=lambda f: f[0]["accuracy"])
-        knap = ev(space.policy(space.uniform_params(0.0, w, "sensitivity", a)), f"knapsack at W{w}A{a}")
+        knap = ev(knapsack_pick(space, cost), f"knapsack at {cost / 1e9:.4f} GBOPs")
         study = {"n_trials": args.trials, "baselines": (), "objectives": ("od",), "min_ratio": None,
                  "max_bops": float(cost)}
-        cfg = variant(b.cfg, f"wa-{args.tag}-{w}x{a}", study=study, space=space_keys)
+        cfg = variant(b.cfg, f"wa-{args.tag}-{round(cost)}", study=study, space=space_keys)
         t0 = time.perf_counter()
         result = run_search(cfg, args.storage)
         reused = sum("reused_from" in t.user_attrs for t in result.trials)
         pick = best_pick(result.trials, cost)
         row: dict[str, Any] = {
             "budget GBOPs": round(cost / 1e9, 4),
-            "= uniform": f"W{w}A{a}",
             "original": round(b.original, 2),
             "best uniform": f"W{bw}A{ba} {best_u['accuracy']:.2f}",
             "uniform - original": round(best_u["accuracy"] - b.original, 2),
@@ -115,15 +129,15 @@ def run(b: Bench, args: Any, report: Report) -> list[dict[str, Any]]:
             "search seconds": round(time.perf_counter() - t0),
         }
         if pick is not None:
-            searched = ev(policy_of(pick), f"search best OD at W{w}A{a} (trial {pick.number})")
+            searched = ev(policy_of(pick), f"search best OD at {cost / 1e9:.4f} GBOPs (trial {pick.number})")
             row["search best OD"] = f"{searched['accuracy']:.2f} (OD {searched['od']:.3f})"
             row["search - uniform"] = round(searched["accuracy"] - best_u["accuracy"], 2)
         rows.append(row)
         print(f"[{b.name}] {row}", flush=True)
     report.add(
         f"W/A budgets ({args.trials}-trial allocated searches, TPE, objective OD, max_bops = the budget; space "
-        f"{space_keys}; budgets: the BOPs of uniform W/A pairs where the best uniform policy that fits loses >= {LOSS} "
-        f"points and keeps > {COLLAPSE}%, the {args.budgets} cheapest). Cells: real accuracy (%).\n\n"
+        f"{space_keys}; budgets: see the module docstring, loss >= {LOSS} points, the {args.budgets} largest). "
+        "Cells: real accuracy (%).\n\n"
         + markdown_table(rows)
     )
     evaluated = list(ev.rows.values())
