@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from ._errors import FrandiError
 
 COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 SETTING_KEYS = ("sparsity", "bits", "act_bits", "channels")
+SPARSITY_DIGITS = 6  # a sparsity's precision in a policy's digest (a grid step is never finer)
 
 
 def _check_bits(value: object, what: str) -> None:
@@ -86,6 +88,13 @@ class Policy:
 
     def to_json(self) -> str:
         return json.dumps({n: s.as_dict() for n, s in self.layers}, sort_keys=True)
+
+    def digest(self) -> str:
+        """A content hash of what the policy does: sparsities to SPARSITY_DIGITS decimals, so float noise (0.85
+        against 0.8500000000000001) does not make two policies of one; channel fractions likewise, where set."""
+        canon = {n: [round(s.sparsity, SPARSITY_DIGITS), s.bits, s.act_bits]
+                 + ([round(s.channels, SPARSITY_DIGITS)] if s.channels else []) for n, s in self.layers}
+        return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:32]
 
     @classmethod
     def from_json(cls, text: str) -> Policy:

@@ -1,4 +1,5 @@
-"""Allocated policy space: one global (sparsity, bits) level spread over the searched layers by a rule.
+"""Allocated policy space: one global (sparsity, weight bits, activation bits) level spread over the searched
+layers by a rule.
 
 A per-layer search draws every layer on its own, so most of its space is bad corners (one layer at 90%
 sparsity and 3 bits ruins the model). Here a trial picks a level and a rule; the rule decides where the
@@ -8,20 +9,25 @@ pruning goes, and the whole search space is a handful of parameters a sampler le
 - ``global``: one magnitude threshold over all searched weights;
 - ``lamp``: one threshold over LAMP scores (Lee et al. 2021: w^2 over the sum of the larger w^2 in its layer);
 - ``erk``: Erdos-Renyi-kernel densities (Evci et al. 2020: density proportional to sum over product of dims);
-- ``sensitivity``: per-layer (sparsity, bits) from a knapsack over the measured sensitivities, within the
-  bytes of the uniform level.
+- ``sensitivity``: per-layer (sparsity, weight bits, activation bits) from a knapsack over the measured
+  sensitivities, within the bytes of the uniform level and, where the space quantizes activations, within its
+  bit operations (its predicted latency, in a study that predicts latency), as MCT and HAWQ-V3 allocate.
 
 Every rule prunes the level's fraction of the searched weights (the rules that place it keep each layer in
-the space's sparsity range); offsets then shift the few most sensitive layers by a step or a bit width.
+the space's sparsity range) and gives every layer the level's weight and activation bits (the knapsack chooses
+its own); offsets then shift the few most sensitive layers by a step or a bit width (weights, and activations
+where the space has a choice of activation bits).
 
 Warm starts: no single rule wins everywhere (on the Fashion-MNIST ResNet the knapsack is best at 4-6 bits,
-global magnitude and LAMP at 3 bits), so the study starts from the most promising policy of any rule at size
+global magnitude and LAMP at 3 bits), so the study starts from the most promising policy of any rule at
 budgets spread over the whole front, chosen by a probe (OD before recovery, BN statistics re-estimated) that
-costs a few trials in all.
+costs a few trials in all. The budgets are those the study is constrained by: latency (``max_latency_ms``), else
+bit operations (``max_bops``), else size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,16 +36,28 @@ import optuna
 import torch
 from torch import nn
 
-from frandi_core import LayerSetting, Policy, channel_importance, weight_layout
+from frandi_core import LatencyTable, LayerSetting, Policy, bops, channel_importance, layer_macs, weight_layout
 from storage import Storage
 
 from ._config import CHANNEL_RULES, RULES, SpaceSection
 from ._errors import ConfigError
-from ._knapsack import choose
+from ._knapsack import choose, choose_within
 from ._sensitivity import Probe, Sensitivity, cached_sensitivity
 from ._space import FP32, SearchSpace
 
 SHIFT_STEPS = 2  # an offset moves a layer's sparsity by up to this many grid steps, its bits by one choice
+
+
+def _bits(b: Any) -> int | None:
+    """A space's bit choice as a LayerSetting's (32 is fp32: None)."""
+    return None if b == FP32 else int(b)
+
+
+def _shift(choices: list[int], b: int | None, by: int) -> int | None:
+    """``b`` (None: fp32) moved ``by`` places among the sorted ``choices`` (clamped); one not among them counts as
+    the first."""
+    at = choices.index(b or FP32) if (b or FP32) in choices else 0
+    return _bits(choices[min(max(at + by, 0), len(choices) - 1)])
 
 
 def _scaled(sizes: np.ndarray, weights: np.ndarray, total: float, lo: float, hi: float) -> np.ndarray:
@@ -107,10 +125,18 @@ class AllocatedSpace:
     offsets: int = 0
     channel_rules: tuple[str, ...] = ("uniform",)  # when channels are searched: how a level spreads over groups
     channel_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # root -> sorted importance
+    macs: dict[str, int] = field(default_factory=dict, repr=False)  # every compressible layer's, for BOPs
+    latency: LatencyTable | None = field(default=None, repr=False)  # the study's table, if it predicts latency
 
     @classmethod
     def build(
-        cls, base: SearchSpace, section: SpaceSection, teacher: nn.Module, table: Sensitivity, probe: Probe
+        cls,
+        base: SearchSpace,
+        section: SpaceSection,
+        teacher: nn.Module,
+        table: Sensitivity,
+        probe: Probe,
+        latency: LatencyTable | None = None,
     ) -> AllocatedSpace:
         check_offsets(section, base)
         modules = dict(teacher.named_modules())
@@ -132,6 +158,8 @@ class AllocatedSpace:
             section.offsets,
             tuple(r for r in CHANNEL_RULES if r in section.channel_rules),
             scores,
+            layer_macs(teacher, tuple(probe.heldout.shape[1:])),
+            latency,
         )
 
     @property
@@ -141,6 +169,19 @@ class AllocatedSpace:
     @property
     def bits(self) -> tuple[int, ...]:
         return self.base.bits
+
+    @property
+    def acts(self) -> tuple[int, ...]:
+        """The activation bit choices of the level (32: fp32)."""
+        return self.base.act_bits
+
+    @property
+    def second(self) -> str | None:
+        """What the sensitivity rule keeps besides bytes: "latency" in a study that predicts it, else "bops", where
+        the space quantizes activations; None otherwise (weights alone: bytes, as before activations)."""
+        if all(a == FP32 for a in self.acts):
+            return None
+        return "latency" if self.latency is not None else "bops"
 
     def sparsities(self, rule: str, level: float) -> dict[str, float]:
         """Per-layer sparsity of a rule at a global level: the level's fraction of all searched weights."""
@@ -177,41 +218,68 @@ class AllocatedSpace:
         layout = weight_layout(w, setting)
         return layout.nbytes if layout else w.numel() * w.element_size()
 
-    def knapsack(self, budget: int) -> dict[str, LayerSetting] | None:
-        """Per-layer settings of the least summed sensitivity within ``budget`` bytes of searched weights."""
-        t = self.sensitivity
-        costs = [[self.layer_bytes(n, s) for s in t.settings] for n in t.layers]
-        picks = choose(costs, t.od, budget)
-        return None if picks is None else {n: t.settings[j] for n, j in zip(t.layers, picks, strict=True)}
+    def layer_cost(self, name: str, setting: LayerSetting) -> float:
+        """A layer's share of what ``second`` counts: its bit operations, or its predicted latency over fp32."""
+        if self.second == "latency" and self.latency is not None:
+            if setting.bits is None or setting.act_bits is None or name not in self.latency.layers:
+                return 0.0
+            fp32, integer = self.latency.layers[name]
+            return integer - fp32
+        return float(self.macs[name] * (setting.bits or FP32) * (setting.act_bits or FP32))
 
-    def allocate(self, rule: str, level: float, bits: int | None) -> dict[str, LayerSetting]:
-        """The searched layers' settings of one rule at one global level."""
+    def bops(self, policy: Policy) -> int:
+        """The whole policy's bit operations (every compressible layer)."""
+        return bops(self.macs, policy)
+
+    def knapsack(self, budget: int, limit: float | None = None) -> dict[str, LayerSetting] | None:
+        """Per-layer settings (sparsity, weight bits, activation bits) of the least summed sensitivity within
+        ``budget`` bytes of searched weights and, with ``limit``, within that much of ``second`` (summed
+        ``layer_cost``). A layer's weight and activation sensitivities add up."""
+        t = self.sensitivity
+        acts = [_bits(a) for a in sorted(set(self.acts))]
+        options = [(j, LayerSetting(s.sparsity, s.bits, a)) for j, s in enumerate(t.settings) for a in acts]
+        costs = [[self.layer_bytes(n, o) for _, o in options] for n in t.layers]
+        values = [[t.od[i][j] + t.act_cost(i, o.act_bits) for j, o in options] for i in range(len(t.layers))]
+        if limit is None:
+            picks = choose(costs, values, budget)
+        else:
+            extra = [[self.layer_cost(n, o) for _, o in options] for n in t.layers]
+            picks = choose_within(costs, values, budget, extra, limit)
+        return None if picks is None else {n: options[j][1] for n, j in zip(t.layers, picks, strict=True)}
+
+    def allocate(
+        self, rule: str, level: float, bits: int | None, act_bits: int | None = None
+    ) -> dict[str, LayerSetting]:
+        """The searched layers' settings of one rule at one global level (bits None: fp32)."""
         if rule == "sensitivity":
-            budget = sum(self.layer_bytes(n, LayerSetting(level, bits)) for n in self.searched)
-            chosen = self.knapsack(budget)
+            uniform = LayerSetting(level, bits, act_bits)
+            budget = sum(self.layer_bytes(n, uniform) for n in self.searched)
+            limit = None if self.second is None else sum(self.layer_cost(n, uniform) for n in self.searched)
+            chosen = self.knapsack(budget, limit)
             if chosen is not None:
                 return chosen
             rule = "uniform"  # no measured combination fits: the level itself does
-        return {n: LayerSetting(s, bits) for n, s in self.sparsities(rule, level).items()}
+        return {n: LayerSetting(s, bits, act_bits) for n, s in self.sparsities(rule, level).items()}
 
-    def uniform(self, sparsity: float, bits: int) -> Policy:
-        """The uniform policy of a level (whichever rules are searched): what sizes are measured against."""
-        b = None if bits == FP32 else bits
-        return Policy.from_dict(dict(self.base.fixed) | {n: LayerSetting(sparsity, b) for n in self.searched})
+    def uniform(self, sparsity: float, bits: int, act_bits: int | None = None) -> Policy:
+        """The uniform policy of a level (whichever rules are searched): what budgets are measured against.
+        ``act_bits``: the level's activation bits (default: the largest choice)."""
+        a = max(self.acts) if act_bits is None else act_bits
+        setting = LayerSetting(sparsity, _bits(bits), _bits(a))
+        return Policy.from_dict(dict(self.base.fixed) | {n: setting for n in self.searched})
 
     def policy(self, params: dict[str, Any]) -> Policy:
         """The policy of a trial's parameters (see ``sample``)."""
-        bits = None if params["bits"] == FP32 else int(params["bits"])
-        settings = self.allocate(params["rule"], float(params["sparsity"]), bits)
-        choices = sorted(self.base.bits)
+        act = _bits(params["act_bits"] if len(self.acts) > 1 else self.acts[0])
+        settings = self.allocate(params["rule"], float(params["sparsity"]), _bits(params["bits"]), act)
+        choices, act_choices = sorted(self.base.bits), sorted(self.acts)
         lo, hi = self.base.sparsity
         for i, name in enumerate(self.sensitivity.ranked()[: self.offsets]):
             s = settings[name]
             sparsity = min(max(s.sparsity + params[f"offset{i}:sparsity"] * self.base.step, lo), hi)
-            b = FP32 if s.bits is None else s.bits
-            at = choices.index(b) if b in choices else 0
-            b = choices[min(max(at + params[f"offset{i}:bits"], 0), len(choices) - 1)]
-            settings[name] = LayerSetting(round(sparsity, 6), None if b == FP32 else b)
+            b = _shift(choices, s.bits, params[f"offset{i}:bits"])
+            a = _shift(act_choices, s.act_bits, params[f"offset{i}:act_bits"]) if len(self.acts) > 1 else s.act_bits
+            settings[name] = LayerSetting(round(sparsity, 6), b, a)
         policy = Policy.from_dict(dict(self.base.fixed) | settings)
         if not self.base.groups:
             return policy
@@ -219,66 +287,136 @@ class AllocatedSpace:
         return self.base.with_channels(policy, fractions)
 
     def sample(self, trial: optuna.Trial) -> Policy:
-        """Ask the trial for a level, a rule and the offsets; return the whole policy."""
+        """Ask the trial for a level, a rule and the offsets; return the whole policy. Activation bits are a
+        parameter (of the level and of each offset) only where the space has a choice of them."""
         lo, hi = self.base.sparsity
         params: dict[str, Any] = {
             "sparsity": round(trial.suggest_float("sparsity", lo, hi, step=self.base.step), 6),
             "bits": trial.suggest_categorical("bits", list(self.base.bits)),
             "rule": trial.suggest_categorical("rule", list(self.rules)),
         }
+        if len(self.acts) > 1:
+            params["act_bits"] = trial.suggest_categorical("act_bits", list(self.acts))
         for i in range(self.offsets):
             params[f"offset{i}:sparsity"] = trial.suggest_int(f"offset{i}:sparsity", -SHIFT_STEPS, SHIFT_STEPS)
             params[f"offset{i}:bits"] = trial.suggest_int(f"offset{i}:bits", -1, 1)
+            if len(self.acts) > 1:
+                params[f"offset{i}:act_bits"] = trial.suggest_int(f"offset{i}:act_bits", -1, 1)
         if self.base.groups:
             c_lo, c_hi = self.base.channels
             params["channels"] = trial.suggest_float("channels", c_lo, c_hi, step=self.base.channels_step)
             params["channel_rule"] = trial.suggest_categorical("channel_rule", list(self.channel_rules))
         return self.policy(params)
 
-    def uniform_params(self, sparsity: float, bits: int, rule: str | None = None) -> dict[str, Any]:
+    def uniform_params(
+        self, sparsity: float, bits: int, rule: str | None = None, act_bits: int | None = None
+    ) -> dict[str, Any]:
         """Trial parameters of a level under a rule, no offsets, to enqueue. The baselines name no rule: they
-        are uniform, or under the first searched rule when the study leaves "uniform" out of space.rules."""
+        are uniform, or under the first searched rule when the study leaves "uniform" out of space.rules.
+        ``act_bits``: the level's activation bits, where the space has a choice (default: the largest)."""
         if rule is None:
             rule = "uniform" if "uniform" in self.rules else self.rules[0]
         params: dict[str, Any] = {"sparsity": self.base.snap(sparsity), "bits": bits, "rule": rule}
+        if len(self.acts) > 1:
+            params["act_bits"] = max(self.acts) if act_bits is None else act_bits
         for i in range(self.offsets):
             params |= {f"offset{i}:sparsity": 0, f"offset{i}:bits": 0}
+            if len(self.acts) > 1:
+                params[f"offset{i}:act_bits"] = 0
         if self.base.groups:  # the fewest channels the space allows pruned
             params |= {"channels": self.base.channel_grid()[0], "channel_rule": self.channel_rules[0]}
         return params
 
-    def warm_starts(self, n: int, *, min_ratio: float | None = None) -> list[dict[str, Any]]:
-        """Parameters of ``n`` promising policies, one per size budget, the budgets spread evenly in compression
-        ratio over the space (over the part that meets ``min_ratio``, when the study has that constraint).
+    def _levels(self) -> list[tuple[int, int]]:
+        """Every (weight bits, activation bits) pair of a level."""
+        return [(b, a) for b in self.bits for a in self.acts]
 
-        Budget i is ratio >= lo + (i + 1/2) w, w = (hi - lo) / n. Its candidates are, per bit width, the least
-        compressed level that meets it (if within w of it) under every rule; the probe's best one is kept. Evenly
-        in ratio, not in log size: the front is steepest, and budgets are tightest, at the small end.
+    def warm_starts(
+        self,
+        n: int,
+        *,
+        min_ratio: float | None = None,
+        max_bops: float | None = None,
+        max_latency_ms: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Parameters of ``n`` promising policies, one per budget, the budgets spread over what the study is
+        constrained by: predicted latency (``max_latency_ms``, in a study that predicts it), else bit operations
+        (``max_bops``; see ``_warm_under``), else size.
+
+        Size: budget i is ratio >= lo + (i + 1/2) w, w = (hi - lo) / n, over the part of the space that meets
+        ``min_ratio``. Its candidates are, per (weight bits, activation bits), the least compressed level that
+        meets it (if within w of it) under every rule; the probe's best one is kept. Evenly in ratio, not in log
+        size: the front is steepest, and budgets are tightest, at the small end.
         """
         if n == 0:
             return []
-        levels = [(s, b) for b in self.bits for s in self.base.grid()]
+        if max_latency_ms is not None and self.latency is not None:
+            return self._warm_under(n, self.latency.predict, max_latency_ms, min_ratio)
+        if max_bops is not None:
+            return self._warm_under(n, self.bops, max_bops, min_ratio)
+        levels = [(s, b, a) for b, a in self._levels() for s in self.base.grid()]
         ratio = {lv: self.probe.ratio(self.uniform(*lv)) for lv in levels}
         lo, hi = max(min(ratio.values()), min_ratio or 0.0), max(ratio.values())
         width = (hi - lo) / n
         out: list[dict[str, Any]] = []
         seen: set[Policy] = set()
         for budget in lo + width * (np.arange(n) + 0.5):
-            scored: dict[Policy, tuple[float, dict[str, Any]]] = {}
-            for b in self.bits:
-                fits = [lv for lv in levels if lv[1] == b and budget <= ratio[lv] <= budget + width]
-                if not fits:
-                    continue  # this bit width has no level just above the budget
-                s, _ = min(fits, key=lambda lv: ratio[lv])
-                for rule in self.rules:
-                    params = self.uniform_params(s, b, rule)
-                    policy = self.policy(params)
-                    if policy not in scored and policy not in seen:
-                        scored[policy] = (self.probe.od(policy), params)
-            if scored:
-                best = min(scored, key=lambda q: scored[q][0])
-                seen.add(best)
-                out.append(scored[best][1])
+            candidates = []
+            for b, a in self._levels():
+                fits = [lv for lv in levels if lv[1:] == (b, a) and budget <= ratio[lv] <= budget + width]
+                if fits:  # else this pair has no level just above the budget
+                    s = min(fits, key=lambda lv: ratio[lv])[0]
+                    candidates += [self.uniform_params(s, b, rule, a) for rule in self.rules]
+            best = self._best(candidates, seen)
+            if best is not None:
+                out.append(best)
+        return out
+
+    def _best(
+        self, candidates: list[dict[str, Any]], seen: set[Policy], fits: Callable[[Policy], bool] | None = None
+    ) -> dict[str, Any] | None:
+        """The candidate whose policy the probe ranks best, among policies not in ``seen`` (it is added there)
+        and, with ``fits``, only those it accepts."""
+        scored: dict[Policy, tuple[float, dict[str, Any]]] = {}
+        for params in candidates:
+            policy = self.policy(params)
+            if policy not in scored and policy not in seen and (fits is None or fits(policy)):
+                scored[policy] = (self.probe.od(policy), params)
+        if not scored:
+            return None
+        best = min(scored, key=lambda q: scored[q][0])
+        seen.add(best)
+        return scored[best][1]
+
+    def _warm_under(
+        self, n: int, cost: Callable[[Policy], float], limit: float, min_ratio: float | None
+    ) -> list[dict[str, Any]]:
+        """Warm starts under a budget on ``cost`` (BOPs, latency), which pruning does not change: each (weight
+        bits, activation bits) pair at its least sparsity that meets ``min_ratio`` (the space's lowest without
+        one), under every rule. Budget i is cost <= lo + (i + 1) w, w = (limit - lo) / n, lo the cheapest pair's
+        cost; its candidates are the pairs whose uniform cost is within w below it, and only policies that meet
+        ``limit`` (the knapsack's may cost less than its level, never more)."""
+        least: dict[tuple[int, int], float] = {}
+        for pair in self._levels():
+            s = next((s for s in self.base.grid() if min_ratio is None
+                      or self.probe.ratio(self.uniform(s, *pair)) >= min_ratio), None)
+            if s is not None:
+                least[pair] = s
+        spend = {pair: cost(self.uniform(s, *pair)) for pair, s in least.items()}
+        spend = {pair: c for pair, c in spend.items() if c <= limit}
+        if not spend:
+            return []
+        lo = min(spend.values())
+        width = (limit - lo) / n
+        out: list[dict[str, Any]] = []
+        seen: set[Policy] = set()
+        for i in range(n):
+            top = lo + (i + 1) * width
+            pairs = [p for p, c in spend.items() if top - width <= c <= top]
+            candidates = [self.uniform_params(least[(b, a)], b, rule, a) for b, a in pairs for rule in self.rules]
+            best = self._best(candidates, seen, lambda p: cost(p) <= limit)
+            if best is not None:
+                out.append(best)
         return out
 
 
@@ -291,11 +429,15 @@ def study_space(
     heldout: torch.Tensor,
     teacher_out: torch.Tensor,
     recovery: torch.Tensor,
+    *,
+    method: str = "mse",
+    latency: LatencyTable | None = None,
 ) -> SearchSpace | AllocatedSpace:
     """The space a study samples from: ``base`` itself in layerwise mode; in allocated mode, ``base`` through
-    rules, with the study's sensitivity table (measured once, by whichever process needs it first) and a probe
-    on the study's batches."""
+    rules, with the study's sensitivity table (measured once, by whichever process needs it first), a probe
+    on the study's batches (activation ranges calibrated by ``method``) and the study's latency table, if any."""
     if section.mode != "allocated":
         return base
-    table = cached_sensitivity(storage, batch_key, teacher, base, heldout, teacher_out)
-    return AllocatedSpace.build(base, section, teacher, table, Probe(teacher, heldout, teacher_out, recovery))
+    table = cached_sensitivity(storage, batch_key, teacher, base, heldout, teacher_out, recovery, method)
+    probe = Probe(teacher, heldout, teacher_out, recovery, method)
+    return AllocatedSpace.build(base, section, teacher, table, probe, latency)

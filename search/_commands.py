@@ -267,9 +267,13 @@ def sensitivity(cfg: StudyConfig, storage: str | None, *, png: Path | None, devi
     with open_for(cfg, storage) as st:
         key, data = cached_batches(cfg, st, teacher, device=device, progress=True)
         heldout = data.heldout.to(device)
-        table = cached_sensitivity(st, key, teacher, space, heldout, model_outputs(teacher, heldout))
+        table = cached_sensitivity(
+            st, key, teacher, space, heldout, model_outputs(teacher, heldout), data.recovery.to(device),
+            cfg.recovery.calibration,
+        )
     print(format_table(table))
-    print(f"{len(table.layers)} layers x {len(table.settings)} settings, measured in {table.seconds:.1f} s")
+    acts = f" + {len(table.act_bits)} activation widths" if table.act_bits else ""
+    print(f"{len(table.layers)} layers x {len(table.settings)} settings{acts}, measured in {table.seconds:.1f} s")
     if png is not None:
         heatmap(table, str(png))
         print(f"heatmap -> {png}")

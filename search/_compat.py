@@ -54,6 +54,17 @@ def size_rule(cfg: StudyConfig) -> str:
     return ACT_SIZE_RULE if quantizes_activations(cfg) else SIZE_RULE
 
 
+# How an allocated space spreads a level whose activations are quantized: the level carries activation bits, and the
+# sensitivity rule keeps BOPs (latency in a latency study) as well as bytes. Compared only by allocated studies that
+# quantize activations (before it, their searched layers silently kept fp32 inputs: not comparable).
+ALLOCATION_RULE = "level-act-bits/1"
+
+
+def allocates_activations(cfg: StudyConfig) -> bool:
+    """Whether an allocated space spreads quantized activation bits (ALLOCATION_RULE)."""
+    return cfg.space.mode == "allocated" and any(b != 32 for b in cfg.space.act_bits)
+
+
 def _allocated(cfg: StudyConfig) -> bool:
     return cfg.space.mode == "allocated"
 
@@ -138,6 +149,7 @@ PARTS: tuple[Part, ...] = (
     Part("rounding", "activation rounding", lambda c: ROUNDING_RULE, quantizes_activations),
     Part("latency", "latency", lambda c: dataclasses.asdict(c.latency) | {"rule": LATENCY_RULE}, uses_latency),
     Part("max_latency_ms", "study.max_latency_ms", lambda c: c.study.max_latency_ms, uses_latency),
+    Part("allocation", "allocation", lambda c: ALLOCATION_RULE, allocates_activations),
 )
 
 

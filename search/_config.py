@@ -64,9 +64,11 @@ class SpaceSection:
     ``re:`` pattern); a searched setting if it matches ``layers``; otherwise it stays dense fp32.
 
     ``mode = "layerwise"`` searches each layer's setting on its own; ``"allocated"`` searches one global
-    (sparsity, bits) level spread over the searched layers by a searched ``rules`` entry, plus small searched
-    offsets for the ``offsets`` most sensitive layers, and starts with ``warm_starts`` trials: the most promising
-    policy of any rule (by OD before recovery) at each of that many sizes spread over the whole range.
+    (sparsity, weight bits, activation bits) level spread over the searched layers by a searched ``rules`` entry,
+    plus small searched offsets for the ``offsets`` most sensitive layers, and starts with ``warm_starts`` trials:
+    the most promising policy of any rule (by OD before recovery) at each of that many budgets (latency, BOPs or
+    size: what the study is constrained by) spread over the whole range. ``rules``, ``offsets`` and
+    ``warm_starts`` mean nothing to a layerwise space: set there, they are refused, not ignored.
     """
 
     layers: tuple[str, ...] = ("re:.*",)
@@ -89,6 +91,10 @@ class SpaceSection:
     def prunes_channels(self) -> bool:
         """Whether channels are searched (a range above 0): only then do trials sample them."""
         return any(c > 0 for c in self.channels)
+
+
+ALLOCATED_ONLY = ("rules", "offsets", "warm_starts")  # keys a layerwise study refuses if set (never fingerprints)
+CHANNEL_OPTIONS = ("channels_step", "channels_multiple", "channel_rules")  # refused if set without space.channels
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,11 @@ class StudyConfig:
     @property
     def weights_path(self) -> Path:
         return (self.base_dir / self.model.weights).resolve()
+
+    @property
+    def allocates_activations(self) -> bool:
+        """Whether an allocated space spreads quantized activation bits (ALLOCATION_RULE)."""
+        return _compat.allocates_activations(self)
 
     @property
     def uses_latency(self) -> bool:
@@ -311,8 +322,15 @@ def _validate(cfg: StudyConfig) -> None:
             f"study.score '{s.score}' compares the teacher's and the student's features, whose channels "
             "space.channels removes; use score = \"od\" with space.channels"
         )
-    if sp.mode == "layerwise" and sp.offsets:
-        raise ConfigError('space.offsets needs space.mode = "allocated"; set it, or remove space.offsets')
+    default = SpaceSection()
+    if sp.mode == "layerwise":
+        for key in (*ALLOCATED_ONLY, "channel_rules"):  # meaningless per layer: refused, never ignored
+            if getattr(sp, key) != getattr(default, key):
+                raise ConfigError(f'space.{key} needs space.mode = "allocated"; set it, or remove space.{key}')
+    if not sp.prunes_channels:
+        for key in CHANNEL_OPTIONS:  # meaningless without channel pruning: refused, never ignored
+            if getattr(sp, key) != getattr(default, key):
+                raise ConfigError(f"space.{key} needs space.channels (a range above 0); set it, or remove space.{key}")
     for level in s.baselines:
         if not 0 <= level < 1:
             raise ConfigError(f"study.baselines has sparsity {level}, outside [0, 1)")

@@ -42,3 +42,54 @@ def choose(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]], bu
         out.append(j)
         x -= math.ceil(cost[j] / unit)
     return out[::-1]
+
+
+def choose_within(
+    costs: Sequence[Sequence[int]],
+    values: Sequence[Sequence[float]],
+    budget: int,
+    extra: Sequence[Sequence[float]],
+    limit: float,
+    *,
+    rounds: int = 20,
+) -> list[int] | None:
+    """choose() under a second budget too: summed ``extra`` (BOPs, predicted latency) <= ``limit``.
+
+    A Lagrangian relaxation, as HAWQ-V3's integer program is solved in practice: the byte budget stays exact (the
+    dynamic program), the second one is priced into the values, value + lam * extra, with the least lam (found by
+    bisection) whose pick meets ``limit``. None when no pick within ``budget`` bytes meets it.
+    """
+    picks = choose(costs, values, budget)
+    if picks is None:
+        return None
+
+    def spent(p: list[int]) -> float:
+        return sum(e[j] for e, j in zip(extra, p, strict=True))
+
+    if spent(picks) <= limit:
+        return picks
+    scale = max((abs(v) for row in values for v in row), default=1.0) or 1.0
+    span = max((abs(e) for row in extra for e in row), default=1.0) or 1.0
+
+    def priced(lam: float) -> list[int] | None:
+        return choose(costs, [[v + lam * e / span for v, e in zip(vr, er, strict=True)] for vr, er in
+                              zip(values, extra, strict=True)], budget)
+
+    best = priced(scale * 1e9)  # the extra all but alone decides: the least extra within the byte budget
+    if best is None or spent(best) > limit:
+        return None
+    lo, hi = 0.0, scale
+    while hi < scale * 1e9:
+        p = priced(hi)
+        if p is not None and spent(p) <= limit:
+            best = p
+            break
+        lo, hi = hi, hi * 4
+    for _ in range(rounds):
+        mid = (lo + hi) / 2
+        p = priced(mid)
+        if p is not None and spent(p) <= limit:
+            hi, best = mid, p
+        else:
+            lo = mid
+    return best

@@ -12,7 +12,16 @@ import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from frandi_core import FrandiError, SyntheticData, compress, load_model, model_outputs, model_size
+from frandi_core import (
+    FrandiError,
+    SyntheticData,
+    bops,
+    compress,
+    layer_macs,
+    load_model,
+    model_outputs,
+    model_size,
+)
 from storage import Storage
 
 from ._allocate import check_offsets, study_space
@@ -23,7 +32,7 @@ from ._open import open_for
 from ._signals import check, deferred_interrupts, received, wait
 from ._space import SearchSpace
 from ._study import counts, create_or_resume, stamp_fingerprint
-from ._trial import TrialRunner, cached_batches, model_spec
+from ._trial import TrialRunner, cached_batches, cached_latency, model_spec
 from ._worker import Deadline, work, worker_main
 
 
@@ -45,6 +54,13 @@ def check_model(cfg: StudyConfig, device: str = "cpu") -> tuple[torch.nn.Module,
             f"study.min_ratio {cfg.study.min_ratio:g} is out of reach: the space's smallest policy compresses "
             f"{smallest.ratio:.2f}x; lower study.min_ratio, or widen space.sparsity or space.bits"
         )
+    if cfg.study.max_bops is not None:
+        fewest = bops(layer_macs(teacher, cfg.model.input_shape), space.cheapest())
+        if fewest > cfg.study.max_bops:
+            raise ConfigError(
+                f"study.max_bops {cfg.study.max_bops:g} is out of reach: the space's cheapest policy takes "
+                f"{fewest:.4g} bit operations; raise study.max_bops, or widen space.bits or space.act_bits"
+            )
     return teacher, space
 
 
@@ -83,7 +99,11 @@ def _prepare(
     key, data = cached_batches(cfg, storage, teacher, device=device, progress=progress)
     heldout = data.heldout.to(device)
     recovery = data.recovery.to(device)
-    allocated = study_space(cfg.space, storage, key, teacher, space, heldout, model_outputs(teacher, heldout), recovery)
+    latency = cached_latency(cfg, storage, key, teacher) if cfg.uses_latency else None
+    allocated = study_space(
+        cfg.space, storage, key, teacher, space, heldout, model_outputs(teacher, heldout), recovery,
+        method=cfg.recovery.calibration, latency=latency,
+    )
     return create_or_resume(cfg, storage, allocated, force=force), (key, data)
 
 

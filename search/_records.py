@@ -34,15 +34,17 @@ WORKER = "worker"
 BASELINE = "baseline"  # enqueued as a uniform baseline
 WARM_START = "warm_start"  # enqueued as a warm start of the allocated space
 FAIL_REASON = "fail_reason"
+POLICY_KEY = "policy_key"  # the policy's digest under the study file's fingerprint: one measurement per key
+REUSED = "reused_from"  # the number of the earlier trial whose measurement this one reports
 SIZE_BITS = "size_bits"
 BOPS = "bops"
 LATENCY_MS = "latency_ms"
 SECONDS = "seconds"
 
 
-def start_attrs(worker: str, policy: Policy) -> dict[str, Any]:
-    """What a trial stores when it starts: the worker running it and the policy it sampled."""
-    return {WORKER: worker, POLICY: policy.to_json()}
+def start_attrs(worker: str, policy: Policy, policy_key: str | None = None) -> dict[str, Any]:
+    """What a trial stores when it starts: the worker running it, the policy it sampled and that policy's key."""
+    return {WORKER: worker, POLICY: policy.to_json()} | ({POLICY_KEY: policy_key} if policy_key else {})
 
 
 def result_attrs(r: TrialResult, *, threads: int) -> dict[str, Any]:
@@ -90,10 +92,12 @@ class TrialRecord:
     worker: str | None = None
     baseline: bool = False
     warm_start: bool = False
+    policy_key: str | None = None  # trials run before policies were keyed have none
+    reused_from: int | None = None  # set when the trial reported an earlier trial's measurement
 
     def to_attrs(self) -> dict[str, Any]:
         """The record as a trial's user attributes, as the worker writes them: ``from_trial``'s inverse."""
-        attrs = start_attrs(self.worker or "", self.policy) | _measured(
+        attrs = start_attrs(self.worker or "", self.policy, self.policy_key) | _measured(
             self.od, self.od_before, self.kept, self.size_bits, self.ratio, self.density, self.bops, self.latency_ms,
             dict(self.seconds), self.threads,
         )
@@ -101,6 +105,8 @@ class TrialRecord:
             attrs[BASELINE] = True
         if self.warm_start:
             attrs[WARM_START] = True
+        if self.reused_from is not None:
+            attrs[REUSED] = self.reused_from
         return attrs
 
     @classmethod
@@ -121,4 +127,6 @@ class TrialRecord:
             worker=a.get(WORKER),
             baseline=bool(a.get(BASELINE, False)),
             warm_start=bool(a.get(WARM_START, False)),
+            policy_key=a.get(POLICY_KEY),
+            reused_from=None if a.get(REUSED) is None else int(a[REUSED]),
         )

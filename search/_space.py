@@ -179,6 +179,19 @@ class SearchSpace:
         smallest = Policy.from_dict(dict(self.fixed) | {n: top for n in self.searched})
         return self.with_channels(smallest, {g[0]: self.channel_grid()[-1] for g in self.groups})
 
-    def warm_starts(self, n: int, *, min_ratio: float | None = None) -> list[dict[str, Any]]:
+    def cheapest(self) -> Policy:
+        """The policy of the fewest bit operations in the space: every searched layer at the fewest weight and
+        activation bits (pruning does not count)."""
+        top = LayerSetting(0.0, _bits(min(self.bits)), _bits(min(self.act_bits)))
+        return Policy.from_dict(dict(self.fixed) | {n: top for n in self.searched})
+
+    def warm_starts(
+        self,
+        n: int,
+        *,
+        min_ratio: float | None = None,
+        max_bops: float | None = None,
+        max_latency_ms: float | None = None,
+    ) -> list[dict[str, Any]]:
         """Parameters to enqueue after the baselines: none in a per-layer space (see AllocatedSpace)."""
         return []

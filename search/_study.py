@@ -101,7 +101,10 @@ def create_or_resume(
     if not study.user_attrs.get(WARM_STARTS_ENQUEUED):
         t0 = time.perf_counter()
         room = max(cfg.study.n_trials - len(study.get_trials(deepcopy=False)), 0)  # fewer trials: fewer, wider bins
-        warm = space.warm_starts(min(cfg.space.warm_starts, room), min_ratio=cfg.study.min_ratio)
+        warm = space.warm_starts(
+            min(cfg.space.warm_starts, room), min_ratio=cfg.study.min_ratio, max_bops=cfg.study.max_bops,
+            max_latency_ms=cfg.study.max_latency_ms,
+        )
         if warm:
             for params in warm:
                 study.enqueue_trial(params, user_attrs={WARM_START: True}, skip_if_exists=True)

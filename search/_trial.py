@@ -38,6 +38,7 @@ from storage import Storage
 
 from ._allocate import AllocatedSpace, study_space
 from ._config import StudyConfig
+from ._records import TrialRecord
 from ._space import SearchSpace
 
 
@@ -145,6 +146,7 @@ class TrialRunner:
         batches: tuple[str, SyntheticData] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._fingerprint: str | None = None  # cfg.fingerprint(), once a trial needs it (it reads the weights)
         self.device = torch.device(device)
         self.teacher = teacher if teacher is not None else load_model(model_spec(cfg), device=self.device)
         if cfg.run.channels_last:  # students are copies of the teacher: they inherit the layout
@@ -168,7 +170,7 @@ class TrialRunner:
         base = SearchSpace.of_model(self.cfg.space, self.teacher, self.cfg.model.input_shape)
         return study_space(
             self.cfg.space, self.storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out,
-            self.targets.inputs,
+            self.targets.inputs, method=self.cfg.recovery.calibration, latency=self.latency,
         )
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,3 +230,27 @@ class TrialRunner:
 
     def evaluate(self, policy: Policy) -> TrialResult:
         return self.student(policy)[1]
+
+    def policy_key(self, policy: Policy) -> str:
+        """What makes two trials' results the same measurement: the policy's digest under the study file's
+        fingerprint (a trial run with another study file, under --force, is never taken for this one's)."""
+        if self._fingerprint is None:
+            self._fingerprint = self.cfg.fingerprint()
+        return hashlib.sha256(f"{self._fingerprint}/{policy.digest()}".encode()).hexdigest()[:32]
+
+
+def reused_result(record: TrialRecord, score: float) -> TrialResult:
+    """The result a finished trial recorded, as a trial that measured the same policy reports it: every timing 0,
+    since nothing ran."""
+    return TrialResult(
+        od=record.od,
+        od_before=record.od_before,
+        size_bits=int(record.size_bits),
+        ratio=record.ratio,
+        density=record.density,
+        seconds={k: 0.0 for k in record.seconds or {"total": 0.0}},
+        bops=int(record.bops or 0),
+        score=score,
+        kept=record.kept,
+        latency_ms=record.latency_ms,
+    )

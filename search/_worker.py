@@ -23,7 +23,7 @@ from . import _optuna
 from ._config import StudyConfig
 from ._device import set_threads
 from ._open import open_for
-from ._records import FAIL_REASON, result_attrs, start_attrs
+from ._records import FAIL_REASON, POLICY_KEY, REUSED, TrialRecord, result_attrs, start_attrs
 from ._signals import (
     EXIT_CODES,
     DeadlinePassed,
@@ -35,7 +35,7 @@ from ._signals import (
     raise_held,
 )
 from ._study import counts, open_study, to_start_key
-from ._trial import TrialResult, TrialRunner
+from ._trial import TrialResult, TrialRunner, reused_result
 
 log = logging.getLogger("frandi.worker")
 
@@ -174,9 +174,16 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
         with deferred_interrupts():
             trial = optuna.trial.Trial(study, trial_id)  # samples the multivariate parameters
             policy = runner.space.sample(trial)
-            for k, v in start_attrs(worker, policy).items():
+            key = runner.policy_key(policy)
+            for k, v in start_attrs(worker, policy, key).items():
                 trial.set_user_attr(k, v)
-        r = runner.evaluate(policy)
+            earlier = measured(study, key, trial.number)
+            if earlier is not None:
+                trial.set_user_attr(REUSED, earlier.number)
+        if earlier is None:
+            r = runner.evaluate(policy)
+        else:  # measured already: its result, no FR paid twice
+            r = reused_result(TrialRecord.from_trial(earlier), earlier.values[0])
     except (NonFiniteError, FloatingPointError) as e:
         _fail(study, trial_id, str(e))
         log.warning("trial %d failed: %s", trial.number, e)
@@ -189,6 +196,16 @@ def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: Stud
     with deferred_interrupts():
         _record(study, trial, r, cfg)
     return True
+
+
+def measured(study: optuna.Study, key: str, number: int) -> optuna.trial.FrozenTrial | None:
+    """The first finished trial of the study (not trial ``number``) that measured the policy under ``key``: its
+    result is this one's, so no policy is paid twice (the sampler drawing a warm start's parameters again, two
+    rules or levels that give one policy). Two workers drawing one policy at the same moment both measure it."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != number and t.user_attrs.get(POLICY_KEY) == key:
+            return t
+    return None
 
 
 def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg: StudyConfig) -> None:

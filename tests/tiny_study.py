@@ -84,3 +84,12 @@ def make_weights(path: Path, seed: int = 0) -> None:
         for _ in range(20):
             model(torch.randn(32, 1, 8, 8) * 2 + 0.5)
     torch.save(model.state_dict(), path)
+
+
+def stored_trials(path: Path) -> list[Any]:
+    """Every trial of the study a study file names, as stored (FrozenTrial objects)."""
+    from search import load_config, open_for, open_study
+
+    cfg = load_config(path)
+    with open_for(cfg) as st:
+        return open_study(cfg, st).get_trials()
