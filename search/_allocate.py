@@ -432,12 +432,14 @@ def study_space(
     *,
     method: str = "mse",
     latency: LatencyTable | None = None,
+    weight_clip: str = "max",
 ) -> SearchSpace | AllocatedSpace:
     """The space a study samples from: ``base`` itself in layerwise mode; in allocated mode, ``base`` through
     rules, with the study's sensitivity table (measured once, by whichever process needs it first), a probe
-    on the study's batches (activation ranges calibrated by ``method``) and the study's latency table, if any."""
+    on the study's batches (activation ranges calibrated by ``method``, weights clipped by ``weight_clip``, as
+    trials are) and the study's latency table, if any."""
     if section.mode != "allocated":
         return base
-    table = cached_sensitivity(storage, batch_key, teacher, base, heldout, teacher_out, recovery, method)
-    probe = Probe(teacher, heldout, teacher_out, recovery, method)
+    table = cached_sensitivity(storage, batch_key, teacher, base, heldout, teacher_out, recovery, method, weight_clip)
+    probe = Probe(teacher, heldout, teacher_out, recovery, method, weight_clip)
     return AllocatedSpace.build(base, section, teacher, table, probe, latency)

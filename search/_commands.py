@@ -269,7 +269,7 @@ def sensitivity(cfg: StudyConfig, storage: str | None, *, png: Path | None, devi
         heldout = data.heldout.to(device)
         table = cached_sensitivity(
             st, key, teacher, space, heldout, model_outputs(teacher, heldout), data.recovery.to(device),
-            cfg.recovery.calibration,
+            cfg.recovery.calibration, cfg.recovery.weight_clip,
         )
     print(format_table(table))
     acts = f" + {len(table.act_bits)} activation widths" if table.act_bits else ""

@@ -23,6 +23,7 @@ from frandi_core import (
     Compressor,
     LayerSetting,
     Policy,
+    clip_ratios,
     compressible_layers,
     magnitude_mask,
     model_outputs,
@@ -97,10 +98,14 @@ def act_candidates(space: SearchSpace) -> list[int]:
     return sorted(b for b in set(space.act_bits) if b != FP32)
 
 
-def _compressed(original: torch.Tensor, s: LayerSetting) -> torch.Tensor:
-    """A weight as compressed at a setting (magnitude mask, then fake quantization), computed from its original."""
+def _compressed(original: torch.Tensor, s: LayerSetting, weight_clip: str = "max") -> torch.Tensor:
+    """A weight as compressed at a setting (magnitude mask, then fake quantization, each channel clipped as
+    ``compress`` clips it by ``weight_clip``), computed from its original."""
     mask = magnitude_mask(original, s.sparsity) if s.sparsity > 0 else None
-    return Compressor(mask, s.bits)(original)
+    ratio = None
+    if s.bits is not None and weight_clip == "mse":
+        ratio = clip_ratios(original if mask is None else original * mask, s.bits)
+    return Compressor(mask, s.bits, ratio)(original)
 
 
 @torch.no_grad()
@@ -114,8 +119,10 @@ def measure(
     act_bits: list[int] | None = None,
     calibration: torch.Tensor | None = None,
     method: str = "mse",
+    weight_clip: str = "max",
 ) -> Sensitivity:
-    """Compress one layer at a time (in a copy), at each setting, and measure OD; the teacher is not changed.
+    """Compress one layer at a time (in a copy), at each setting (weights clipped by ``weight_clip``), and measure
+    OD; the teacher is not changed.
     ``act_bits``: also quantize one layer's input at a time at each of these widths, its range calibrated on
     ``calibration`` (the recovery batch) by ``method``."""
     t0 = time.perf_counter()
@@ -127,7 +134,7 @@ def measure(
         original = weight.detach().clone()
         row = []
         for s in settings:
-            weight.copy_(_compressed(original, s))
+            weight.copy_(_compressed(original, s, weight_clip))
             row.append(od_from_outputs(teacher_out, model_outputs(model, heldout)))
         weight.copy_(original)
         table.append(tuple(row))
@@ -166,8 +173,10 @@ class Probe:
         teacher_out: torch.Tensor,
         recovery: torch.Tensor,
         method: str = "mse",
+        weight_clip: str = "max",
     ) -> None:
         self.teacher, self.heldout, self.teacher_out, self.method = teacher, heldout, teacher_out, method
+        self.weight_clip = weight_clip
         self.recovery = recovery[:PROBE_SAMPLES]
         self._model = copy.deepcopy(teacher).eval()
         modules = dict(self._model.named_modules())
@@ -178,7 +187,8 @@ class Probe:
     def od(self, policy: Policy) -> float:
         for name, s in policy.layers:
             original = self._originals[name]
-            self._weights[name].copy_(original if s.sparsity == 0 and s.bits is None else _compressed(original, s))
+            dense = s.sparsity == 0 and s.bits is None
+            self._weights[name].copy_(original if dense else _compressed(original, s, self.weight_clip))
         recalibrate_(self._model, self.recovery)
         acts = policy.act_bits()
         try:
@@ -194,12 +204,19 @@ class Probe:
 
 
 def sensitivity_key(
-    batch_key: str, layers: list[str], settings: list[LayerSetting], act_bits: list[int], method: str
+    batch_key: str,
+    layers: list[str],
+    settings: list[LayerSetting],
+    act_bits: list[int],
+    method: str,
+    weight_clip: str = "max",
 ) -> str:
     """Content key of a study's table: its batches (model weights and synthetic config) and what is measured
-    (activation widths and their calibration only when measured, so older tables keep their key)."""
+    (activation widths and their calibration only when measured, the weight clipping only when not "max": so
+    older tables keep their key)."""
     what: list = [batch_key, layers, [[s.sparsity, s.bits] for s in settings]]
-    blob = json.dumps(what + [act_bits, method] if act_bits else what)
+    what += [act_bits, method] if act_bits else []
+    blob = json.dumps(what + ([weight_clip] if weight_clip != "max" else []))
     return "sens-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -212,15 +229,17 @@ def cached_sensitivity(
     teacher_out: torch.Tensor,
     calibration: torch.Tensor | None = None,
     method: str = "mse",
+    weight_clip: str = "max",
 ) -> Sensitivity:
     """The study's sensitivity table from the storage; exactly one worker measures a missing one.
     ``calibration``: the recovery batch, for a space that quantizes activations."""
     layers, settings, acts = list(space.searched), candidates(space), act_candidates(space)
-    key = sensitivity_key(batch_key, layers, settings, acts, method)
+    key = sensitivity_key(batch_key, layers, settings, acts, method, weight_clip)
 
     def make() -> bytes:
         return measure(
-            teacher, layers, settings, heldout, teacher_out, act_bits=acts, calibration=calibration, method=method
+            teacher, layers, settings, heldout, teacher_out, act_bits=acts, calibration=calibration, method=method,
+            weight_clip=weight_clip,
         ).to_json().encode()
 
     raw = storage.get_or_create_blob(key, make, what="the sensitivity table", meta={"kind": "sensitivity"})

@@ -171,6 +171,7 @@ class TrialRunner:
         return study_space(
             self.cfg.space, self.storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out,
             self.targets.inputs, method=self.cfg.recovery.calibration, latency=self.latency,
+            weight_clip=self.cfg.recovery.weight_clip,
         )
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:

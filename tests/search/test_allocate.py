@@ -283,3 +283,29 @@ def test_the_probe_measures_a_compressed_copy_after_its_bn_statistics_are_re_est
     dense_od = output_discrepancy(compress(probe.teacher, dense), probe.heldout, probe.teacher_out)
     assert dense_od == 0.0 and probe.od(dense) > 0.0  # dense weights too get statistics of the recovery batch
     assert all(torch.equal(v, probe.teacher.state_dict()[k]) for k, v in teacher.items())  # the teacher untouched
+
+
+def test_the_probe_and_the_sensitivity_table_clip_weights_as_trials_do() -> None:
+    """weight_clip reaches the screens: the table's OD of a layer at 2 bits is the OD of the student compress()
+    makes with the same clipping, the probe's 2-bit OD moves with it; a table measured under "max" keeps its key."""
+    from search._sensitivity import sensitivity_key
+
+    torch.manual_seed(0)
+    teacher = resnet(widths=(4, 8)).eval()
+    heldout, recovery = torch.randn(16, 1, 8, 8), torch.randn(32, 1, 8, 8)
+    out = model_outputs(teacher, heldout)
+    policy = Policy.uniform(teacher, 0.0, 2)
+    od = {clip: Probe(teacher, heldout, out, recovery, weight_clip=clip).od(policy) for clip in ("max", "mse")}
+    assert od["mse"] != od["max"]
+    section = SpaceSection(bits=(2, 8))
+    base = SearchSpace.build(section, compressible_layers(teacher))
+    two = [i for i, s in enumerate(candidates(base)) if s.bits == 2 and s.sparsity == 0]
+    rows = {clip: measure(teacher, list(base.searched), candidates(base), heldout, out, weight_clip=clip).od
+            for clip in ("max", "mse")}  # fmt: skip
+    assert all(r_max[i] != r_mse[i] for r_max, r_mse in zip(rows["max"], rows["mse"], strict=True) for i in two)
+    layer = base.searched[0]
+    alone = Policy.from_dict({layer: LayerSetting(0.0, 2)})
+    one = measure(teacher, [layer], [LayerSetting(0.0, 2)], heldout, out, weight_clip="mse").od[0][0]
+    assert one == pytest.approx(output_discrepancy(compress(teacher, alone, weight_clip="mse"), heldout, out))
+    args = ("batch", ["a"], [LayerSetting(0.5, 4)], [], "mse")
+    assert sensitivity_key(*args) == sensitivity_key(*args, "max") != sensitivity_key(*args, "mse")
