@@ -164,7 +164,8 @@ class TrialRunner:
         self.latency = cached_latency(cfg, storage, self.batch_key, self.teacher) if cfg.uses_latency else None
         self.space: SearchSpace | AllocatedSpace = study_space(
             cfg.space, storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out, self.targets.inputs,
-            method=cfg.recovery.calibration, latency=self.latency,
+            method=cfg.recovery.calibration, latency=self.latency, max_bops=cfg.study.max_bops,
+            max_latency_ms=cfg.study.max_latency_ms,
         )
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
