@@ -127,6 +127,7 @@ class AllocatedSpace:
     channel_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # root -> sorted importance
     macs: dict[str, int] = field(default_factory=dict, repr=False)  # every compressible layer's, for BOPs
     latency: LatencyTable | None = field(default=None, repr=False)  # the study's table, if it predicts latency
+    cap: float | None = None  # the study's budget on ``second`` for the whole policy (max_bops, max_latency_ms)
 
     @classmethod
     def build(
@@ -137,7 +138,12 @@ class AllocatedSpace:
         table: Sensitivity,
         probe: Probe,
         latency: LatencyTable | None = None,
+        *,
+        max_bops: float | None = None,
+        max_latency_ms: float | None = None,
     ) -> AllocatedSpace:
+        """``max_bops`` / ``max_latency_ms``: the study's budget, which the sensitivity rule then allocates within
+        (see ``allocate``)."""
         check_offsets(section, base)
         modules = dict(teacher.named_modules())
         weights = {n: modules[n].weight.detach().cpu() for n in base.searched}
@@ -160,6 +166,7 @@ class AllocatedSpace:
             scores,
             layer_macs(teacher, tuple(probe.heldout.shape[1:])),
             latency,
+            max_latency_ms if latency is not None else max_bops,
         )
 
     @property
@@ -247,14 +254,27 @@ class AllocatedSpace:
             picks = choose_within(costs, values, budget, extra, limit)
         return None if picks is None else {n: options[j][1] for n, j in zip(t.layers, picks, strict=True)}
 
+    def searched_cap(self) -> float | None:
+        """What the study's budget (``cap``) leaves the searched layers of ``second``: the fixed layers' share (and
+        the fp32 model's latency) taken off; None without a budget."""
+        if self.cap is None or self.second is None:
+            return None
+        fixed = sum(self.layer_cost(n, s) for n, s in self.base.fixed)
+        base = self.latency.base_ms if self.second == "latency" and self.latency is not None else 0.0
+        return self.cap - fixed - base
+
     def allocate(
         self, rule: str, level: float, bits: int | None, act_bits: int | None = None
     ) -> dict[str, LayerSetting]:
-        """The searched layers' settings of one rule at one global level (bits None: fp32)."""
+        """The searched layers' settings of one rule at one global level (bits None: fp32). The sensitivity rule
+        keeps the level's bytes and its BOPs (latency), or, in a study with that budget, the study's budget
+        itself: the knapsack then spends the slack between two uniform levels that a level cannot."""
         if rule == "sensitivity":
             uniform = LayerSetting(level, bits, act_bits)
             budget = sum(self.layer_bytes(n, uniform) for n in self.searched)
-            limit = None if self.second is None else sum(self.layer_cost(n, uniform) for n in self.searched)
+            limit = self.searched_cap()
+            if limit is None and self.second is not None:
+                limit = sum(self.layer_cost(n, uniform) for n in self.searched)
             chosen = self.knapsack(budget, limit)
             if chosen is not None:
                 return chosen
@@ -414,6 +434,9 @@ class AllocatedSpace:
             top = lo + (i + 1) * width
             pairs = [p for p, c in spend.items() if top - width <= c <= top]
             candidates = [self.uniform_params(least[(b, a)], b, rule, a) for b, a in pairs for rule in self.rules]
+            if i == n - 1 and "sensitivity" in self.rules and self.searched_cap() is not None:
+                # the knapsack within the study's budget itself, from every level's bytes
+                candidates += [self.uniform_params(s, b, "sensitivity", a) for (b, a), s in least.items()]
             best = self._best(candidates, seen, lambda p: cost(p) <= limit)
             if best is not None:
                 out.append(best)
@@ -433,13 +456,18 @@ def study_space(
     method: str = "mse",
     latency: LatencyTable | None = None,
     weight_clip: str = "max",
+    max_bops: float | None = None,
+    max_latency_ms: float | None = None,
 ) -> SearchSpace | AllocatedSpace:
     """The space a study samples from: ``base`` itself in layerwise mode; in allocated mode, ``base`` through
     rules, with the study's sensitivity table (measured once, by whichever process needs it first), a probe
     on the study's batches (activation ranges calibrated by ``method``, weights clipped by ``weight_clip``, as
-    trials are) and the study's latency table, if any."""
+    trials are), the study's latency table, if any, and its budget (``max_bops``, ``max_latency_ms``), which the
+    sensitivity rule allocates within."""
     if section.mode != "allocated":
         return base
     table = cached_sensitivity(storage, batch_key, teacher, base, heldout, teacher_out, recovery, method, weight_clip)
     probe = Probe(teacher, heldout, teacher_out, recovery, method, weight_clip)
-    return AllocatedSpace.build(base, section, teacher, table, probe, latency)
+    return AllocatedSpace.build(
+        base, section, teacher, table, probe, latency, max_bops=max_bops, max_latency_ms=max_latency_ms
+    )

@@ -102,7 +102,8 @@ def _prepare(
     latency = cached_latency(cfg, storage, key, teacher) if cfg.uses_latency else None
     allocated = study_space(
         cfg.space, storage, key, teacher, space, heldout, model_outputs(teacher, heldout), recovery,
-        method=cfg.recovery.calibration, latency=latency,
+        method=cfg.recovery.calibration, latency=latency, max_bops=cfg.study.max_bops,
+        max_latency_ms=cfg.study.max_latency_ms,
     )
     return create_or_resume(cfg, storage, allocated, force=force), (key, data)
 

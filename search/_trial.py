@@ -171,7 +171,8 @@ class TrialRunner:
         return study_space(
             self.cfg.space, self.storage, self.batch_key, self.teacher, base, self.heldout, self.teacher_out,
             self.targets.inputs, method=self.cfg.recovery.calibration, latency=self.latency,
-            weight_clip=self.cfg.recovery.weight_clip,
+            weight_clip=self.cfg.recovery.weight_clip, max_bops=self.cfg.study.max_bops,
+            max_latency_ms=self.cfg.study.max_latency_ms,
         )
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:

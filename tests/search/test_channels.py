@@ -11,7 +11,7 @@ import torch
 
 from frandi_core import channel_groups, load_packed, model_outputs, model_size, save_packed
 from frandi_core.models import resnet
-from search import AllocatedSpace, TrialRunner, load_config, open_for, replace
+from search import AllocatedSpace, ConfigError, TrialRunner, load_config, open_for, replace
 from search._config import SpaceSection
 from search._sensitivity import Probe, candidates, measure
 from search._space import SearchSpace
@@ -28,8 +28,9 @@ def test_study_files_without_channels_keep_their_fingerprint(study_file) -> None
         assert not {"channels", "channels_step", "channel_rules"} & set(cfg.comparable()["space"]), path
         assert cfg.fingerprint() == fingerprint_before_activation_bits(cfg), path
     cfg = load_config(study_file())
-    for change in ({"channels_step": 0.25}, {"channels_multiple": 8}):  # no channels: ignored
-        assert replace(cfg, "space", **change).fingerprint() == cfg.fingerprint()
+    for change in ({"channels_step": 0.25}, {"channels_multiple": 8}):  # no channels: refused, never ignored
+        with pytest.raises(ConfigError, match="needs space.channels"):
+            replace(cfg, "space", **change)
 
 
 def test_channels_change_the_fingerprint_and_only_allocated_studies_fingerprint_their_rules(study_file) -> None:
@@ -38,7 +39,8 @@ def test_channels_change_the_fingerprint_and_only_allocated_studies_fingerprint_
     assert pruned.fingerprint() != cfg.fingerprint()
     assert replace(pruned, "space", channels_step=0.25).fingerprint() != pruned.fingerprint()
     assert replace(pruned, "space", channels_multiple=8).fingerprint() != pruned.fingerprint()
-    assert replace(pruned, "space", channel_rules=("uniform",)).fingerprint() == pruned.fingerprint()
+    with pytest.raises(ConfigError, match='needs space.mode = "allocated"'):  # layerwise: refused, never ignored
+        replace(pruned, "space", channel_rules=("uniform",))
     allocated = replace(pruned, "space", mode="allocated")
     assert replace(allocated, "space", channel_rules=("uniform",)).fingerprint() != allocated.fingerprint()
 

@@ -380,3 +380,19 @@ def test_the_sensitivity_command_shows_the_activation_columns(tmp_path: Path, fr
     assert code == 0, err
     head = out.splitlines()[0].split()
     assert head[-2:] == ["a4", "a8"] and "+ 2 activation widths" in out.splitlines()[-1]
+
+
+def test_in_a_bops_budget_study_the_knapsack_spends_the_slack_between_levels(space: AllocatedSpace) -> None:
+    costs = sorted(set(_pairs_bops(space).values()))
+    cap = (costs[0] + costs[1]) / 2  # between the two cheapest uniform levels
+    capped = dataclasses.replace(space, cap=cap)
+    cheapest = space.bops(space.uniform(0.0, 2, 4))
+    assert cheapest == costs[0]
+    chosen = space.policy(space.uniform_params(0.0, 8, "sensitivity", 8) | {"offset0:act_bits": 0})
+    picked = capped.policy(capped.uniform_params(0.0, 8, "sensitivity", 8) | {"offset0:act_bits": 0,
+                                                                            "offset0:bits": 0})
+    assert capped.bops(picked) <= cap < space.bops(chosen)  # the study's budget, not the level's
+    assert capped.bops(picked) > cheapest  # more than the cheapest level: the slack is spent
+    warm = capped.warm_starts(3, max_bops=cap)
+    assert all(capped.bops(capped.policy(p)) <= cap for p in warm)
+    assert max(capped.bops(capped.policy(p)) for p in warm) > cheapest
