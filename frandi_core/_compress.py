@@ -102,6 +102,15 @@ class Compressor(nn.Module):
         self.register_buffer("ratio", ratio)
         self.bits = bits
 
+    @classmethod
+    def of(cls, weight: torch.Tensor, mask: torch.Tensor | None, bits: int | None, weight_clip: str) -> Compressor:
+        """The compressor of ``weight`` (its pruned entries masked by ``mask``), each channel's clipping fraction
+        chosen here by ``weight_clip``: what ``compress`` registers, and what screens apply to a weight alone."""
+        ratio = None
+        if bits is not None and weight_clip == "mse":
+            ratio = clip_ratios(weight if mask is None else weight * mask, bits)
+        return cls(mask, bits, ratio)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
             weight = weight * self.mask
@@ -164,10 +173,7 @@ def compress(
         if mask is not None:
             with torch.no_grad():  # +0.0, not -0.0 from negative weights: the packed file stores no sign of zero
                 m.weight.masked_fill_(mask == 0, 0.0)
-        ratio = None
-        if s.bits is not None and weight_clip == "mse":
-            ratio = clip_ratios(m.weight if mask is None else m.weight * mask, s.bits)
-        parametrize.register_parametrization(m, "weight", Compressor(mask, s.bits, ratio))
+        parametrize.register_parametrization(m, "weight", Compressor.of(m.weight, mask, s.bits, weight_clip))
     if act_bits and calibration is not None:
         quantize_activations_(student, act_bits, calibration, method)
         student = mark_(with_integer_points(student, calibration, method), pruned_channels(student))

@@ -23,7 +23,6 @@ from frandi_core import (
     Compressor,
     LayerSetting,
     Policy,
-    clip_ratios,
     compressible_layers,
     magnitude_mask,
     model_outputs,
@@ -102,10 +101,7 @@ def _compressed(original: torch.Tensor, s: LayerSetting, weight_clip: str = "max
     """A weight as compressed at a setting (magnitude mask, then fake quantization, each channel clipped as
     ``compress`` clips it by ``weight_clip``), computed from its original."""
     mask = magnitude_mask(original, s.sparsity) if s.sparsity > 0 else None
-    ratio = None
-    if s.bits is not None and weight_clip == "mse":
-        ratio = clip_ratios(original if mask is None else original * mask, s.bits)
-    return Compressor(mask, s.bits, ratio)(original)
+    return Compressor.of(original, mask, s.bits, weight_clip)(original)
 
 
 @torch.no_grad()
