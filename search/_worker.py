@@ -202,10 +202,10 @@ def measured(study: optuna.Study, key: str, number: int) -> optuna.trial.FrozenT
     """The first finished trial of the study (not trial ``number``) that measured the policy under ``key``: its
     result is this one's, so no policy is paid twice (the sampler drawing a warm start's parameters again, two
     rules or levels that give one policy). Two workers drawing one policy at the same moment both measure it."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.number != number and t.user_attrs.get(POLICY_KEY) == key:
-            return t
-    return None
+    same = [t for t in _optuna.trial_summaries(study, (POLICY_KEY,))  # the keys alone: no trial read whole
+            if t.state == TrialState.COMPLETE and t.number != number and t.user_attrs.get(POLICY_KEY) == key]
+    first = min(same, key=lambda t: t.number, default=None)
+    return None if first is None else _optuna.study_storage(study).get_trial(first.trial_id)
 
 
 def _record(study: optuna.Study, trial: optuna.trial.Trial, r: TrialResult, cfg: StudyConfig) -> None:
