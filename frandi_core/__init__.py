@@ -63,7 +63,7 @@ from ._recover import (
     teacher_targets,
 )
 from ._size import ACT_SIZE_RULE, SIZE_RULE, SizeReport, WeightLayout, model_size, weight_layout
-from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, invert, synthesize
+from ._synth import SynthConfig, SyntheticData, bn_kl_loss, bn_names, input_bounds, invert, synthesize
 
 __all__ = [
     # eq. 1, synthetic data from BN statistics
@@ -71,6 +71,7 @@ __all__ = [
     "SyntheticData",
     "synthesize",
     "invert",
+    "input_bounds",
     "bn_kl",
     "bn_kl_loss",
     "batch_stats",

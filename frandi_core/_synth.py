@@ -28,6 +28,9 @@ class SynthConfig:
     jitter: int = 1
     flip: bool = False
     seed: int = 0
+    # [low, high]: the values the model's inputs can take (after the user's normalization), each bound one number
+    # or one per input channel; synthetic inputs are kept inside. None: unbounded (inputs can drift far outside)
+    input_range: tuple[float | tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "heldout_size", "iterations"):
@@ -35,6 +38,40 @@ class SynthConfig:
                 raise FrandiError(f"synthetic.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise FrandiError(f"synthetic.lr must be > 0, got {self.lr}")
+        if self.input_range is not None:
+            _check_range(self.input_range)
+
+
+Bounds = tuple[float | tuple[float, ...], ...]
+
+
+def _check_range(bounds: Bounds) -> None:
+    """Refuse a range that is not [low, high] with low < high, each bound a number or one number per channel."""
+    how = "write [low, high], each a number or a list with one number per input channel, low < high"
+    if len(bounds) != 2:
+        raise FrandiError(f"synthetic.input_range must be [low, high], got {list(bounds)}; {how}")
+    lo, hi = (b if isinstance(b, tuple) else (b,) for b in bounds)
+    if len(lo) != len(hi) and 1 not in (len(lo), len(hi)):
+        raise FrandiError(f"synthetic.input_range has {len(lo)} low and {len(hi)} high values; {how}")
+    if not lo or not hi or any(not a < b for a, b in zip(lo * len(hi), hi * len(lo), strict=False)):
+        raise FrandiError(f"synthetic.input_range must have low < high, got {list(bounds)}; {how}")
+
+
+def input_bounds(bounds: Bounds, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bounds`` as two tensors that broadcast over a batch of ``input_shape`` (a per-channel bound along dim 1)."""
+    _check_range(bounds)
+    out = []
+    for b in bounds:
+        t = torch.tensor(b, dtype=torch.float32)
+        if t.dim() == 1 and len(t) != 1:
+            if len(t) != input_shape[0]:
+                raise FrandiError(
+                    f"synthetic.input_range gives {len(t)} values per bound, but the input has {input_shape[0]} "
+                    f"channel(s) (input_shape {list(input_shape)}); give one value, or one per channel"
+                )
+            t = t.view(-1, *([1] * (len(input_shape) - 1)))
+        out.append(t.reshape(-1)[0] if t.numel() == 1 else t)
+    return out[0], out[1]
 
 
 @dataclass(frozen=True)
@@ -132,7 +169,12 @@ def invert(
             "synthesize needs the model in eval mode (BN running statistics); call model.eval()"
         )
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, *input_shape), generator=gen).to(device).requires_grad_(True)
+    x = torch.randn((n, *input_shape), generator=gen).to(device)
+    bounds = None if config.input_range is None else input_bounds(config.input_range, input_shape)
+    if bounds is not None:
+        lo, hi = (b.to(device) for b in bounds)
+        x = torch.maximum(torch.minimum(x, hi), lo)
+    x.requires_grad_(True)
     opt = adam([x], config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.iterations)
     bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
@@ -146,6 +188,9 @@ def invert(
             x.grad = grad
             opt.step()
             sched.step()
+            if bounds is not None:
+                with torch.no_grad():  # projected back into the inputs the model can be given
+                    x.copy_(torch.maximum(torch.minimum(x, hi), lo))
             if progress and i % 10 == 0:
                 bar.set_postfix(kl=f"{kl.item():.3g}", refresh=False)
     return x.detach().cpu()

@@ -94,6 +94,7 @@ CONDITIONAL_KEYS: dict[tuple[str, str], Condition] = {
 # (section, key) of keys added after the rules above -> the value every study had before: compared when not that.
 NEW_KEYS: dict[tuple[str, str], Any] = {
     ("recovery", "weight_clip"): "max",  # weights were clipped at their largest magnitude
+    ("synthetic", "input_range"): None,  # synthetic inputs were never bounded
 }
 
 
@@ -142,7 +143,7 @@ PARTS: tuple[Part, ...] = (
     Part("score", "study.score", lambda c: c.study.score, lambda c: c.study.score != "od"),
     Part("max_bops", "study.max_bops", lambda c: c.study.max_bops, lambda c: c.study.max_bops is not None),
     Part("model", "model", _model, shown=lambda c: dataclasses.asdict(c.model)),  # the weights: "the model weights"
-    Part("synthetic", "synthetic", lambda c: dataclasses.asdict(c.synthetic)),
+    Part("synthetic", "synthetic", lambda c: section(c, "synthetic")),
     Part("space", "space", lambda c: section(c, "space")),
     Part("recovery", "recovery", lambda c: section(c, "recovery")),
     Part("size", "size accounting", size_rule),
@@ -165,9 +166,12 @@ def what_changed(stored: dict[str, Any], cfg: StudyConfig) -> tuple[str, str | N
     ran before a key existed, how the file says what it did (else None)."""
     new = comparable(cfg)
     changed = [k for k in new if stored.get(k) != new[k]]
-    older = [f"{key} = {json.dumps(before)} in [{sec}]" for (sec, key), before in NEW_KEYS.items()
+    older = [(sec, key, before) for (sec, key), before in NEW_KEYS.items()
              if sec in changed and key in new[sec] and key not in (stored.get(sec) or {})]  # fmt: skip
-    hint = f"it ran before {' and '.join(older)} could be chosen: write that to resume it as it ran" if older else None
+    how = [f"remove {key} from [{sec}]" if before is None else f"write {key} = {json.dumps(before)} in [{sec}]"
+           for sec, key, before in older]  # fmt: skip
+    names = " and ".join(f"{sec}.{key}" for sec, key, _ in older)
+    hint = f"it ran before {names} could be chosen: {' and '.join(how)} to resume it as it ran" if older else None
     return (", ".join(changed) if changed else "the model weights"), hint
 
 

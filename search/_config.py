@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frandi_core import FrandiError, RecoveryConfig, SynthConfig
+from frandi_core import FrandiError, RecoveryConfig, SynthConfig, input_bounds
 
 from . import _compat
 from ._duration import parse_duration
@@ -338,6 +338,11 @@ def _validate(cfg: StudyConfig) -> None:
         raise ConfigError(
             f"model.input_shape must be positive sizes without the batch, got {cfg.model.input_shape}"
         )
+    if cfg.synthetic.input_range is not None:
+        try:
+            input_bounds(cfg.synthetic.input_range, cfg.model.input_shape)
+        except FrandiError as e:
+            raise ConfigError(str(e)) from None
     r = cfg.run
     if r.workers < 1:
         raise ConfigError(f"run.workers must be >= 1, got {r.workers}")

@@ -37,6 +37,7 @@ from frandi_core import (
 from storage import Storage
 
 from ._allocate import AllocatedSpace, study_space
+from ._compat import section
 from ._config import StudyConfig
 from ._records import TrialRecord
 from ._space import SearchSpace
@@ -45,7 +46,7 @@ from ._space import SearchSpace
 def batch_key(cfg: StudyConfig, digest: str) -> str:
     """Content key of a study's synthetic batches: model weights, input shape, synthetic config and seed."""
     blob = json.dumps(
-        {"weights": digest, "shape": cfg.model.input_shape, "synthetic": asdict(cfg.synthetic)},
+        {"weights": digest, "shape": cfg.model.input_shape, "synthetic": section(cfg, "synthetic")},
         sort_keys=True,
         default=list,
     )

@@ -168,7 +168,8 @@ class Bench:
             "study file": f"studies/experiments/{self.case.study}",
             "original accuracy": f"{self.original:.2f}% on {len(self.test)} {self.case.data} test samples",
             "synthetic": f"{c.synthetic.batch_size} recovery + {c.synthetic.heldout_size} held-out images, "
-            f"{c.synthetic.iterations} iterations, seed {c.synthetic.seed} (held-out seed {c.synthetic.seed + 1})",
+            f"{c.synthetic.iterations} iterations, seed {c.synthetic.seed} (held-out seed {c.synthetic.seed + 1}), "
+            f"inputs {'kept in ' + str(list(c.synthetic.input_range)) if c.synthetic.input_range else 'unbounded'}",
             "recovery": f"{c.recovery.steps} steps, batch {c.recovery.batch_size}, Adam lr {c.recovery.lr}, "
             f"seed {c.recovery.seed}",
         }
@@ -246,6 +247,13 @@ def fewer_macs(
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if reached(mid) < factor else (lo, mid)
     return round(hi, 4), reached(round(hi, 4))
+
+
+def uniform_wa(model: nn.Module, w: int, a: int, *, edges: bool) -> Policy:
+    """W``w``A``a`` on every compressible layer; ``edges``: the first and last (in module order) at W8A8."""
+    names = [layer.name for layer in compressible_layers(model)]
+    edge = {names[0], names[-1]} if edges else set()
+    return Policy.from_dict({n: {"bits": 8 if n in edge else w, "act_bits": 8 if n in edge else a} for n in names})
 
 
 def policy_summary(policy: Policy) -> dict[str, Any]:

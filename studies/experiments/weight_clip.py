@@ -12,19 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from frandi_core import WEIGHT_CLIPS, Policy, compressible_layers
+from frandi_core import WEIGHT_CLIPS
 from search import replace
 
-from ._common import Bench, Report, each_model, parse, parser
+from ._common import Bench, Report, each_model, parse, parser, uniform_wa
 
 SETTINGS = ((2, 8), (3, 8), (4, 8), (4, 4))  # (weight bits, activation bits)
-
-
-def uniform(b: Bench, w: int, a: int, *, edges: bool) -> Policy:
-    """W``w``A``a`` on every compressible layer; ``edges``: the first and last (in module order) at W8A8."""
-    names = [layer.name for layer in compressible_layers(b.teacher)]
-    edge = {names[0], names[-1]} if edges else set()
-    return Policy.from_dict({n: {"bits": 8 if n in edge else w, "act_bits": 8 if n in edge else a} for n in names})
 
 
 def evaluate(b: Bench, w: int, a: int, edges: bool) -> list[dict[str, Any]]:
@@ -33,7 +26,7 @@ def evaluate(b: Bench, w: int, a: int, edges: bool) -> list[dict[str, Any]]:
     for clip in WEIGHT_CLIPS:
         b.runner.cfg = replace(base, "recovery", weight_clip=clip)
         try:
-            student, r = b.recovered(uniform(b, w, a, edges=edges))
+            student, r = b.recovered(uniform_wa(b.teacher, w, a, edges=edges))
         finally:
             b.runner.cfg = base
         rows.append({"model": b.name, "policy": f"W{w}A{a}", "first/last": "W8A8" if edges else f"W{w}A{a}",

@@ -173,3 +173,45 @@ def test_bn_kl_loss_on_a_model_in_train_mode_is_refused_or_harmless() -> None:
     except FrandiError:
         return
     assert_unchanged(model, before)
+
+
+def test_synthetic_inputs_stay_inside_the_input_range(reference: nn.Module) -> None:
+    """Unbounded inversion drifts outside the values real inputs take; with input_range every value stays inside
+    it, and the batch still lowers the BN loss."""
+    config = SynthConfig(batch_size=32, heldout_size=8, iterations=40, seed=0)
+    free = synthesize(reference, REFERENCE.input_shape, config)
+    lo, hi = float(free.recovery.quantile(0.2)), float(free.recovery.quantile(0.8))
+    bounded = synthesize(reference, REFERENCE.input_shape, SynthConfig(**{**config.__dict__, "input_range": (lo, hi)}))
+    assert float(free.recovery.min()) < lo and float(free.recovery.max()) > hi  # the bound binds
+    for x in (bounded.recovery, bounded.heldout):
+        assert float(x.min()) >= lo and float(x.max()) <= hi
+    start = bn_kl_loss(reference, initial_noise(32, 0).clamp(lo, hi)).item()
+    assert bn_kl_loss(reference, bounded.recovery).item() < start
+
+
+def test_a_per_channel_input_range_bounds_each_channel() -> None:
+    torch.manual_seed(0)
+    model = _fit_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), (3, 6, 6))
+    low, high = (-1.0, 0.0, 0.5), (0.0, 2.0, 0.75)
+    data = synthesize(model, (3, 6, 6), SynthConfig(batch_size=16, heldout_size=4, iterations=20,
+                                                    input_range=(low, high)))  # fmt: skip
+    for c in range(3):
+        x = data.recovery[:, c]
+        assert low[c] <= float(x.min()) and float(x.max()) <= high[c], c
+        assert float(x.max()) - float(x.min()) > 0.5 * (high[c] - low[c])  # the channel uses its own range
+
+
+@pytest.mark.parametrize(
+    "bounds, shape, match",
+    [
+        ((1.0, 0.0), (1, 4, 4), "low < high"),
+        ((0.0,), (1, 4, 4), r"\[low, high\]"),
+        (((0.0, 0.0), (1.0, -1.0)), (2, 4, 4), "low < high"),
+        (((0.0, 0.0), (1.0, 1.0, 1.0)), (2, 4, 4), "2 low and 3 high"),
+        (((0.0, 0.0, 0.0), 1.0), (1, 4, 4), "1 channel"),
+    ],
+)
+def test_a_bad_input_range_is_refused_with_what_to_write(bounds: tuple, shape: tuple[int, ...], match: str) -> None:
+    model = nn.Sequential(nn.Conv2d(shape[0], 2, 3), nn.BatchNorm2d(2)).eval()
+    with pytest.raises(FrandiError, match=match):
+        synthesize(model, shape, SynthConfig(batch_size=2, heldout_size=2, iterations=1, input_range=bounds))

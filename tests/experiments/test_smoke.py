@@ -16,6 +16,7 @@ from studies.experiments import (
     channels,
     fast_onnx,
     fr_vs_finetune,
+    input_range,
     od_accuracy,
     pruning,
     quantization,
@@ -126,3 +127,13 @@ def test_weight_clip(quick: Callable[..., list], tmp_path: Path) -> None:
                                                                    ("W2A8", "max"), ("W2A8", "mse")]
     assert all(0 <= r["accuracy"] <= 100 and r["od"] >= 0 for r in rows)
     assert (tmp_path / "weight_clip_digits.md").is_file()
+
+
+def test_input_range(quick: Callable[..., list], tmp_path: Path) -> None:
+    rows = quick(input_range)
+    assert [(r["synthetic inputs"], r["first/last"]) for r in rows] == [
+        ("unbounded", "W8A8"), ("unbounded", "W8A8"), ("unbounded", "W8A8"), ("unbounded", "W4A4"),
+        ("in [-0.8037, 1.8279]", "W8A8"), ("in [-0.8037, 1.8279]", "W8A8"), ("in [-0.8037, 1.8279]", "W8A8"),
+        ("in [-0.8037, 1.8279]", "W4A4")]  # fmt: skip
+    assert all(0 <= r["accuracy"] <= 100 and r["od"] >= 0 for r in rows)
+    assert "kept in [-0.8037, 1.8279]" in (tmp_path / "input_range_digits.md").read_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from search import parse_config
-from search._compat import CONDITIONAL_KEYS, NEW_KEYS, PARTS, section
+from search._compat import CONDITIONAL_KEYS, NEW_KEYS, PARTS, section, what_changed
 from search._config import SECTIONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +81,7 @@ def test_a_new_default_refuses_a_stored_study_and_says_how_to_resume_it(study_fi
 
     path = study_file(n_trials=2)
     with pytest.MonkeyPatch.context() as m:  # the study as stored before weight_clip existed
-        m.setattr(compat, "NEW_KEYS", {})
+        m.setattr(compat, "NEW_KEYS", {k: v for k, v in NEW_KEYS.items() if k != ("recovery", "weight_clip")})
         m.setattr("search._compat.section", _without_weight_clip(compat.section))
         assert frandi("search", path, "--no-progress")[0] == 0
     code, _, err = frandi("search", path, "--no-progress")
@@ -145,3 +145,19 @@ def test_a_new_key_is_compared_once_a_file_sets_it(monkeypatch: pytest.MonkeyPat
     assert "keep_first_last" not in section(as_before, "space")
     flipped = text({}).replace("keep_first_last = true", "keep_first_last = false")
     assert section(parse_config(flipped, base_dir=REPO / "studies"), "space")["keep_first_last"] is False
+
+
+def test_input_range_is_compared_once_set_and_the_cached_batches_keep_their_key() -> None:
+    """Studies ran without [synthetic] input_range: they keep their fingerprint and their synthetic batches' key
+    (stored below, computed before the key existed); a file that sets it is another study, and the message says
+    how to resume the old one as it ran."""
+    from search._trial import batch_key
+
+    plain = parse_config(text({}), base_dir=REPO / "studies")
+    assert batch_key(plain, "abc") == "synth-0e04f268494316debca83703d3761eee"
+    assert plain.fingerprint() == STORED["quickstart"]
+    bounded = parse_config(text({}).replace("[synthetic]\n", "[synthetic]\ninput_range = [-0.8, 1.8]\n", 1),
+                           base_dir=REPO / "studies")  # fmt: skip
+    assert bounded.fingerprint() != plain.fingerprint() and batch_key(bounded, "abc") != batch_key(plain, "abc")
+    changed, hint = what_changed(plain.comparable(), bounded)
+    assert changed == "synthetic" and hint is not None and "remove input_range from [synthetic]" in hint
