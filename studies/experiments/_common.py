@@ -316,7 +316,8 @@ class Report:
     def add_results(self, rows: list[dict[str, Any]]) -> None:
         """Write the results to ``<name>.csv`` and add their table, pointing at the plot and CSV of that name."""
         write_csv(self.out / f"{self.name}.csv", rows)
-        self.add(f"Plot: `{self.name}.png`, CSV: `{self.name}.csv`.\n\n" + markdown_table(rows))
+        plot = f"Plot: `{self.name}.png`, " if self.png.exists() else ""  # drawn before, or not at all
+        self.add(f"{plot}CSV: `{self.name}.csv`.\n\n" + markdown_table(rows))
 
     def setup(self, b: Bench, **extra: Any) -> None:
         items = b.describe() | extra
