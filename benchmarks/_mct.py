@@ -56,14 +56,27 @@ class Generated:
     seconds: float
 
 
-def generate(model: nn.Module, shape: tuple[int, ...], images: int, iterations: int) -> Generated:
-    """MCT's data generation (BN-statistics alignment, its defaults otherwise) of ``images`` inputs of ``shape``."""
+def generate(model: nn.Module, shape: tuple[int, ...], images: int, iterations: int,
+             normalization: tuple[float, float] | None = None) -> Generated:
+    """MCT's data generation (BN-statistics alignment, its defaults otherwise) of ``images`` inputs of ``shape``.
+
+    MCT keeps its images within the pixel range [0, 255] after a normalization, torchvision's ImageNet one by
+    default; ``normalization`` (mean, std of pixels in [0, 1]) is the data's own instead, for every channel."""
     import model_compression_toolkit as mct
+    from model_compression_toolkit.data_generation.common.enums import ImageNormalizationType
+    from model_compression_toolkit.data_generation.common.image_pipeline import image_normalization_dict
 
     t0 = time.perf_counter()
     cfg = mct.data_generation.get_pytorch_data_generation_config(n_iter=iterations, data_gen_batch_size=BATCH)
     wrapped = FirstChannel(copy.deepcopy(model).eval(), shape[0]) if shape[0] < 3 else copy.deepcopy(model).eval()
-    out = mct.data_generation.pytorch_data_generation_experimental(wrapped, images, tuple(shape[1:]), cfg)
+    key, default = ImageNormalizationType.TORCHVISION, image_normalization_dict[ImageNormalizationType.TORCHVISION]
+    if normalization is not None:  # MCT takes only its named normalizations: the default one's values, for this run
+        mean, std = normalization
+        image_normalization_dict[key] = [[mean * 255] * 3, [std * 255] * 3]
+    try:
+        out = mct.data_generation.pytorch_data_generation_experimental(wrapped, images, tuple(shape[1:]), cfg)
+    finally:
+        image_normalization_dict[key] = default
     x = torch.cat([t.detach().cpu() for t in out])[:, : shape[0]].contiguous()
     return Generated(x, iterations, time.perf_counter() - t0)
 

@@ -42,7 +42,7 @@ import torch
 
 from benchmarks import _mct
 from frandi_core import LayerSetting, Policy, compressible_layers, synthesize
-from frandi_core.data import accuracy
+from frandi_core.data import PRESETS, accuracy
 from search import AllocatedSpace, TrialRunner, open_for
 from studies.experiments import Bench, Report, bench, markdown_table, parse, parser, variant
 
@@ -98,10 +98,15 @@ class Peers:
                              "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
         if not self.args.no_mct:
             n = self.args.mct_images or c.batch_size + c.heldout_size
-            gen = _mct.generate(self.b.teacher, self.b.cfg.model.input_shape, n, self.args.mct_iters or c.iterations)
+            norm = None
+            if self.args.mct_normalization == "data":
+                preset = PRESETS[self.b.case.data]
+                norm = (preset.mean[0], preset.std[0])
+            gen = _mct.generate(self.b.teacher, self.b.cfg.model.input_shape, n, self.args.mct_iters or c.iterations,
+                                norm)
             self.mct_images = gen.images
             self.data["mct"] = {"images": len(gen.images), "iterations": gen.iterations,
-                                "seconds": round(gen.seconds, 1)}  # fmt: skip
+                                "seconds": round(gen.seconds, 1), "normalization": self.args.mct_normalization}
         print(f"[{self.b.name}] synthetic data: {self.data}", flush=True)
 
     def ours(self, w: int, a: int, edges: bool) -> None:
@@ -137,13 +142,17 @@ class Peers:
             budget = fp32 / k
             if space is not None:
                 t0 = time.perf_counter()
-                chosen = space.knapsack(int(budget + scales))
+                chosen, method = space.knapsack(int(budget + scales)), "ours (allocated knapsack, FR)"
+                if chosen is None:  # the knapsack rounds each layer's bytes up: an exact fit is the one uniform
+                    low = LayerSetting(0.0, min(space.bits), 8)
+                    if sum(space.layer_bytes(n, low) for n in space.searched) <= budget + scales:
+                        chosen, method = {n: low for n in space.searched}, "ours (uniform, the one fit, FR)"
                 if chosen is None:
                     print(f"[{self.b.name}] ours: no policy within 1/{k} of the fp32 weight bytes", flush=True)
                 else:
                     policy = Policy.from_dict(chosen)
                     student, r = self.b.recovered(policy)
-                    self.add(f"1/{k} weight bytes, A8", "-", "ours (allocated knapsack, FR)",
+                    self.add(f"1/{k} weight bytes, A8", "-", method,
                              self.b.accuracy(student), time.perf_counter() - t0 + built, "ours",
                              od=round(r.od, 4), kernel_bytes=round(_kernel_bytes(layers, chosen)),
                              budget_bytes=round(budget), weight_bits=_bits_used(chosen))
@@ -232,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--mp-bits", nargs="+", type=int, default=list(MP_BITS), help="mixed-precision weight bits")
     p.add_argument("--mct-images", type=int, help="MCT's synthetic images (default: ours, recovery + held-out)")
     p.add_argument("--mct-iters", type=int, help="MCT's data-generation iterations (default: ours)")
+    p.add_argument("--mct-normalization", choices=("torchvision", "data"), default="torchvision",
+                   help="the pixel normalization MCT's data generation clips its images to: its default "
+                        "(torchvision's ImageNet one) or the data's own (frandi_core.data.PRESETS)")
     p.add_argument("--no-mct", action="store_true", help="this project's rows only (no MCT needed)")
     raw = list(argv) if argv is not None else sys.argv[1:]
     if "--no-mct" not in raw and (line := _mct.missing()) is not None:
