@@ -255,11 +255,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if a.quick:
         for key, value in QUICK.items():
             setattr(a, key, value)
+    tag = "" if a.mct_normalization == "data" or a.no_mct else f"_mct-{a.mct_normalization}"  # its own files
     rows: list[dict[str, Any]] = []
     for name in a.models:
         with bench(name, a) as b:
-            report = Report("bench_peers", f"{name}{a.suffix}", f"This project against MCT {_mct.MCT_VERSION}: {name}",
-                            Path(a.out), a.argv, module="benchmarks.bench_peers")
+            title = f"This project against MCT {_mct.MCT_VERSION}: {name}"
+            report = Report("bench_peers", f"{name}{a.suffix}{tag}", title, Path(a.out), a.argv,
+                            module="benchmarks.bench_peers")
             model_rows, record = run(b, a, report)
             report.write()
             path = report.out / f"{report.name}.json"  # the command and wall time Report wrote, and every number
