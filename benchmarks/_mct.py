@@ -147,17 +147,20 @@ def mixed(model: nn.Module, data: torch.Tensor, weight_bytes: float, a: int = 8,
 
 
 def quantizers(q: nn.Module) -> dict[str, Any]:
-    """What the quantized model holds, for the record: each activation quantizer's bits (``x``: the network input)
-    and each kernel's bits by MCT's node name."""
-    acts, weights = {}, {}
+    """What the quantized model holds, for the record: the network input's quantizer bits (``input``; None: not
+    quantized), each activation quantizer's bits and each kernel's bits, by MCT's node name."""
+    acts, weights, inputs = {}, {}, set()
     for name, m in q.named_modules():
         held: Any = m  # MCT's modules: their attributes are MCT's
-        if type(m).__name__ == "PytorchActivationQuantizationHolder":
+        if type(m).__name__ == "DummyPlaceHolder":  # an input node, named after the forward's argument
+            inputs.add(name)
+        elif type(m).__name__ == "PytorchActivationQuantizationHolder":
             acts[name.removesuffix("_activation_holder_quantizer")] = int(held.activation_holder_quantizer.num_bits)
         elif type(m).__name__ == "PytorchQuantizationWrapper":
             for attr, wq in held.weights_quantizers.items():
                 weights[f"{name}.{attr}"] = int(wq.num_bits)
-    return {"activations": acts, "weights": weights}
+    found = [acts[n] for n in inputs if n in acts]
+    return {"input": found[0] if found else None, "activations": acts, "weights": weights}
 
 
 def kernel_bytes(q: nn.Module) -> float:

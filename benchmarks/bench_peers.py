@@ -131,7 +131,7 @@ class Peers:
             seconds = time.perf_counter() - t0
             held = _mct.quantizers(q)
             self.add(f"W{w}A{a}", f"W{w}A{a}", method, accuracy(q, self.b.test), seconds, "mct",
-                     input_bits=held["activations"].get("x"), logit_bits=_last(held["activations"]),
+                     input_bits=held["input"], logit_bits=_last(held["activations"]),
                      weight_bits="/".join(map(str, sorted(set(held["weights"].values())))))
 
     def mixed(self) -> None:

@@ -78,7 +78,7 @@ def test_mct_quantizes_input_and_logits_at_the_activation_bits() -> None:
     model.eval()
     q = _mct.ptq(model, torch.randn(64, 1, 8, 8), 4, 4)
     held = _mct.quantizers(q)
-    assert held["activations"]["x"] == 4  # the network input
+    assert held["input"] == 4  # the network input
     assert list(held["activations"].values())[-1] == 4  # the logits
     assert set(held["weights"].values()) == {4}  # first and last layers' kernels too
     assert _mct.kernel_bytes(q) == (4 * 9 + 4 * 36 * 3) * 4 / 8
