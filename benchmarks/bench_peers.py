@@ -104,6 +104,7 @@ class Peers:
             if self.args.mct_normalization == "data":
                 preset = PRESETS[self.b.case.data]
                 norm = (preset.mean[0], preset.std[0])
+            torch.manual_seed(c.seed)  # MCT draws its initial images from torch's global generator
             gen = _mct.generate(self.b.teacher, self.b.cfg.model.input_shape, n, self.args.mct_iters or c.iterations,
                                 norm)
             self.mct_images = gen.images
@@ -126,6 +127,7 @@ class Peers:
             runs.append((f"MCT GPTQ ({self.args.gptq_epochs} epochs)",
                          lambda: _mct.gptq(self.b.teacher, x, w, a, self.args.gptq_epochs)))
         for method, quantize in runs:
+            torch.manual_seed(0)  # what MCT draws (GPTQ's batches), the same on every run
             t0 = time.perf_counter()
             q = quantize()
             seconds = time.perf_counter() - t0
