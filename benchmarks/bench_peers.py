@@ -104,12 +104,14 @@ class Peers:
             if self.args.mct_normalization == "data":
                 preset = PRESETS[self.b.case.data]
                 norm = (preset.mean[0], preset.std[0])
-            torch.manual_seed(c.seed)  # MCT draws its initial images from torch's global generator
+            seed = c.seed if self.args.mct_seed is None else self.args.mct_seed
+            torch.manual_seed(seed)  # MCT draws its initial images from torch's global generator
             gen = _mct.generate(self.b.teacher, self.b.cfg.model.input_shape, n, self.args.mct_iters or c.iterations,
                                 norm)
             self.mct_images = gen.images
             self.data["mct"] = {"images": len(gen.images), "iterations": gen.iterations,
-                                "seconds": round(gen.seconds, 1), "normalization": self.args.mct_normalization}
+                                "seconds": round(gen.seconds, 1), "normalization": self.args.mct_normalization,
+                                "seed": seed}
         print(f"[{self.b.name}] synthetic data: {self.data}", flush=True)
 
     def ours(self, w: int, a: int, edges: bool) -> None:
@@ -248,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--mct-normalization", choices=("torchvision", "data"), default="data",
                    help="the pixel normalization MCT's data generation clips its images to: its default "
                         "(torchvision's ImageNet one) or the data's own (frandi_core.data.PRESETS)")
+    p.add_argument("--mct-seed", type=int, help="torch seed of MCT's data generation (default: the study's seed)")
     p.add_argument("--no-mct", action="store_true", help="this project's rows only (no MCT needed)")
     raw = list(argv) if argv is not None else sys.argv[1:]
     if "--no-mct" not in raw and (line := _mct.missing()) is not None:
