@@ -46,7 +46,7 @@ from benchmarks import _mct
 from frandi_core import LayerSetting, Policy, compressible_layers, synthesize
 from frandi_core.data import PRESETS, accuracy
 from search import AllocatedSpace, TrialRunner, open_for
-from studies.experiments import Bench, Report, bench, markdown_table, parse, parser, variant
+from studies.experiments import Bench, Report, bench, markdown_table, parse, parser, uniform_wa, variant
 
 SETTINGS = ("W8A8", "W4A8", "W4A4", "W2A8", "W3A4")
 FRACTIONS = (8, 16)
@@ -63,13 +63,6 @@ def setting(text: str) -> tuple[int, int]:
         return int(w), int(a)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a setting like W4A8") from None
-
-
-def uniform(b: Bench, w: int, a: int, *, edges: bool) -> Policy:
-    """W``w``A``a`` on every compressible layer; ``edges``: the first and last (in module order) at W8A8."""
-    names = [layer.name for layer in compressible_layers(b.teacher)]
-    edge = {names[0], names[-1]} if edges else set()
-    return Policy.from_dict({n: {"bits": 8 if n in edge else w, "act_bits": 8 if n in edge else a} for n in names})
 
 
 class Peers:
@@ -116,7 +109,7 @@ class Peers:
 
     def ours(self, w: int, a: int, edges: bool) -> None:
         t0 = time.perf_counter()
-        student, r = self.b.recovered(uniform(self.b, w, a, edges=edges))
+        student, r = self.b.recovered(uniform_wa(self.b.teacher, w, a, edges=edges))
         seconds = time.perf_counter() - t0
         self.add(f"W{w}A{a}", "W8A8" if edges else f"W{w}A{a}", "ours (uniform, FR)", self.b.accuracy(student),
                  seconds, "ours", od=round(r.od, 4), input_bits=8 if edges else a)

@@ -5,7 +5,19 @@ The benchmarks reuse their shared parts from here: one Bench per model, reports,
 
 from __future__ import annotations
 
-from ._common import Bench, Report, bench, channel_policy, fewer_macs, figure, markdown_table, parse, parser, save
+from ._common import (
+    Bench,
+    Report,
+    bench,
+    channel_policy,
+    fewer_macs,
+    figure,
+    markdown_table,
+    parse,
+    parser,
+    save,
+    uniform_wa,
+)
 from ._searches import SearchRun, policy_of, run_search, variant
 
 __all__ = [
@@ -22,5 +34,6 @@ __all__ = [
     "policy_of",
     "run_search",
     "save",
+    "uniform_wa",
     "variant",
 ]
