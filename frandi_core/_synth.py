@@ -51,9 +51,10 @@ def _check_range(bounds: Bounds) -> None:
     if len(bounds) != 2:
         raise FrandiError(f"synthetic.input_range must be [low, high], got {list(bounds)}; {how}")
     lo, hi = (b if isinstance(b, tuple) else (b,) for b in bounds)
-    if len(lo) != len(hi) and 1 not in (len(lo), len(hi)):
+    if not lo or not hi or (len(lo) != len(hi) and 1 not in (len(lo), len(hi))):
         raise FrandiError(f"synthetic.input_range has {len(lo)} low and {len(hi)} high values; {how}")
-    if not lo or not hi or any(not a < b for a, b in zip(lo * len(hi), hi * len(lo), strict=False)):
+    n = max(len(lo), len(hi))  # a single number bounds every channel
+    if any(not a < b for a, b in zip(lo * n if len(lo) == 1 else lo, hi * n if len(hi) == 1 else hi, strict=True)):
         raise FrandiError(f"synthetic.input_range must have low < high, got {list(bounds)}; {how}")
 
 
