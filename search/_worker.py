@@ -157,7 +157,15 @@ def claimed(study: optuna.Study, storage: Storage) -> Iterator[int | None]:
             trial_id = claim(study, storage)
             if trial_id is not None:
                 stack.enter_context(heartbeat(storage.optuna, trial_id))
-        yield trial_id
+        try:
+            yield trial_id
+        except KeyboardInterrupt as e:  # a stop raised before run_trial could fail the trial (a no-op after it did)
+            if trial_id is not None:
+                try:
+                    _fail(study, trial_id, f"{type(e).__name__}: {e}", retry=True)
+                except Exception as failed:  # the storage is gone: the trial goes stale and is retried later
+                    log.warning("trial %d could not be queued again (%s); it is retried once stale", trial_id, failed)
+            raise
 
 
 def run_trial(study: optuna.Study, runner: TrialRunner, trial_id: int, cfg: StudyConfig, worker: str) -> bool:
